@@ -1,0 +1,1 @@
+"""edgec.compiler: frontends, the verified pass pipeline, and the command line."""

@@ -1,0 +1,126 @@
+"""Static figures of a model: node count, op histogram, parameters, bytes, FLOPs per node."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import onnx
+from onnx import helper, shape_inference
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeCost:
+    """FLOPs (multiply-adds count as 2) of one node, from inferred shapes."""
+
+    name: str
+    op_type: str
+    flops: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStats:
+    """Whole-model figures that pass records compare before and after."""
+
+    nodes: int
+    params: int
+    flops: int
+    size_bytes: int
+    op_histogram: dict[str, int]
+    node_costs: tuple[NodeCost, ...]
+
+    def summary(self) -> dict[str, int]:
+        """The four figures a pass record keeps."""
+        return {"nodes": self.nodes, "params": self.params, "flops": self.flops, "bytes": self.size_bytes}
+
+
+def _shape_map(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - shapes are a best effort for statistics only
+        inferred = model
+    graph = inferred.graph
+    shapes: dict[str, list[int | None]] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    for init in graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def _numel(shape: list[int | None] | None) -> int:
+    if shape is None or any(d is None for d in shape):
+        return 0
+    return math.prod(shape)  # type: ignore[arg-type]
+
+
+def _node_flops(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int:
+    out = shapes.get(node.output[0]) if node.output else None
+    inputs = [shapes.get(name) for name in node.input]
+    op = node.op_type
+    if op in ("Conv", "ConvInteger", "QLinearConv", "FusedConv") and len(inputs) > 1:
+        w = inputs[1] if op != "QLinearConv" else shapes.get(node.input[3])
+        if w is None or out is None:
+            return 0
+        # Each output element takes (C_in / groups) * kH * kW multiply-adds: exactly w's per-filter size.
+        return 2 * _numel(out) * _numel(w[1:])
+    if op == "ConvTranspose" and len(inputs) > 1 and inputs[0] and inputs[1]:
+        return 2 * _numel(inputs[0]) * _numel(inputs[1][1:])
+    if op in ("MatMul", "MatMulInteger", "FusedMatMul", "Gemm", "MatMulNBits") and out and inputs[0]:
+        k = inputs[0][-1] if op != "Gemm" or not _attr(node, "transA") else inputs[0][0]
+        return 2 * _numel(out) * (k or 0)
+    if op in ("Attention", "MultiHeadAttention") and inputs[0] and len(inputs[0]) == 3:
+        b, s, h = inputs[0]
+        if None in (b, s, h):
+            return 0
+        proj = 2 * b * s * h * 3 * h if op == "Attention" else 0
+        return proj + 4 * b * s * s * h  # type: ignore[operator]
+    return _numel(out)
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    # From dims and dtype, so tensors kept in external data need not be read.
+    itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.FLOAT4E2M1: 4}
+    return math.prod(tensor.dims) * bits.get(tensor.data_type, itemsize * 8) // 8
+
+
+def _attr(node: onnx.NodeProto, name: str) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return a.i
+    return 0
+
+
+def model_stats(model: onnx.ModelProto) -> ModelStats:
+    """Compute figures of the main graph (subgraph nodes count toward nodes and ops, not FLOPs)."""
+    shapes = _shape_map(model)
+    costs = tuple(
+        NodeCost(n.name or f"{n.op_type}_{i}", n.op_type, _node_flops(n, shapes))
+        for i, n in enumerate(model.graph.node)
+    )
+    histogram: collections.Counter[str] = collections.Counter()
+    for node in _all_nodes(model.graph):
+        histogram[node.op_type] += 1
+    params = sum(math.prod(t.dims) for t in model.graph.initializer)
+    size = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    return ModelStats(
+        nodes=sum(histogram.values()),
+        params=params,
+        flops=sum(c.flops for c in costs),
+        size_bytes=size,
+        op_histogram=dict(histogram.most_common()),
+        node_costs=costs,
+    )
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)

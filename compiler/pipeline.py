@@ -1,0 +1,152 @@
+"""Run passes one at a time on a copy of the model and check each result before keeping it.
+
+Every pass output must pass the ONNX checker, load in an ORT session, and match its input on
+calibration feeds within the tolerance the pass declares. Each pass leaves a PassRecord.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from edgec.compiler.analysis import model_stats
+from edgec.compiler.context import BuildContext, Feeds
+from edgec.compiler.errors import EdgecError, UnsupportedOpError, VerificationError
+from edgec.passes.base import EdgecPass
+from edgec.runtime.session import OutputError, compare_outputs, make_session, run
+
+# Verification runs the graph as written (no ORT rewrites), so a pass is judged on its own output.
+VERIFY_LEVEL = "disabled"
+VERIFY_SAMPLES = 8
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What one pass did: figures before/after, time, output error, skips."""
+
+    name: str
+    modified: bool
+    before: dict[str, int]
+    after: dict[str, int]
+    wall_s: float
+    max_rel_error: float
+    min_cosine: float
+    errors: list[OutputError]
+    stats: dict[str, Any]
+    skips: list[dict[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for the manifest."""
+        out = dataclasses.asdict(self)
+        out["errors"] = [dataclasses.asdict(e) for e in self.errors]
+        return out
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    """The final model and one record per pass."""
+
+    model: onnx.ModelProto
+    records: list[PassRecord]
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialize an IR model."""
+    return ir.serde.serialize_model(model)
+
+
+def to_ir(proto: onnx.ModelProto) -> ir.Model:
+    """Deserialize into a fresh IR model that shares nothing with other candidates."""
+    return ir.serde.deserialize_model(proto)
+
+
+def reference_outputs(proto: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[dict[str, Any]]:
+    """Outputs of ``proto`` on ``feeds`` at the verification level."""
+    session = make_session(proto.SerializeToString(), level=VERIFY_LEVEL)
+    return [run(session, f) for f in feeds]
+
+
+def _subgraph_owners(graph: onnx.GraphProto) -> list[str]:
+    owners = []
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            owners.append(f"{node.name or node.op_type} ({node.op_type})")
+    return owners
+
+
+def _check_structure(pass_: EdgecPass[Any], proto: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise VerificationError(f"pass {pass_.name!r} produced an invalid model: {first}") from exc
+
+
+def _judge(pass_: EdgecPass[Any], errors: list[OutputError]) -> None:
+    tol = pass_.tolerance
+    for err in errors:
+        if tol.lossy:
+            if err.cosine < tol.min_cosine:
+                raise VerificationError(
+                    f"pass {pass_.name!r}: output {err.name!r} cosine {err.cosine:.5f} < {tol.min_cosine}")
+        elif err.max_rel > tol.rtol:
+            raise VerificationError(
+                f"pass {pass_.name!r} changed output {err.name!r} by {err.max_rel:.2e} (relative), "
+                f"over its tolerance {tol.rtol:.0e}")
+
+
+def run_pass(pass_: EdgecPass[Any], proto: onnx.ModelProto, reference: list[dict[str, Any]],
+             ctx: BuildContext) -> tuple[onnx.ModelProto, list[dict[str, Any]], PassRecord]:
+    """Apply one pass to a copy of ``proto`` and verify it; return the new model, outputs, record."""
+    feeds = ctx.calibration[:VERIFY_SAMPLES]
+    skips_before = len(ctx.report.skips)
+    if not pass_.handles_subgraphs:
+        for owner in _subgraph_owners(proto.graph):
+            ctx.report.skip(pass_.name, owner, "pass rewrites the main graph only; subgraph left as is")
+    start = time.perf_counter()
+    try:
+        result = pass_(to_ir(proto))
+    except ir.passes.PreconditionError as exc:
+        raise UnsupportedOpError(f"pass {pass_.name!r} cannot handle this model: {exc}") from exc
+    new_proto = to_proto(result.model)
+    wall_s = time.perf_counter() - start
+    _check_structure(pass_, new_proto)
+    try:
+        outputs = reference_outputs(new_proto, feeds)
+    except EdgecError:
+        raise
+    except Exception as exc:
+        raise VerificationError(f"pass {pass_.name!r}: ORT cannot run its output: {exc}") from exc
+    errors = compare_outputs(reference, outputs) if feeds else []
+    _judge(pass_, errors)
+    record = PassRecord(
+        name=pass_.name,
+        modified=result.modified,
+        before=model_stats(proto).summary(),
+        after=model_stats(new_proto).summary(),
+        wall_s=wall_s,
+        max_rel_error=max((e.max_rel for e in errors), default=0.0),
+        min_cosine=min((e.cosine for e in errors), default=1.0),
+        errors=errors,
+        stats=ctx.report.stats.get(pass_.name, {}),
+        skips=[dataclasses.asdict(s) for s in ctx.report.skips[skips_before:]],
+    )
+    return new_proto, outputs, record
+
+
+def run_pipeline(proto: onnx.ModelProto, passes: Sequence[EdgecPass[Any]], ctx: BuildContext,
+                 on_pass: Callable[[str], None] | None = None) -> PipelineResult:
+    """Run ``passes`` in order, each on a copy of the previous result, verifying each."""
+    reference = reference_outputs(proto, ctx.calibration[:VERIFY_SAMPLES]) if ctx.calibration else []
+    records = []
+    for pass_ in passes:
+        if on_pass:
+            on_pass(pass_.name)
+        proto, reference, record = run_pass(pass_, proto, reference, ctx)
+        records.append(record)
+    return PipelineResult(proto, records)

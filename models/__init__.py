@@ -1,0 +1,1 @@
+"""edgec.models: the model zoo (torch definitions, trained fixtures) used by tests, demo and bench."""

@@ -1,0 +1,1 @@
+"""edgec.passes: graph passes, one per module, registered by kebab-case name."""

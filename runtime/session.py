@@ -1,0 +1,89 @@
+"""ONNX Runtime sessions set up as a target says, and output comparison between two models."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from edgec.targets.profile import TargetProfile
+
+Feeds = dict[str, np.ndarray]
+
+_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(level: str = "all", threads: int = 1, profile_prefix: str | None = None,
+                    optimized_path: str | None = None) -> ort.SessionOptions:
+    """Options edgec uses everywhere: one inter-op thread, fixed intra-op count, quiet logs."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = _LEVELS[level]
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    return opts
+
+
+def host_providers(target: TargetProfile | None) -> list[str]:
+    """The target's EPs that this onnxruntime build has, in order; CPU is always last."""
+    available = set(ort.get_available_providers())
+    wanted = target.ep_names if target else []
+    chosen = [ep for ep in wanted if ep in available and ep != "CPUExecutionProvider"]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def make_session(model: bytes | str | os.PathLike[str], target: TargetProfile | None = None,
+                 level: str | None = None, threads: int | None = None) -> ort.InferenceSession:
+    """A session on the host with the target's options; ``level``/``threads`` override them."""
+    level = level or (target.graph_optimization_level if target else "all")
+    threads = threads or (target.intra_op_num_threads if target else 1)
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, session_options(level, threads), providers=host_providers(target))
+
+
+def run(session: ort.InferenceSession, feeds: Feeds) -> dict[str, np.ndarray]:
+    """Run once; outputs keyed by name."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputError:
+    """How far one output drifted: max |a-b| relative to max |a|, max |a-b|, and cosine."""
+
+    name: str
+    max_rel: float
+    max_abs: float
+    cosine: float
+
+
+def compare_outputs(reference: Sequence[dict[str, np.ndarray]],
+                    candidate: Sequence[dict[str, np.ndarray]]) -> list[OutputError]:
+    """Per-output error over a list of runs (outputs matched by name; order kept from reference)."""
+    errors = []
+    for name in reference[0]:
+        ref = np.concatenate([r[name].astype(np.float64).ravel() for r in reference])
+        got = np.concatenate([c[name].astype(np.float64).ravel() for c in candidate])
+        if ref.shape != got.shape:
+            errors.append(OutputError(name, float("inf"), float("inf"), 0.0))
+            continue
+        diff = np.abs(ref - got)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        denom = float(np.linalg.norm(ref) * np.linalg.norm(got))
+        cosine = float(ref @ got / denom) if denom > 0 else float(max_abs == 0.0)
+        errors.append(OutputError(name, max_abs / scale if scale > 0 else max_abs, max_abs, cosine))
+    return errors
