@@ -1,4 +1,4 @@
-"""Lossless cleanup: constant folding, dead nodes, identities, duplicate initializers."""
+"""Lossless cleanup: constant folding, dead nodes, identities, no-op ops, duplicate initializers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,64 @@ import dataclasses
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-import onnxscript.optimizer
+from onnxscript.optimizer import fold_constants
+from onnxscript.rewriter import RewriteRuleSet
+from onnxscript.rewriter.rules import common as rules
 
 from edgec.passes.base import EdgecPass, register_pass
+
+# onnxscript's rules that only remove work (x*1, x+0, Cast to the same type, Transpose by the
+# identity, back-to-back Reshapes...). Its fusing rules (BatchNorm, Pad into Conv, Relu into
+# Clip) belong to the fuse pass, so that pass can count them.
+CLEANUP_RULES = RewriteRuleSet([
+    rules.add_0_rule, rules.sub_0_rule, rules.mul_by_1_rule, rules.div_by_1_rule,
+    rules.dropout_zero_rule, rules.dropout_inference_rule,
+    rules.no_op_cast_rule, rules.no_op_expand_rule, rules.no_op_transpose_rule,
+    rules.cast_cast_rule, rules.reshape_reshape_rule, rules.transpose_transpose_rule,
+    rules.unsqueeze_unsqueeze_rule, rules.squeeze_reshape_1d_rule,
+    rules.collapse_slice_rule, rules.collapse_slice2_rule,
+    rules.cast_constant_of_shape_rule, rules.cast_constant_of_shape_without_value_rule,
+    rules.materialize_reshape_shape_rule,
+    rules.no_op_dynamic_scatter_nd_rule, rules.no_op_static_scatter_nd_rule,
+    rules.remove_optional_bias_from_conv_rule, rules.remove_optional_bias_from_conv_transpose_rule,
+    rules.remove_optional_bias_from_gemm_rule,
+])
+
+MAX_ROUNDS = 3
+
+
+def count_nodes(model: ir.Model, op_type: str | None = None) -> int:
+    """Nodes in the model, subgraphs included; only ``op_type`` ones when given."""
+    return sum(1 for n in model.graph.all_nodes() if op_type is None or n.op_type == op_type)
+
+
+def clean(model: ir.Model, fold: bool = True) -> dict[str, int]:
+    """Clean ``model`` in place until nothing changes (at most MAX_ROUNDS); return the counts.
+
+    onnxscript's folder and rewriter both recurse into If/Loop/Scan subgraphs.
+    """
+    counts = {"constants_folded": 0, "no_ops_removed": 0}
+    for _ in range(MAX_ROUNDS):
+        before = count_nodes(model)
+        if fold:
+            fold_constants(model)
+            common.RemoveUnusedNodesPass()(model)
+            counts["constants_folded"] += before - count_nodes(model)
+        counts["no_ops_removed"] += CLEANUP_RULES.apply_to_model(model)
+        if count_nodes(model) == before:
+            break
+    identities = count_nodes(model, "Identity")
+    initializers = len(model.graph.initializers)
+    ir.passes.Sequential(
+        common.IdentityEliminationPass(),
+        common.DeduplicateInitializersPass(),
+        common.RemoveUnusedNodesPass(),
+        common.RemoveUnusedFunctionsPass(),
+        common.RemoveUnusedOpsetsPass(),
+    )(model)
+    counts["identities_removed"] = identities - count_nodes(model, "Identity")
+    counts["initializers_deduplicated"] = initializers - len(model.graph.initializers)
+    return counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,24 +75,17 @@ class CleanupConfig:
 
 @register_pass("cleanup")
 class CleanupGraphPass(EdgecPass[CleanupConfig]):
-    """Fold constants, drop unused nodes, identities and duplicated initializers.
+    """Fold constants, drop unused nodes, identities, no-op ops and duplicated initializers.
 
-    Applies to any graph, subgraphs included (onnxscript's optimizer recurses into them).
-    Never changes graph inputs or outputs.
+    Applies to any graph, subgraphs included (onnxscript's folder and rewriter recurse into them).
+    Never fuses ops and never changes graph inputs or outputs.
     """
 
     config_cls = CleanupConfig
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        nodes_before = sum(1 for _ in model.graph.all_nodes())
-        if self.config.fold_constants:
-            onnxscript.optimizer.optimize(model, num_iterations=2)
-        ir.passes.Sequential(
-            common.IdentityEliminationPass(),
-            common.DeduplicateInitializersPass(),
-            common.RemoveUnusedNodesPass(),
-            common.RemoveUnusedOpsetsPass(),
-        )(model)
-        nodes_after = sum(1 for _ in model.graph.all_nodes())
-        self.record(nodes_removed=nodes_before - nodes_after)
-        return ir.passes.PassResult(model, modified=nodes_after != nodes_before)
+        nodes_before = count_nodes(model)
+        counts = clean(model, fold=self.config.fold_constants)
+        nodes_after = count_nodes(model)
+        self.record(nodes_removed=nodes_before - nodes_after, **counts)
+        return ir.passes.PassResult(model, modified=nodes_after != nodes_before or any(counts.values()))

@@ -37,12 +37,15 @@ def session_options(level: str = "all", threads: int = 1, profile_prefix: str | 
     return opts
 
 
+def providers_for(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` this onnxruntime build has, in order; CPU is always last."""
+    available = set(ort.get_available_providers())
+    return [*[n for n in names if n in available and n != "CPUExecutionProvider"], "CPUExecutionProvider"]
+
+
 def host_providers(target: TargetProfile | None) -> list[str]:
     """The target's EPs that this onnxruntime build has, in order; CPU is always last."""
-    available = set(ort.get_available_providers())
-    wanted = target.ep_names if target else []
-    chosen = [ep for ep in wanted if ep in available and ep != "CPUExecutionProvider"]
-    return [*chosen, "CPUExecutionProvider"]
+    return providers_for(target.ep_names if target else [])
 
 
 def make_session(model: bytes | str | os.PathLike[str], target: TargetProfile | None = None,

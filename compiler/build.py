@@ -1,0 +1,119 @@
+"""edgec build: load, calibrate, check ops against the target, run verified passes, write a bundle."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgec.compiler.calibration import ImagePreprocess, load_calibration
+from edgec.compiler.config import BuildConfig
+from edgec.compiler.context import BuildContext
+from edgec.compiler.errors import BundleError, ConfigError, UnsupportedOpError
+from edgec.compiler.frontend import load_model, parse_input_shapes
+from edgec.compiler.pipeline import PassRecord, reference_outputs, run_pipeline
+from edgec.passes.base import create_pass
+from edgec.runtime.bundle import write_bundle
+from edgec.runtime.session import compare_outputs
+from edgec.runtime.timing import interleaved_medians
+from edgec.targets.profile import TargetProfile
+from edgec.targets.registry import get_target
+from edgec.targets.support import fallback_nodes, place_nodes, unrunnable_nodes
+
+log = logging.getLogger(__name__)
+ZOO_PREFIX = "zoo:"
+
+
+@dataclasses.dataclass
+class BuildResult:
+    """What a build produced, for the CLI to print."""
+
+    bundle: Path
+    target: str
+    records: list[PassRecord]
+    metrics: dict[str, Any]
+    notes: list[str]
+    warnings: list[str]
+
+
+def _zoo_model(source: str) -> Any | None:
+    if not source.startswith(ZOO_PREFIX):
+        return None
+    from edgec.models.zoo import get_zoo_model
+
+    return get_zoo_model(source[len(ZOO_PREFIX):])
+
+
+def check_target_ops(model: onnx.ModelProto, target: TargetProfile) -> list[str]:
+    """Raise on nodes no EP of the target runs; return warnings for nodes that fall back."""
+    placements = place_nodes(model, target)
+    missing = unrunnable_nodes(placements)
+    if missing:
+        p = missing[0]
+        raise UnsupportedOpError(
+            f"node {p.node!r}: op {p.domain}:{p.op_type} cannot run on {target.name} "
+            f"(none of {', '.join(target.ep_names)} has it)")
+    by_provider: dict[str, collections.Counter[str]] = {}
+    for p in fallback_nodes(placements, target):
+        by_provider.setdefault(p.provider or "", collections.Counter())[p.op_type] += 1
+    return [f"{sum(ops.values())} nodes ({', '.join(f'{op} x{n}' for op, n in ops.most_common())}) "
+            f"fall back to {provider}, not {target.ep_names[0]}" for provider, ops in by_provider.items()]
+
+
+def _check_output(cfg: BuildConfig) -> None:
+    if cfg.output.exists() and not cfg.force:
+        raise BundleError(f"{cfg.output}: already exists; pass --force to replace it")
+    if cfg.fmt not in ("dir", "zip"):
+        raise ConfigError(f"--format: expected 'dir' or 'zip', got {cfg.fmt!r}")
+
+
+def _measure(original: onnx.ModelProto, final: onnx.ModelProto, ctx: BuildContext,
+             zoo: Any | None) -> dict[str, Any]:
+    feeds = ctx.calibration[:8]
+    metrics: dict[str, Any] = {"calibration_samples": len(ctx.calibration)}
+    if feeds:
+        errors = compare_outputs(reference_outputs(original, feeds), reference_outputs(final, feeds))
+        metrics["output_error"] = [dataclasses.asdict(e) for e in errors]
+    original_bytes, final_bytes = original.SerializeToString(), final.SerializeToString()
+    if feeds:
+        before_ms, after_ms = interleaved_medians([original_bytes, final_bytes], feeds[0], rounds=5, runs=4,
+                                                  threads=ctx.target.intra_op_num_threads)
+        metrics["host_latency_ms"] = {"before": before_ms, "after": after_ms, "ratio": after_ms / before_ms}
+    if zoo is not None and zoo.trained:
+        metrics["accuracy"] = {"before": zoo.evaluate(original_bytes), "after": zoo.evaluate(final_bytes)}
+    return metrics
+
+
+def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None) -> BuildResult:
+    """Build a bundle as ``cfg`` says. Raises EdgecError for user mistakes; writes nothing then."""
+    target = get_target(cfg.target)
+    _check_output(cfg)
+    on_phase("loading model")
+    loaded = load_model(cfg.model, parse_input_shapes(cfg.input_shapes) or None)
+    zoo = _zoo_model(cfg.model)
+    on_phase("loading calibration data")
+    image = ImagePreprocess(**cfg.image_preprocess) if cfg.image_preprocess else None
+    calib = load_calibration(cfg.calib, loaded.proto, zoo_feeds=zoo.calibration(cfg.calib_samples) if zoo else None,
+                             image_config=image, tokenizer_dir=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else None,
+                             n=cfg.calib_samples, seed=cfg.seed)
+    check_target_ops(loaded.proto, target)
+    ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed)
+    passes = [create_pass(name, ctx, cfg.pass_options.get(name), source=str(cfg.config_path or "--passes"))
+              for name in cfg.passes]
+    for name in cfg.pass_options:
+        if name not in cfg.passes:
+            raise ConfigError(f"{cfg.config_path}: options given for pass {name!r}, which is not in 'passes'")
+    result = run_pipeline(loaded.proto, passes, ctx, on_pass=lambda n: on_phase(f"pass {n}"))
+    warnings = [*calib.warnings, *check_target_ops(result.model, target)]
+    on_phase("measuring")
+    metrics = _measure(loaded.proto, result.model, ctx, zoo)
+    on_phase("writing bundle")
+    bundle = write_bundle(cfg.output, model=result.model, target=target, sample_inputs=calib.feeds[0],
+                          pass_records=[r.to_json() for r in result.records], metrics=metrics,
+                          fmt=cfg.fmt, force=cfg.force)
+    return BuildResult(bundle, target.name, result.records, metrics, loaded.notes, warnings)

@@ -1,0 +1,352 @@
+"""Calibration data: model feeds from an .npz, an image folder, a text file, the zoo, or seeded noise."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgec.compiler.context import Feeds
+from edgec.compiler.errors import CalibrationError, ConfigError
+from edgec.compiler.frontend.normalize import real_inputs
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WARNING = "calibration uses random data; accuracy figures are not meaningful"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_RANDOM_DYNAMIC_DIM = 16  # length used for dynamic non-batch dims of random feeds
+_TEXT_MAX_LEN = 128  # sequence length when the model's is dynamic
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+    """How images become a float input: resize to ``size`` (H, W), scale to [0, 1], then (x - mean) / std.
+
+    ``size`` and ``channels`` default to the model's input; ``mean``/``std`` have 1 or ``channels`` values.
+    """
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "NCHW"
+    channels: int | None = None
+
+    def __post_init__(self) -> None:
+        size = (self.size, self.size) if isinstance(self.size, int) else self.size
+        if size is not None and (len(size) != 2 or any(int(s) <= 0 for s in size)):
+            raise ConfigError(f"[calibration.image] size {self.size!r}: expected [height, width]")
+        object.__setattr__(self, "size", tuple(int(s) for s in size) if size is not None else None)
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            values = (value,) if isinstance(value, int | float) else tuple(float(v) for v in value)
+            if not values or (key == "std" and any(v == 0 for v in values)):
+                raise ConfigError(f"[calibration.image] {key} {value!r}: expected non-zero numbers")
+            object.__setattr__(self, key, values)
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ConfigError(f"[calibration.image] layout {self.layout!r}: expected 'NCHW' or 'NHWC'")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"[calibration.image] channels {self.channels!r}: expected 1 or 3")
+
+
+@dataclasses.dataclass
+class CalibrationSet:
+    """Feeds for the model, where they came from, and warnings to show the user."""
+
+    feeds: list[Feeds]
+    source: str
+    warnings: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, numpy dtype, dims (None where dynamic)."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | None, ...]
+
+    def shape_text(self) -> str:
+        return "(" + ", ".join("?" if d is None else str(d) for d in self.dims) + ")"
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs fed at run time, with dtypes and dims."""
+    specs = []
+    for vi in real_inputs(model.graph):
+        tensor_type = vi.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+        specs.append(InputSpec(vi.name, dtype, dims))
+    return specs
+
+
+def load_calibration(spec: str | None, model: onnx.ModelProto, *, zoo_feeds: list[Feeds] | None = None,
+                     image_config: ImagePreprocess | None = None, tokenizer_dir: Path | None = None,
+                     n: int = 16, seed: int = 0) -> CalibrationSet:
+    """Feeds for ``model`` from ``spec`` (None, 'random', .npz, image folder, .txt); at most ``n`` samples."""
+    inputs = model_inputs(model)
+    if spec is None:
+        if not zoo_feeds:
+            raise CalibrationError("no calibration data: pass --calib PATH (.npz, an image folder, "
+                                   "a text file) or --calib random")
+        result = CalibrationSet(list(zoo_feeds[:n]), "zoo", [])
+    elif spec == "random":
+        result = _random(inputs, n, seed)
+    else:
+        result = _from_path(spec, inputs, image_config, tokenizer_dir, n)
+    for sample in result.feeds:
+        check_sample(sample, inputs, result.source)
+    return result
+
+
+def _from_path(spec: str, inputs: list[InputSpec], image_config: ImagePreprocess | None,
+               tokenizer_dir: Path | None, n: int) -> CalibrationSet:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _images(path, inputs, image_config, n)
+    if not path.exists():
+        raise CalibrationError(f"--calib {spec}: no such file or folder")
+    if path.suffix.lower() == ".npz":
+        return _npz(path, inputs, n)
+    if path.suffix.lower() == ".txt":
+        return _text(path, inputs, tokenizer_dir, n)
+    raise CalibrationError(f"--calib {spec}: unsupported calibration file "
+                           "(give a .npz, a .txt, an image folder, or 'random')")
+
+
+def check_sample(sample: Feeds, inputs: list[InputSpec], source: str) -> None:
+    """Every input present with its dtype and a shape that fits its dims."""
+    names = [s.name for s in inputs]
+    for spec in inputs:
+        if spec.name not in sample:
+            raise CalibrationError(f"{source}: no data for input {spec.name!r}; expected: {', '.join(names)}")
+        arr = sample[spec.name]
+        if arr.dtype != spec.dtype:
+            raise CalibrationError(f"{source}: input {spec.name!r} has dtype {arr.dtype}, "
+                                   f"expected {spec.dtype}")
+        if not _fits(arr.shape, spec.dims):
+            raise CalibrationError(f"{source}: input {spec.name!r} has shape {tuple(arr.shape)}, "
+                                   f"expected {spec.shape_text()}")
+
+
+def _fits(shape: Sequence[int], dims: Sequence[int | None]) -> bool:
+    return len(shape) == len(dims) and all(d is None or d == s for s, d in zip(shape, dims, strict=True))
+
+
+# --- random -------------------------------------------------------------------------------------------
+
+def _random(inputs: list[InputSpec], n: int, seed: int) -> CalibrationSet:
+    """Seeded N(0, 1) floats, token ids in [0, 1000), ones for masks, zeros for token types."""
+    rng = np.random.default_rng(seed)
+    warnings = [RANDOM_WARNING]
+    dynamic = [f"{s.name}[{axis}]" for s in inputs for axis, d in enumerate(s.dims) if d is None and axis]
+    if dynamic:
+        warnings.append(f"random calibration set dynamic dims {', '.join(dynamic)} to {_RANDOM_DYNAMIC_DIM}")
+    feeds = [{s.name: _random_array(s, rng) for s in inputs} for _ in range(n)]
+    return CalibrationSet(feeds, "random", warnings)
+
+
+def _random_array(spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
+    shape = tuple(d if d is not None else (1 if axis == 0 else _RANDOM_DYNAMIC_DIM)
+                  for axis, d in enumerate(spec.dims))
+    name = spec.name.lower()
+    if spec.dtype.kind == "f":
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if spec.dtype.kind == "b" or "mask" in name:
+        return np.ones(shape, dtype=spec.dtype)
+    if "type" in name:  # token_type_ids: segment 0 is valid for every vocabulary
+        return np.zeros(shape, dtype=spec.dtype)
+    if spec.dtype.kind in "iu":
+        return rng.integers(0, 1000, size=shape).astype(spec.dtype)
+    raise CalibrationError(f"random: cannot make random data for input {spec.name!r} of dtype {spec.dtype}")
+
+
+# --- .npz ---------------------------------------------------------------------------------------------
+
+def _npz(path: Path, inputs: list[InputSpec], n: int) -> CalibrationSet:
+    """Arrays keyed by input name: one sample each, or a stack along a new leading axis or the batch axis."""
+    arrays = _read_npz(path)
+    expected = ", ".join(s.name for s in inputs)
+    for spec in inputs:
+        if spec.name not in arrays:
+            raise CalibrationError(f"{path}: no array for input {spec.name!r}; expected arrays: {expected}")
+    for key in arrays:
+        if key not in {s.name for s in inputs}:
+            raise CalibrationError(f"{path}: array {key!r} is not a model input; expected arrays: {expected}")
+    per_input = {s.name: _split_samples(path, arrays[s.name], s) for s in inputs}
+    counts = {name: len(samples) for name, samples in per_input.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        raise CalibrationError(f"{path}: inputs hold different numbers of samples ({listed})")
+    total = next(iter(counts.values()), 0)
+    if total == 0:
+        raise CalibrationError(f"{path}: holds no samples")
+    feeds = [{name: samples[i] for name, samples in per_input.items()} for i in range(min(total, n))]
+    return CalibrationSet(feeds, str(path), _cap_warning(path, total, n))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise CalibrationError(f"{path}: not an .npz archive (a single .npy array?)")
+        with data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise CalibrationError(f"{path}: cannot read .npz ({_first_line(err)})") from err
+
+
+def _split_samples(path: Path, arr: np.ndarray, spec: InputSpec) -> list[np.ndarray]:
+    """One sample, a stack on a new leading axis, or (for batch 1) a stack along the batch axis."""
+    if arr.dtype != spec.dtype:
+        raise CalibrationError(f"{path}: input {spec.name!r} has dtype {arr.dtype}, expected {spec.dtype}")
+    dims = spec.dims
+    if arr.ndim == len(dims) + 1 and _fits(arr.shape[1:], dims):
+        return [np.ascontiguousarray(a) for a in arr]
+    if _fits(arr.shape, dims):
+        return [arr]
+    if arr.ndim == len(dims) and dims and dims[0] == 1 and _fits(arr.shape[1:], dims[1:]):
+        return [np.ascontiguousarray(arr[i:i + 1]) for i in range(arr.shape[0])]
+    raise CalibrationError(f"{path}: input {spec.name!r} has shape {tuple(arr.shape)}, expected "
+                           f"{spec.shape_text()} for one sample or a stack of them")
+
+
+# --- image folder -------------------------------------------------------------------------------------
+
+def _images(folder: Path, inputs: list[InputSpec], cfg: ImagePreprocess | None, n: int) -> CalibrationSet:
+    """Images in name order, preprocessed as ``cfg`` says, grouped to the model's batch size."""
+    spec = _image_input(folder, inputs)
+    warnings = []
+    if cfg is None:
+        cfg = ImagePreprocess()
+        warnings.append(f"{folder}: no [calibration.image] settings; pixels scaled to [0, 1], not normalized")
+    size, channels = _image_geometry(folder, spec, cfg)
+    batch = spec.dims[0] or 1
+    pictures: list[np.ndarray] = []
+    skipped: list[str] = []
+    for file in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if len(pictures) >= n * batch:
+            break
+        if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(file.name)
+            continue
+        try:
+            pictures.append(_read_image(file, size, channels, cfg))
+        except (OSError, ValueError) as err:  # PIL raises UnidentifiedImageError (an OSError) for junk
+            skipped.append(f"{file.name} ({_first_line(err)})")
+    if skipped:
+        warnings.append(f"{folder}: skipped {len(skipped)} non-image files: {', '.join(skipped[:5])}"
+                        + (" ..." if len(skipped) > 5 else ""))
+    if len(pictures) < batch:
+        raise CalibrationError(f"{folder}: no readable .png or .jpg images (need {batch} per sample)")
+    feeds = [{spec.name: np.stack(group).astype(spec.dtype)} for group in _batches(pictures, batch)]
+    return CalibrationSet(feeds, str(folder), warnings)
+
+
+def _image_input(folder: Path, inputs: list[InputSpec]) -> InputSpec:
+    if len(inputs) != 1 or inputs[0].dtype.kind != "f" or len(inputs[0].dims) != 4:
+        listed = ", ".join(f"{s.name} {s.dtype} {s.shape_text()}" for s in inputs)
+        raise CalibrationError(f"{folder}: image calibration needs a model with one 4-d float input; "
+                               f"the model has: {listed}")
+    return inputs[0]
+
+
+def _image_geometry(folder: Path, spec: InputSpec, cfg: ImagePreprocess) -> tuple[tuple[int, int], int]:
+    """(H, W) and channels from the config or the model; they must agree where both are given."""
+    c_axis, h_axis, w_axis = (1, 2, 3) if cfg.layout == "NCHW" else (3, 1, 2)
+    model_hw = (spec.dims[h_axis], spec.dims[w_axis])
+    size = cfg.size or model_hw
+    if None in size:
+        raise CalibrationError(f"{folder}: the model's image size is dynamic; set [calibration.image] size")
+    if any(m is not None and m != s for m, s in zip(model_hw, size, strict=True)):
+        raise CalibrationError(f"{folder}: [calibration.image] size {size} does not match input "
+                               f"{spec.name!r} {spec.shape_text()} ({cfg.layout})")
+    channels = cfg.channels or spec.dims[c_axis] or 3
+    if channels not in (1, 3) or spec.dims[c_axis] not in (None, channels):
+        raise CalibrationError(f"{folder}: input {spec.name!r} {spec.shape_text()} ({cfg.layout}) does not "
+                               f"take {channels}-channel images")
+    for key in ("mean", "std"):
+        if len(getattr(cfg, key)) not in (1, channels):
+            raise CalibrationError(f"{folder}: [calibration.image] {key} needs 1 or {channels} values")
+    return (int(size[0]), int(size[1])), channels  # type: ignore[arg-type]
+
+
+def _read_image(file: Path, size: tuple[int, int], channels: int, cfg: ImagePreprocess) -> np.ndarray:
+    """One image as (C, H, W) or (H, W, C) float32, normalized."""
+    from PIL import Image
+
+    with Image.open(file) as img:
+        img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+        pixels = np.asarray(img, dtype=np.float32).reshape(size[0], size[1], channels) / 255.0
+    pixels = (pixels - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return pixels.transpose(2, 0, 1) if cfg.layout == "NCHW" else pixels
+
+
+def _batches(items: list[Any], batch: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items) - batch + 1, batch):
+        yield items[start:start + batch]
+
+
+# --- text file ----------------------------------------------------------------------------------------
+
+def _text(path: Path, inputs: list[InputSpec], tokenizer_dir: Path | None, n: int) -> CalibrationSet:
+    """One sentence per line, tokenized and padded/truncated to the model's sequence length."""
+    specs = {s.name: s for s in inputs}
+    if "input_ids" not in specs or any(name not in TOKEN_INPUTS for name in specs):
+        raise CalibrationError(f"{path}: text calibration needs inputs among {', '.join(TOKEN_INPUTS)} "
+                               f"with input_ids; the model has: {', '.join(specs)}")
+    if tokenizer_dir is None:
+        raise CalibrationError(f"{path}: text calibration needs a tokenizer; load a Hugging Face folder "
+                               "or set [calibration] tokenizer")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise CalibrationError(f"{path}: not UTF-8 text ({_first_line(err)})") from err
+    ids = specs["input_ids"]
+    batch = (ids.dims[0] or 1) if ids.dims else 1
+    if len(lines) < batch:
+        raise CalibrationError(f"{path}: needs at least {batch} non-empty lines, found {len(lines)}")
+    tokenizer = _tokenizer(tokenizer_dir)
+    warnings = _cap_warning(path, len(lines) // batch, n)
+    seq = ids.dims[1] if len(ids.dims) == 2 else None
+    if seq is None:
+        seq = min(int(getattr(tokenizer, "model_max_length", _TEXT_MAX_LEN)), _TEXT_MAX_LEN)
+        warnings.append(f"{path}: the model's sequence length is dynamic; padded sentences to {seq} tokens")
+    feeds = [_encode(tokenizer, group, specs, seq) for group in _batches(lines, batch)][:n]
+    return CalibrationSet(feeds, str(path), warnings)
+
+
+def _tokenizer(tokenizer_dir: Path) -> Any:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except Exception as err:  # transformers raises OSError, ValueError, ImportError... for bad folders
+        raise CalibrationError(f"{tokenizer_dir}: cannot load a tokenizer ({_first_line(err)})") from err
+
+
+def _encode(tokenizer: Any, lines: list[str], specs: dict[str, InputSpec], seq: int) -> Feeds:
+    encoded = tokenizer(lines, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+    feeds = {}
+    for name, spec in specs.items():
+        # a tokenizer without segment ids (e.g. RoBERTa-style) still feeds a model that takes them
+        values = encoded[name] if name in encoded else np.zeros_like(encoded["input_ids"])
+        feeds[name] = np.asarray(values).astype(spec.dtype)
+    return feeds
+
+
+def _cap_warning(path: Path, total: int, n: int) -> list[str]:
+    return [f"{path}: used the first {n} of {total} samples"] if total > n else []
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

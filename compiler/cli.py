@@ -1,0 +1,159 @@
+"""The edgec command line: a thin shell over build, targets, inspect, profile and verify.
+
+Exit codes: 0 ok, 2 user error (one line naming the culprit), 1 internal error (with traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from edgec.compiler import report
+from edgec.compiler.errors import EdgecError
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn EdgecError into one line and its exit code; Ctrl-C into exit 2 with nothing written."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EdgecError as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written", 2)
+
+    return wrapper
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log library messages to stderr.")
+@click.version_option(package_name="edgec")
+def cli(verbose: bool) -> None:
+    """edgec: compile ONNX, PyTorch and Hugging Face models into fast, verified edge bundles."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--target", help="Device profile (see `edgec targets`).")
+@click.option("--calib", help="Calibration data: .npz, image folder, text file, or 'random'.")
+@click.option("--passes", "passes", help="Comma-separated passes, e.g. cleanup,fuse.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="An edgec.toml build file.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="name=1x3x224x224 (repeatable).")
+@click.option("-o", "--output", help="Bundle path to write.")
+@click.option("--format", "fmt", type=click.Choice(["dir", "zip"]), help="Bundle as a directory or a zip.")
+@click.option("--force", is_flag=True, default=None, help="Replace an existing output.")
+@click.option("--seed", type=int, help="Seed for random calibration data and search.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@handle_errors
+def build(model: str | None, config_path: Path | None, as_json: bool, quiet: bool, **flags: Any) -> None:
+    """Compile MODEL (ONNX file, package.module:factory, HF folder or zoo:NAME) into a bundle."""
+    from edgec.compiler.build import run_build
+    from edgec.compiler.config import make_build_config, parse_pass_list
+
+    if flags["passes"] is not None:
+        flags["passes"] = parse_pass_list(flags["passes"])
+    cfg = make_build_config({"model": model, **flags}, config_path)
+    with report.progress(err_console, enabled=not (quiet or as_json)) as on_phase:
+        result = run_build(cfg, on_phase)
+    if as_json:
+        _emit_json(report.build_json(result))
+    elif not quiet:
+        report.print_build(out_console, result)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+@handle_errors
+def targets(as_json: bool) -> None:
+    """List device profiles and what each supports."""
+    from edgec.targets.registry import all_targets
+
+    profiles = all_targets()
+    if as_json:
+        _emit_json({name: p.to_json() for name, p in profiles.items()})
+    else:
+        report.print_targets(out_console, profiles.values())
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--target", help="Check op support against this target (default: the bundle's, or cpu-x86).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="name=1x3x224x224 (repeatable).")
+@click.option("--top", default=15, show_default=True, help="Nodes to list by FLOPs.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (all nodes).")
+@handle_errors
+def inspect(source: str, target: str | None, input_shapes: tuple[str, ...], top: int, as_json: bool) -> None:
+    """Opset, inputs/outputs, op histogram, params, FLOPs per node, ops the target cannot run."""
+    from edgec.compiler.inspect import inspect_source
+
+    info = inspect_source(source, target, input_shapes)
+    if as_json:
+        _emit_json(info)
+    else:
+        report.print_inspect(out_console, info, top)
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(1), help="Timed runs.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed runs first.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Intra-op threads.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="name=1x3x224x224 (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def profile(source: str, runs: int, warmup: int, threads: int, input_shapes: tuple[str, ...],
+            as_json: bool) -> None:
+    """Latency p50/p90/p99 and the top nodes by time (ORT profiler) of a model or bundle."""
+    from edgec.compiler.inspect import profile_source
+
+    result = profile_source(source, runs=runs, warmup=warmup, threads=threads, input_shapes=input_shapes)
+    if as_json:
+        _emit_json(result)
+    else:
+        report.print_profile(out_console, result)
+
+
+@cli.command()
+@click.argument("bundle")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def verify(bundle: str, as_json: bool) -> None:
+    """Check a bundle: checksums, schema, load, run the stored sample, compare outputs."""
+    from edgec.runtime.loader import verify_bundle
+
+    result = verify_bundle(Path(bundle))
+    if as_json:
+        _emit_json(report.to_plain(result))
+    else:
+        report.print_verify(out_console, result)
+    if not result.ok:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,109 @@
+"""BuildConfig: one frozen record of what to build, from CLI flags and/or an edgec.toml file.
+
+Each CLI flag maps to exactly one field. A flag given on the command line wins over the file.
+
+    # edgec.toml
+    target = "android-arm64"
+    passes = ["cleanup", "fuse"]
+    [pass-options.fuse]          # options of one pass, checked against its config dataclass
+    transformer_fusions = true
+    [calibration]
+    source = "data/images"       # .npz, an image folder, a text file, or "random"
+    samples = 16
+    [calibration.image]          # preprocessing for an image folder
+    size = [224, 224]
+    mean = [0.485, 0.456, 0.406]
+    std = [0.229, 0.224, 0.225]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from edgec.compiler.errors import ConfigError
+
+DEFAULT_PASSES = ("cleanup", "fuse")
+_TOP_KEYS = {"model", "target", "passes", "pass-options", "calibration", "input-shapes", "format", "seed"}
+_CALIB_KEYS = {"source", "samples", "image", "tokenizer"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """Everything one ``edgec build`` needs."""
+
+    model: str
+    target: str
+    output: Path
+    passes: tuple[str, ...] = DEFAULT_PASSES
+    pass_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    calib: str | None = None
+    calib_samples: int = 16
+    image_preprocess: dict[str, Any] | None = None
+    tokenizer_dir: str | None = None
+    input_shapes: tuple[str, ...] = ()
+    fmt: str = "dir"
+    force: bool = False
+    seed: int = 0
+    config_path: Path | None = None
+
+
+def parse_pass_list(value: str, source: str = "--passes") -> tuple[str, ...]:
+    """``"cleanup,fuse"`` to a tuple; empty items are an error naming the option."""
+    names = tuple(part.strip() for part in value.split(","))
+    if not names or any(not n for n in names):
+        raise ConfigError(f"{source}: expected a comma-separated list of pass names, got {value!r}")
+    return names
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def config_file_fields(path: Path) -> dict[str, Any]:
+    """Read an edgec.toml into BuildConfig field values; unknown keys name the file and key."""
+    data = _read_toml(path)
+    _check_keys(data, _TOP_KEYS, str(path))
+    calib = data.get("calibration", {})
+    _check_keys(calib, _CALIB_KEYS, f"{path} [calibration]")
+    passes = data.get("passes")
+    if passes is not None and not (isinstance(passes, list) and all(isinstance(p, str) for p in passes)):
+        raise ConfigError(f"{path}: 'passes' must be a list of pass names")
+    fields: dict[str, Any] = {
+        "model": data.get("model"),
+        "target": data.get("target"),
+        "passes": tuple(passes) if passes is not None else None,
+        "pass_options": data.get("pass-options"),
+        "calib": calib.get("source"),
+        "calib_samples": calib.get("samples"),
+        "image_preprocess": calib.get("image"),
+        "tokenizer_dir": calib.get("tokenizer"),
+        "input_shapes": tuple(data["input-shapes"]) if "input-shapes" in data else None,
+        "fmt": data.get("format"),
+        "seed": data.get("seed"),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def make_build_config(cli: dict[str, Any], config_path: Path | None) -> BuildConfig:
+    """Merge the config file (if any) under the CLI flags that were given."""
+    merged = config_file_fields(config_path) if config_path else {}
+    merged.update({k: v for k, v in cli.items() if v not in (None, ())})
+    for required, flag in (("model", "MODEL"), ("target", "--target"), ("output", "-o/--output")):
+        if required not in merged:
+            raise ConfigError(f"missing {flag} (give it on the command line or in the config file)")
+    merged["output"] = Path(merged["output"])
+    return BuildConfig(config_path=config_path, **merged)

@@ -1,0 +1,102 @@
+"""Frontend dispatch: a file, folder, zoo:NAME or module:factory becomes one normalized ONNX model."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+from edgec.compiler.errors import ConfigError, ModelLoadError
+from edgec.compiler.frontend.normalize import normalize
+
+logger = logging.getLogger(__name__)
+
+_SHAPE = re.compile(r"^([^=\s]+)=(\d+(?:x\d+)*)$")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A normalized model and how it came to be.
+
+    ``proto`` has its external data in memory, except for models over 2 GB: those keep tensors that
+    point at files in ``base_dir`` (see ``notes``), so the proto is small but cannot be saved elsewhere
+    without those files.
+    """
+
+    proto: onnx.ModelProto
+    source: str
+    notes: list[str]
+    base_dir: Path | None
+
+
+def parse_input_shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Parse repeated ``--input-shape name=1x3x224x224`` values, in order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        match = _SHAPE.match(value.strip())
+        if not match:
+            raise ConfigError(f"--input-shape {value!r}: expected NAME=D1xD2x... (e.g. x=1x3x224x224)")
+        name, dims = match.group(1), tuple(int(d) for d in match.group(2).split("x"))
+        if any(d <= 0 for d in dims):
+            raise ConfigError(f"--input-shape {value!r}: every dim must be a positive integer")
+        if name in shapes:
+            raise ConfigError(f"--input-shape {value!r}: input {name!r} given twice")
+        shapes[name] = dims
+    return shapes
+
+
+def load_model(source: str, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedModel:
+    """Load ``source`` with the frontend it names, then normalize (opset, input dims, shapes)."""
+    shapes = dict(input_shapes or {})
+    base_dir: Path | None = None
+    if source.startswith("zoo:"):
+        proto, notes, base_dir, shapes = _from_zoo(source, shapes)
+    else:
+        proto, notes, base_dir = _from_local(source, shapes)
+    proto, more = normalize(proto, shapes)
+    for note in notes + more:
+        logger.info("%s: %s", source, note)
+    return LoadedModel(proto=proto, source=source, notes=notes + more, base_dir=base_dir)
+
+
+def _from_local(source: str, shapes: dict[str, tuple[int, ...]],
+                ) -> tuple[onnx.ModelProto, list[str], Path | None]:
+    """A file, a Hugging Face folder, or a PyTorch factory spec."""
+    from edgec.compiler.frontend.hf import export_hf, is_hf_checkpoint
+    from edgec.compiler.frontend.onnx_file import read_onnx
+    from edgec.compiler.frontend.torch_export import export_factory, is_factory_spec
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not is_hf_checkpoint(path):
+            raise ModelLoadError(f"{path}: a folder without config.json is not a Hugging Face checkpoint")
+        return export_hf(path)
+    if path.is_file():
+        proto, notes = read_onnx(path)
+        return proto, notes, path.parent.resolve()
+    if is_factory_spec(source):
+        proto, notes = export_factory(source, shapes)
+        return proto, notes, None
+    raise ModelLoadError(f"{source}: no such file or folder (give a .onnx file, a Hugging Face folder, "
+                         "zoo:NAME or package.module:factory)")
+
+
+def _from_zoo(source: str, shapes: dict[str, tuple[int, ...]],
+              ) -> tuple[onnx.ModelProto, list[str], Path, dict[str, tuple[int, ...]]]:
+    """The zoo model's ONNX; its own input shapes apply unless the user gave others."""
+    from edgec.compiler.frontend.onnx_file import read_onnx
+    from edgec.models.zoo import get_zoo_model
+
+    name = source.removeprefix("zoo:")
+    try:
+        zoo_model = get_zoo_model(name)
+    except KeyError as err:
+        raise ModelLoadError(f"{source}: no zoo model named {name!r}") from err
+    path = Path(zoo_model.onnx_path())
+    proto, notes = read_onnx(path)
+    merged = {**dict(zoo_model.input_shapes or {}), **shapes}
+    return proto, [f"zoo model {name} from {path}", *notes], path.parent.resolve(), merged

@@ -1,0 +1,140 @@
+"""Normalize an ONNX model: upgrade old opsets, fix input dims, infer shapes; each step leaves a note."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import onnx
+from onnx import version_converter
+
+from edgec.compiler.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+TARGET_OPSET = 17
+
+
+def normalize(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              ) -> tuple[onnx.ModelProto, list[str]]:
+    """The normalized model and what was done to it, in words."""
+    notes: list[str] = []
+    proto = upgrade_opset(proto, notes)
+    if input_shapes:
+        fix_input_dims(proto, input_shapes, notes)
+    note_dynamic_dims(proto, notes)
+    proto = infer_shapes(proto, notes)
+    return proto, notes
+
+
+def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are fed at run time (old exports also list initializers as inputs)."""
+    inits = {t.name for t in graph.initializer}
+    return [vi for vi in graph.input if vi.name not in inits]
+
+
+def default_opset(proto: onnx.ModelProto) -> int | None:
+    """The ai.onnx opset version the model imports, or None."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Convert models below opset 13 to 17; if the converter fails, keep the model and say so."""
+    version = default_opset(proto)
+    if version is None or version >= MIN_OPSET:
+        return proto
+    try:
+        upgraded = version_converter.convert_version(proto, TARGET_OPSET)
+    except Exception as err:  # the C++ converter raises RuntimeError, ValueError or its own types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        logger.warning("opset %d kept: version converter failed (%s)", version, reason)
+        notes.append(f"kept opset {version}: the version converter failed ({reason})")
+        return proto
+    notes.append(f"upgraded opset {version} -> {TARGET_OPSET}")
+    return upgraded
+
+
+def fix_input_dims(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], notes: list[str]) -> None:
+    """Set the given shapes on the model's inputs; symbols fixed on inputs are fixed everywhere."""
+    inputs = {vi.name: vi for vi in real_inputs(proto.graph)}
+    unknown = [name for name in shapes if name not in inputs]
+    if unknown:
+        raise ConfigError(f"--input-shape {unknown[0]}: the model has no input named {unknown[0]!r}; "
+                          f"its inputs are: {', '.join(inputs) or '(none)'}")
+    symbols: dict[str, int] = {}
+    for name, shape in shapes.items():
+        fixed = _fix_one(inputs[name], shape, symbols)
+        if fixed:
+            notes.append(f"fixed dim {', '.join(fixed)} on input {name}")
+    if symbols:
+        _apply_symbols(proto.graph, symbols)
+
+
+def _fix_one(vi: onnx.ValueInfoProto, shape: tuple[int, ...], symbols: dict[str, int]) -> list[str]:
+    """Fix one input's dims in place; returns 'label=value' for each dim that was not fixed before."""
+    given = f"--input-shape {vi.name}={'x'.join(map(str, shape))}"
+    if not vi.type.HasField("tensor_type"):
+        raise ConfigError(f"{given}: input {vi.name!r} is not a tensor")
+    tensor_type = vi.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in shape)
+    dims = tensor_type.shape.dim
+    if len(dims) != len(shape):
+        raise ConfigError(f"{given}: rank {len(shape)}, but input {vi.name!r} has rank {len(dims)} "
+                          f"({format_dims(dims)})")
+    fixed = []
+    for axis, (dim, want) in enumerate(zip(dims, shape, strict=True)):
+        if dim.HasField("dim_value"):
+            if dim.dim_value != want:
+                raise ConfigError(f"{given}: axis {axis} of input {vi.name!r} is fixed at {dim.dim_value}")
+            continue
+        label = dim.dim_param or f"dim{axis}"
+        if dim.dim_param:
+            symbols[dim.dim_param] = want
+        dim.dim_value = want  # setting the value clears dim_param (a oneof)
+        fixed.append(f"{label}={want}")
+    return fixed
+
+
+def _apply_symbols(graph: onnx.GraphProto, symbols: dict[str, int]) -> None:
+    """Give outputs and value_info the values now fixed on inputs, so no stale symbol disagrees."""
+    for vi in [*graph.output, *graph.value_info]:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in symbols:
+                dim.dim_value = symbols[dim.dim_param]
+
+
+def note_dynamic_dims(proto: onnx.ModelProto, notes: list[str]) -> None:
+    """Say which input dims are still dynamic; they are left alone (a runtime may accept them)."""
+    for vi in real_inputs(proto.graph):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        tensor_type = vi.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            notes.append(f"input {vi.name} has no shape; --input-shape {vi.name}=... fixes it")
+            continue
+        dynamic = [f"{axis} ({d.dim_param or '?'})" for axis, d in enumerate(tensor_type.shape.dim)
+                   if not d.HasField("dim_value")]
+        if dynamic:
+            notes.append(f"input {vi.name} dim {', '.join(dynamic)} still dynamic; "
+                         f"--input-shape {vi.name}=... fixes it")
+
+
+def infer_shapes(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """ONNX shape inference, not strict; on failure keep the model's own shapes and say so."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as err:  # the C++ inference raises InferenceError, ValueError (too large)...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        logger.warning("shape inference failed: %s", reason)
+        notes.append(f"shape inference failed ({reason}); kept the shapes the model had")
+        return proto
+
+
+def format_dims(dims: Iterable[onnx.TensorShapeProto.Dimension]) -> str:
+    """'1x3xbatchx?' for a list of dims."""
+    parts = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+    return "x".join(parts) or "scalar"

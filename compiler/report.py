@@ -1,0 +1,141 @@
+"""How CLI results look: rich tables for people, plain dicts for --json."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edgec.targets.profile import TargetProfile
+
+
+@contextlib.contextmanager
+def progress(console: Console, enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A spinner that shows the current build phase; a no-op callback when disabled."""
+    if not enabled:
+        yield lambda _phase: None
+        return
+    with console.status("starting") as status:
+        yield lambda phase: status.update(f"[bold]{phase}[/]...")
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses (nested) to dicts, for JSON."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}P"
+
+
+def build_json(result: Any) -> dict[str, Any]:
+    """The build result as plain data."""
+    return {
+        "bundle": str(result.bundle),
+        "target": result.target,
+        "passes": [r.to_json() for r in result.records],
+        "metrics": to_plain(result.metrics),
+        "notes": result.notes,
+        "warnings": result.warnings,
+    }
+
+
+def pass_table(records: Iterable[Any]) -> Table:
+    """One row per pass: nodes, params, FLOPs, bytes before -> after, time, error."""
+    table = Table(title="passes")
+    for col in ("pass", "nodes", "params", "FLOPs", "bytes", "time s", "max rel err", "min cosine"):
+        table.add_column(col, justify="left" if col == "pass" else "right")
+    for r in records:
+        def arrow(key: str, r: Any = r) -> str:
+            return f"{_human(r.before[key])} -> {_human(r.after[key])}"
+
+        table.add_row(r.name, arrow("nodes"), arrow("params"), arrow("flops"), arrow("bytes"),
+                      f"{r.wall_s:.2f}", f"{r.max_rel_error:.1e}", f"{r.min_cosine:.6f}")
+    return table
+
+
+def print_build(console: Console, result: Any) -> None:
+    """The human summary of a build."""
+    for note in result.notes:
+        console.print(f"note: {note}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(pass_table(result.records))
+    m = result.metrics
+    if "host_latency_ms" in m:
+        lat = m["host_latency_ms"]
+        console.print(f"host latency (median, interleaved): {lat['before']:.3f} ms -> {lat['after']:.3f} ms "
+                      f"({lat['ratio']:.2f}x)")
+    if "accuracy" in m:
+        for key, before in (m["accuracy"]["before"] or {}).items():
+            console.print(f"{key}: {before:.4f} -> {m['accuracy']['after'][key]:.4f}")
+    console.print(f"bundle written: [bold]{result.bundle}[/] (target {result.target})")
+
+
+def print_targets(console: Console, profiles: Iterable[TargetProfile]) -> None:
+    """The device profiles as a table."""
+    table = Table(title="targets")
+    for col in ("name", "execution providers", "format", "opt level", "quantization", "channel multiple"):
+        table.add_column(col)
+    for p in profiles:
+        table.add_row(p.name, " > ".join(p.ep_names), p.model_format, p.graph_optimization_level,
+                      ", ".join(p.quantization_formats), str(p.channel_multiple))
+    console.print(table)
+
+
+def print_inspect(console: Console, info: dict[str, Any], top: int) -> None:
+    """Model summary, op histogram, the heaviest nodes, and EP support."""
+    console.print(f"opset {info['opset']}  ir {info['ir_version']}  producer {info['producer']}")
+    for kind in ("inputs", "outputs"):
+        for io in info[kind]:
+            console.print(f"{kind[:-1]:>6} {io['name']}: {io['dtype']} {io['shape']}")
+    console.print(f"nodes {info['nodes']}  params {_human(info['params'])}  size {_human(info['size_bytes'])}B  "
+                  f"FLOPs {_human(info['flops'])}")
+    console.print("ops: " + ", ".join(f"{op} {n}" for op, n in info["op_histogram"].items()))
+    table = Table(title=f"top {top} nodes by FLOPs")
+    for col in ("node", "op", "FLOPs", "share"):
+        table.add_column(col, justify="right" if col in ("FLOPs", "share") else "left")
+    for cost in info["node_flops"][:top]:
+        table.add_row(cost["name"], cost["op_type"], _human(cost["flops"]),
+                      f"{cost['flops'] / max(info['flops'], 1):.1%}")
+    console.print(table)
+    console.print(f"target {info['target']}: nodes per provider {info['nodes_per_provider']}")
+    for p in info["unsupported"]:
+        console.print(f"[red]cannot run:[/] {p['node']} ({p['domain']}:{p['op_type']})")
+    for p in info["fallback"][:top]:
+        console.print(f"falls back: {p['node']} ({p['op_type']}) -> {p['provider']}")
+
+
+def print_profile(console: Console, result: dict[str, Any]) -> None:
+    """Latency percentiles and the slowest nodes."""
+    console.print(f"{result['source']}: {result['runs']} runs after {result['warmup']} warm-up, "
+                  f"{result['threads']} thread(s)")
+    console.print(f"p50 {result['p50_ms']:.3f} ms   p90 {result['p90_ms']:.3f} ms   p99 {result['p99_ms']:.3f} ms")
+    table = Table(title="top nodes by time")
+    for col in ("node", "op", "provider", "total ms", "share"):
+        table.add_column(col, justify="right" if col in ("total ms", "share") else "left")
+    for n in result["top_nodes"]:
+        table.add_row(n["name"], n["op_type"], n.get("provider") or "", f"{n['total_ms']:.3f}", f"{n['share']:.1%}")
+    console.print(table)
+
+
+def print_verify(console: Console, result: Any) -> None:
+    """Each check of a bundle verification, and the verdict."""
+    for check in result.checks:
+        mark = "[green]ok[/]" if check.ok else "[red]FAIL[/]"
+        console.print(f"{mark} {check.name}: {check.detail}")
+    console.print("[bold green]bundle verified[/]" if result.ok else "[bold red]bundle failed verification[/]")

@@ -1,0 +1,47 @@
+"""Export a torch module to one self-contained ONNX file (dynamo, opset 18; legacy exporter as fallback)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import pathlib
+import time
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+
+
+def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: pathlib.Path,
+                input_names: Sequence[str], output_names: Sequence[str]) -> str:
+    """Write ``module`` to ``path`` (weights inside the file); returns the exporter used.
+
+    The dynamo exporter is tried first; if it raises, the TorchScript exporter is used instead.
+    """
+    common = dict(opset_version=OPSET, input_names=list(input_names), output_names=list(output_names))
+    start = time.perf_counter()
+    try:
+        with _quiet():
+            torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, verbose=False,
+                              optimize=True, **common)
+        used = "dynamo"
+    except Exception as exc:  # noqa: BLE001 - any dynamo failure falls back to the legacy exporter
+        log.warning("dynamo export failed (%s: %s); using the legacy exporter", type(exc).__name__, exc)
+        with _quiet():
+            torch.onnx.export(module, args, str(path), dynamo=False, do_constant_folding=True, **common)
+        used = "legacy"
+    log.info("exported %s with %s in %.1f s", path, used, time.perf_counter() - start)
+    return used
+
+
+@contextlib.contextmanager
+def _quiet():  # type: ignore[no-untyped-def]
+    """Swallow the exporter's progress prints and warnings; they would clutter the CLI output."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield

@@ -1,0 +1,254 @@
+"""Write a deployable bundle (directory or .zip) atomically: model files, manifest, sample, app loader.
+
+Bundle format, schema_version 1
+-------------------------------
+A bundle is a directory, or a .zip holding the same files at its top level:
+
+``model.onnx``
+    The compiled model (ONNX, no external data).
+``model.ort`` and ``required_operators.config`` (mobile targets only, ``model_format = "ort"``)
+    The ORT-format model made by ``onnxruntime.tools.convert_onnx_models_to_ort`` with the target's
+    ``ort_optimization_style`` and ``ort_target_platform``, and the op list for a reduced ORT build
+    (``--include_ops_by_config``). Runtime-style models are loaded without replaying saved optimizations.
+``sample.npz``
+    Sample inputs and the outputs of the shipped model on them, computed with ONNX Runtime on the build
+    host: keys ``input/<name>`` and ``output/<name>``; read with ``np.load(..., allow_pickle=False)``.
+``EdgecModel.kt`` (``loader_sample = "android"``) or ``EdgecModel.swift`` (``"ios"``)
+    A loader for apps: Kotlin on ``ai.onnxruntime`` with NNAPI, or Swift on onnxruntime-objc with CoreML,
+    loading ``model.ort`` with the manifest's input/output names and shapes filled in.
+``manifest.json``
+    ``schema_version`` (1), ``edgec_version``, ``created`` (UTC ISO 8601), ``target``
+    (``{"name", "profile"}``, the profile as ``TargetProfile.to_json()``), ``execution_providers``
+    (priority order), ``session_options`` (``graph_optimization_level``, ``intra_op_num_threads``),
+    ``onnxruntime_version`` (used to build), ``model_file`` (the file the target runtime loads),
+    ``model_files`` (``{runtime: file}``: ``onnxruntime`` is always ``model.onnx``; the target's
+    runtime, e.g. ``onnxruntime-mobile``, maps to its shipped file), ``inputs``/``outputs``
+    (``[{"name", "shape", "dtype"}]``, a dim is an int, a symbol name or null), ``passes`` (pass records),
+    ``metrics`` (accuracy before/after, latency), ``files`` (``{relative path: sha256 hex}`` for every
+    file but ``manifest.json``).
+
+Loading (``edgec.runtime.loader``) treats a bundle as untrusted. It refuses: a schema_version other than 1
+or a missing key; a manifest path that is absolute, contains ``..`` or a backslash, or resolves (through
+symlinks) outside the bundle; a file whose sha256 differs from the manifest; a file not in the manifest;
+for zips, members with absolute or ``..`` paths, symlink members or more than 8 GiB unpacked, all checked
+before anything is extracted; external-data references to files the manifest does not list; and a
+``sample.npz`` that needs pickle. The session uses the manifest's session options and its execution
+providers that the host has, CPU last. Saved runtime optimizations of Runtime-style ``.ort`` files are
+never replayed.
+
+Verification reruns the stored sample (atol 1e-5 or rtol 1e-4) and, for ``.ort`` bundles, compares
+``model.ort`` with ``model.onnx`` run at ORT_ENABLE_EXTENDED on the CPU EP (bit-exact on one machine;
+checked to atol/rtol 1e-6). Not ORT_ENABLE_ALL: on x86 it adds NCHWc transforms that ``.ort`` leaves out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgec.compiler.errors import BundleError
+from edgec.runtime import mobile
+from edgec.runtime.session import make_session, run
+from edgec.targets.profile import TargetProfile
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ONNX_FILE = "model.onnx"
+SAMPLE_FILE = "sample.npz"
+REQUIRED_KEYS = ("schema_version", "edgec_version", "created", "target", "execution_providers",
+                 "session_options", "onnxruntime_version", "model_file", "model_files", "inputs", "outputs",
+                 "passes", "metrics", "files")
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def edgec_version() -> str:
+    """The installed edgec version, or ``0+unknown`` when running from an uninstalled tree."""
+    try:
+        return importlib.metadata.version("edgec")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _value_specs(values: Sequence[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise BundleError(f"{value.name}: only tensor inputs/outputs can be bundled")
+        dims: list[int | str | None] = []
+        for d in tensor.shape.dim if tensor.HasField("shape") else []:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        shape = dims if tensor.HasField("shape") else None
+        specs.append({"name": value.name, "shape": shape, "dtype": dtype})
+    return specs
+
+
+def _check_feeds(inputs: list[dict[str, Any]], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The sample inputs as contiguous arrays, checked against the model's graph inputs."""
+    names = [spec["name"] for spec in inputs]
+    extra = sorted(set(feeds) - set(names))
+    if extra:
+        raise BundleError(f"sample input {extra[0]!r} is not a model input; inputs: {', '.join(names)}")
+    checked = {}
+    for spec in inputs:
+        if spec["name"] not in feeds:
+            raise BundleError(f"sample inputs lack model input {spec['name']!r}")
+        array = np.ascontiguousarray(feeds[spec["name"]])
+        if array.dtype.name != spec["dtype"]:
+            raise BundleError(f"sample input {spec['name']!r} is {array.dtype.name}, "
+                              f"the model takes {spec['dtype']}")
+        checked[spec["name"]] = array
+    return checked
+
+
+def _save_sample(path: pathlib.Path, feeds: Mapping[str, np.ndarray],
+                 outputs: Mapping[str, np.ndarray]) -> None:
+    arrays = {f"input/{k}": v for k, v in feeds.items()} | {f"output/{k}": v for k, v in outputs.items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+def _manifest(target: TargetProfile, model_file: str, specs: tuple[list, list], pass_records: Sequence[dict],
+              metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    model_files = {"onnxruntime": ONNX_FILE, target.runtime: model_file}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "edgec_version": edgec_version(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "target": {"name": target.name, "profile": target.to_json()},
+        "execution_providers": target.ep_names,
+        "session_options": {"graph_optimization_level": target.graph_optimization_level,
+                            "intra_op_num_threads": target.intra_op_num_threads},
+        "onnxruntime_version": ort.__version__,
+        "model_file": model_file,
+        "model_files": model_files,
+        "inputs": specs[0],
+        "outputs": specs[1],
+        "passes": [dict(r) for r in pass_records],
+        "metrics": dict(metrics or {}),
+        "files": {},
+    }
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars/arrays and paths in caller records become plain JSON."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"manifest value of type {type(value).__name__} is not JSON serializable")
+
+
+def _fill(root: pathlib.Path, *, model: onnx.ModelProto, target: TargetProfile,
+          sample_inputs: Mapping[str, np.ndarray], pass_records: Sequence[dict],
+          metrics: Mapping[str, Any] | None) -> None:
+    """Write every bundle file into the empty directory ``root``."""
+    specs = (_value_specs(model.graph.input), _value_specs(model.graph.output))
+    init_names = {i.name for i in model.graph.initializer}
+    specs[0][:] = [s for s in specs[0] if s["name"] not in init_names]
+    feeds = _check_feeds(specs[0], sample_inputs)
+    onnx.save_model(model, root / ONNX_FILE)
+    model_file = ONNX_FILE
+    if target.is_mobile:
+        model_file = mobile.convert_to_ort(root / ONNX_FILE, root, target)[0].name
+    # The stored outputs come from the file the device loads, run as the manifest says.
+    outputs = run(make_session(root / model_file, target), feeds)
+    _save_sample(root / SAMPLE_FILE, feeds, outputs)
+    manifest = _manifest(target, model_file, specs, pass_records, metrics)
+    if target.loader_sample:
+        sample_specs = [s | {"sample_shape": list(feeds[s["name"]].shape)} for s in specs[0]]
+        versions = {"edgec": manifest["edgec_version"], "onnxruntime": manifest["onnxruntime_version"]}
+        name, text = mobile.render_loader_sample(target, model_file, sample_specs, specs[1], versions)
+        (root / name).write_text(text, encoding="utf-8")
+    manifest["files"] = {p.relative_to(root).as_posix(): file_sha256(p)
+                         for p in sorted(root.rglob("*")) if p.is_file()}
+    text = json.dumps(manifest, indent=2, default=_json_default)
+    (root / MANIFEST).write_text(text + "\n", encoding="utf-8")
+
+
+def _publish(staged: pathlib.Path, out: pathlib.Path, force: bool, trash: pathlib.Path) -> None:
+    """Move the finished ``staged`` file or dir to ``out``.
+
+    With force, the old ``out`` is moved into ``trash`` (inside the staging dir, removed with it) only
+    now, and moved back if the final rename fails.
+    """
+    old = None
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise BundleError(f"{out}: already exists (use force to replace it)")
+        old = trash
+        out.rename(old)
+    try:
+        staged.rename(out)
+    except BaseException:
+        if old is not None:
+            old.rename(out)
+        raise
+
+
+def _zip_dir(root: pathlib.Path, zip_path: pathlib.Path) -> None:
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(root).as_posix())
+
+
+def write_bundle(out: str | os.PathLike[str], *, model: onnx.ModelProto, target: TargetProfile,
+                 sample_inputs: Mapping[str, np.ndarray], pass_records: Sequence[dict] = (),
+                 metrics: Mapping[str, Any] | None = None, fmt: Literal["dir", "zip"] = "dir",
+                 force: bool = False) -> pathlib.Path:
+    """Write a bundle for ``target`` to ``out`` (a directory, or a zip file with ``fmt="zip"``).
+
+    Everything is built in a hidden temp dir next to ``out`` and renamed into place at the end, so
+    ``out`` either holds a complete bundle or is untouched (also on KeyboardInterrupt). An existing
+    ``out`` raises BundleError unless ``force``; with ``force`` it is replaced only once the new bundle
+    is complete.
+    """
+    out = pathlib.Path(out)
+    if fmt not in ("dir", "zip"):
+        raise BundleError(f"bundle format must be 'dir' or 'zip', not {fmt!r}")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise BundleError(f"{out}: already exists (use force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        root = staging / "bundle"
+        root.mkdir()
+        _fill(root, model=model, target=target, sample_inputs=sample_inputs, pass_records=pass_records,
+              metrics=metrics)
+        if fmt == "zip":
+            _zip_dir(root, staging / "bundle.zip")
+            _publish(staging / "bundle.zip", out, force, trash=staging / "old")
+        else:
+            _publish(root, out, force, trash=staging / "old")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote bundle %s for %s", out, target.name)
+    return out

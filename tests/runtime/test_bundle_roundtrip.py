@@ -1,0 +1,135 @@
+"""Bundles written, loaded and verified end to end: dir and zip, desktop and mobile targets."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgec import runtime
+from edgec.compiler.errors import BundleError
+from edgec.runtime.bundle import REQUIRED_KEYS, write_bundle
+from edgec.runtime.loader import load_bundle, verify_bundle
+from edgec.runtime.session import make_session, run
+from edgec.targets.registry import get_target
+
+
+def _direct(model: onnx.ModelProto, feeds: dict[str, np.ndarray], level: str) -> dict[str, np.ndarray]:
+    """The model run straight from memory in ORT, independent of the bundle code."""
+    return run(make_session(model.SerializeToString(), level=level), feeds)
+
+
+@pytest.fixture(scope="module")
+def android_bundle(tmp_path_factory, tiny_model, tiny_feeds):
+    out = tmp_path_factory.mktemp("android") / "bundle"
+    records = [{"name": "cleanup", "modified": True, "stats": {"nodes_removed": np.int64(0)}}]
+    metrics = {"accuracy_before": 0.91, "accuracy_after": 0.91, "latency_ms": {"p50": np.float64(0.2)}}
+    return write_bundle(out, model=tiny_model, target=get_target("android-arm64"), sample_inputs=tiny_feeds,
+                        pass_records=records, metrics=metrics)
+
+
+def test_dir_bundle_round_trip(tmp_path, tiny_model, tiny_feeds):
+    out = write_bundle(tmp_path / "cpu", model=tiny_model, target=get_target("cpu-x86"),
+                       sample_inputs=tiny_feeds)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "sample.npz"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(REQUIRED_KEYS) <= set(manifest)
+    assert manifest["model_file"] == "model.onnx" and manifest["target"]["name"] == "cpu-x86"
+    assert manifest["inputs"] == [{"name": "input.1", "shape": ["N", 3, 16, 16], "dtype": "float32"}]
+    assert manifest["outputs"] == [{"name": "probs", "shape": ["N", 10], "dtype": "float32"}]
+    assert set(manifest["files"]) == {"model.onnx", "sample.npz"}
+    assert manifest["onnxruntime_version"] == ort.__version__
+
+    loaded = runtime.load(out)
+    np.testing.assert_array_equal(loaded.sample_inputs["input.1"], tiny_feeds["input.1"])
+    got = run(loaded.session, loaded.sample_inputs)
+    np.testing.assert_allclose(got["probs"], loaded.sample_outputs["probs"], atol=1e-6, rtol=0)
+    # The stored outputs are the model's real outputs, not something the bundle code made up.
+    direct = _direct(tiny_model, tiny_feeds, "all")
+    np.testing.assert_allclose(got["probs"], direct["probs"], atol=1e-6, rtol=0)
+    assert np.allclose(got["probs"].sum(axis=1), 1.0, atol=1e-5)
+    report = verify_bundle(out)
+    assert report.ok, report.problems
+    assert report.sample_errors[0].max_abs <= 1e-6
+
+
+def test_zip_bundle_round_trip(tmp_path, tiny_model, tiny_feeds):
+    out = write_bundle(tmp_path / "ios.zip", model=tiny_model, target=get_target("ios-arm64"),
+                       sample_inputs=tiny_feeds, fmt="zip")
+    assert out.is_file()
+    with zipfile.ZipFile(out) as zf:
+        names = set(zf.namelist())
+    assert names == {"manifest.json", "model.onnx", "model.ort", "required_operators.config", "sample.npz",
+                     "EdgecModel.swift"}
+    loaded = load_bundle(out)
+    assert loaded.manifest["model_file"] == "model.ort"
+    got = run(loaded.session, loaded.sample_inputs)
+    np.testing.assert_allclose(got["probs"], loaded.sample_outputs["probs"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got["probs"], _direct(tiny_model, tiny_feeds, "extended")["probs"], atol=1e-6,
+                               rtol=0)
+    report = verify_bundle(out)
+    assert report.ok, report.problems
+    assert [c.name for c in report.checks] == ["schema", "files", "load", "sample",
+                                               "model.ort vs model.onnx (extended)"]
+    # model_bytes reads from the zip and re-checks the checksum.
+    assert onnx.load_from_string(loaded.model_bytes("model.onnx")).graph.name == "tiny"
+    assert loaded.model_bytes() == zipfile.ZipFile(out).read("model.ort")
+
+
+def test_android_bundle_ships_ort_matching_onnx(android_bundle, tiny_feeds):
+    names = {p.name for p in android_bundle.iterdir()}
+    assert {"model.onnx", "model.ort", "required_operators.config", "EdgecModel.kt"} <= names
+    manifest = json.loads((android_bundle / "manifest.json").read_text())
+    assert manifest["model_file"] == "model.ort"
+    assert manifest["model_files"] == {"onnxruntime": "model.onnx", "onnxruntime-mobile": "model.ort"}
+    assert manifest["execution_providers"][0] == "NnapiExecutionProvider"
+    assert manifest["session_options"] == {"graph_optimization_level": "extended", "intra_op_num_threads": 2}
+    assert manifest["passes"][0]["stats"]["nodes_removed"] == 0
+    assert manifest["metrics"]["latency_ms"]["p50"] == pytest.approx(0.2)
+    config = (android_bundle / "required_operators.config").read_text()
+    assert "com.microsoft;1;FusedConv" in config and "Softmax" in config
+    assert "# - model.ort" in config and "tmp" not in config
+
+    ort_out = run(make_session(android_bundle / "model.ort", level="extended"), tiny_feeds)
+    onnx_out = run(make_session(android_bundle / "model.onnx", level="extended"), tiny_feeds)
+    np.testing.assert_allclose(ort_out["probs"], onnx_out["probs"], atol=1e-7, rtol=0)
+    report = verify_bundle(android_bundle)
+    assert report.ok, report.problems
+    assert report.ort_vs_onnx_errors[0].max_abs <= 1e-6
+
+
+def test_kotlin_sample_names_model_io(android_bundle):
+    kotlin = (android_bundle / "EdgecModel.kt").read_text()
+    assert "OrtEnvironment.getEnvironment()" in kotlin and "addNnapi()" in kotlin
+    assert 'const val INPUT_INPUT_1 = "input.1"' in kotlin
+    assert "val SHAPE_INPUT_1 = longArrayOf(2L, 3L, 16L, 16L)" in kotlin
+    assert 'const val OUTPUT_PROBS = "probs"' in kotlin
+    assert 'assetName: String = "model.ort"' in kotlin
+    assert "OptLevel.EXTENDED_OPT" in kotlin and "setIntraOpNumThreads(2)" in kotlin
+    assert "{{" not in kotlin
+
+
+def test_swift_sample_names_model_io(tmp_path, tiny_model, tiny_feeds):
+    out = write_bundle(tmp_path / "ios", model=tiny_model, target=get_target("ios-arm64"),
+                       sample_inputs=tiny_feeds)
+    swift = (out / "EdgecModel.swift").read_text()
+    assert "ORTEnv(" in swift and "appendCoreMLExecutionProvider" in swift and "ORTSession(" in swift
+    assert '"input.1": try EdgecModel.tensor(input_1, .float, EdgecModel.shape_input_1)' in swift
+    assert "static let shape_input_1: [NSNumber] = [2, 3, 16, 16]" in swift
+    assert 'static let outputNames: [String] = ["probs"]' in swift
+    assert 'resource: String = "model", ext: String = "ort"' in swift
+    assert "coreml.createMLProgram = true" in swift  # the ios profile targets CoreML ML Program
+    assert "{{" not in swift
+
+
+def test_sample_inputs_must_match_model(tmp_path, tiny_model, tiny_feeds):
+    with pytest.raises(BundleError, match="'input.1'"):
+        write_bundle(tmp_path / "b", model=tiny_model, target=get_target("cpu-x86"), sample_inputs={})
+    wrong = {"input.1": tiny_feeds["input.1"].astype(np.float64)}
+    with pytest.raises(BundleError, match="float64"):
+        write_bundle(tmp_path / "b", model=tiny_model, target=get_target("cpu-x86"), sample_inputs=wrong)
+    assert list(tmp_path.iterdir()) == []
