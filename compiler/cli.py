@@ -20,7 +20,8 @@ from edgec.compiler import report
 from edgec.compiler.errors import EdgecError
 
 err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+# Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
+out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _fail(message: str, code: int) -> None:
@@ -52,7 +53,8 @@ def _emit_json(data: Any) -> None:
 @click.version_option(package_name="edgec")
 def cli(verbose: bool) -> None:
     """edgec: compile ONNX, PyTorch and Hugging Face models into fast, verified edge bundles."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 @cli.command()

@@ -32,6 +32,7 @@ def export_hf(path: Path) -> tuple[onnx.ModelProto, list[str], Path]:
     try:
         from optimum.exporters.onnx import main_export
     except ImportError as err:
+        logger.debug("optimum.exporters.onnx import failed: %s", err)
         raise ModelLoadError(f"{path}: Hugging Face checkpoints need the 'hf' extra: "
                              "pip install 'edgec[hf]'") from err
     out_dir = _cache_dir(path)

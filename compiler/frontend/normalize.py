@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 import onnx
@@ -12,6 +13,7 @@ from edgec.compiler.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+_CXX_PREFIX = re.compile(r"^\S+\.cc:\d+: \w+: ")  # "/project/onnx/.../convert.cc:101: convert_graph: "
 MIN_OPSET = 13
 TARGET_OPSET = 17
 
@@ -47,7 +49,7 @@ def upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     try:
         upgraded = version_converter.convert_version(proto, TARGET_OPSET)
     except Exception as err:  # the C++ converter raises RuntimeError, ValueError or its own types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = _CXX_PREFIX.sub("", str(err).strip().splitlines()[0]) if str(err).strip() else type(err).__name__
         logger.warning("opset %d kept: version converter failed (%s)", version, reason)
         notes.append(f"kept opset {version}: the version converter failed ({reason})")
         return proto

@@ -31,7 +31,9 @@ def export_factory(spec: str, input_shapes: dict[str, tuple[int, ...]] | None,
                    ) -> tuple[onnx.ModelProto, list[str]]:
     """Export the factory's module on float32 random inputs of the given shapes (in the given order).
 
-    Inputs are passed positionally in the order of ``input_shapes`` and named after its keys.
+    Inputs are passed positionally in the order of ``input_shapes`` and named after its keys. They are
+    float32 N(0, 1), except token inputs, which are int64: ``*mask*`` ones, ``*type_ids`` zeros, other
+    ``*ids`` in [0, 100) (so Embedding layers see valid indices).
     The dynamo exporter is tried first; if it raises, the legacy TorchScript exporter is used.
     """
     if not input_shapes:
@@ -41,7 +43,7 @@ def export_factory(spec: str, input_shapes: dict[str, tuple[int, ...]] | None,
 
     module = build_module(spec)
     generator = torch.Generator().manual_seed(0)
-    args = tuple(torch.randn(*shape, generator=generator) for shape in input_shapes.values())
+    args = tuple(example_input(name, shape, generator) for name, shape in input_shapes.items())
     with tempfile.TemporaryDirectory(prefix="edgec-export-") as tmp:
         out = Path(tmp) / "model.onnx"
         notes = _export(spec, module, args, list(input_shapes), out)
@@ -66,6 +68,20 @@ def build_module(spec: str) -> object:
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"{spec}: the factory returned {type(module).__name__}, not a torch.nn.Module")
     return module.eval()
+
+
+def example_input(name: str, shape: tuple[int, ...], generator: object) -> object:
+    """A seeded example tensor for one input; see ``export_factory`` for the dtype rules."""
+    import torch
+
+    lowered = name.lower()
+    if "mask" in lowered:
+        return torch.ones(shape, dtype=torch.int64)
+    if lowered.endswith("type_ids"):
+        return torch.zeros(shape, dtype=torch.int64)
+    if lowered.endswith("ids"):
+        return torch.randint(0, 100, shape, generator=generator, dtype=torch.int64)
+    return torch.randn(*shape, generator=generator)
 
 
 def _export(spec: str, module: object, args: tuple, names: list[str], out: Path) -> list[str]:

@@ -43,6 +43,18 @@ class DataDependentBranch(nn.Module):
         return x - 1.0
 
 
+class TokenPooler(nn.Module):
+    """Embedding of input_ids, mean-pooled under attention_mask: a text model's input contract."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(1000, 6)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        return (self.embed(input_ids) * mask).sum(1) / mask.sum(1)
+
+
 def _seeded(cls: type[nn.Module]) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -60,6 +72,10 @@ def two_inputs() -> nn.Module:
 
 def data_dependent() -> nn.Module:
     return _seeded(DataDependentBranch)
+
+
+def token_pooler() -> nn.Module:
+    return _seeded(TokenPooler)
 
 
 def not_a_module() -> object:

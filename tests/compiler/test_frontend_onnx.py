@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from frontend_factories import ort_outputs
+from onnx import TensorProto, helper
 from onnx.external_data_helper import uses_external_data
 
 from edgec.compiler.errors import ConfigError, ModelLoadError
@@ -104,8 +106,7 @@ def test_unknown_source_refused() -> None:
 
 
 def test_hf_checkpoint_needs_extra(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    if __import__("importlib").util.find_spec("optimum") is not None:
+    if importlib.util.find_spec("optimum") is not None:
         pytest.skip("optimum is installed here, so the missing-extra error cannot occur")
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ModelLoadError) as info:
@@ -198,6 +199,26 @@ def test_opset11_upgraded_same_outputs(convnet_opset11_onnx: Path) -> None:
     got = ort_outputs(loaded.proto.SerializeToString(), FEEDS)["y"]
     want = ort_outputs(str(convnet_opset11_onnx), FEEDS)["y"]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_opset_converter_failure_keeps_model(tmp_path: Path) -> None:
+    # ImageScaler (opset 1-9) has no schema at 17, so onnx's version converter gives up on it.
+    graph = helper.make_graph(
+        [helper.make_node("ImageScaler", ["x"], ["s"], scale=2.0, bias=[1.0, -1.0]),
+         helper.make_node("Relu", ["s"], ["y"])],
+        "scaler", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=4)
+    path = tmp_path / "scaler.onnx"
+    onnx.save(model, str(path))
+    loaded = load_model(str(path))
+    assert default_opset(loaded.proto) == 9
+    assert any(n.startswith("kept opset 9: the version converter failed") and "ImageScaler" in n
+               for n in loaded.notes)
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(1, 2, 4, 4)
+    want = np.maximum(2 * x + np.array([1.0, -1.0], np.float32).reshape(1, 2, 1, 1), 0)
+    got = ort_outputs(loaded.proto.SerializeToString(), {"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
 def test_dynamic_batch_fixed_from_input_shape(convnet_dynamic_onnx: Path) -> None:

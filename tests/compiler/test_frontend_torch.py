@@ -6,6 +6,7 @@ import logging
 
 import frontend_factories
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -53,6 +54,17 @@ def test_factory_inputs_named_in_order() -> None:
     feeds = {"a": rng.standard_normal((2, 4)).astype(np.float32),
              "b": rng.standard_normal((2, 3)).astype(np.float32)}
     _check_against_torch(loaded.proto.SerializeToString(), frontend_factories.two_inputs(), feeds, 1e-4)
+
+
+def test_token_inputs_exported_as_int64() -> None:
+    loaded = load_model("frontend_factories:token_pooler", {"input_ids": (2, 7), "attention_mask": (2, 7)})
+    elem_types = [i.type.tensor_type.elem_type for i in loaded.proto.graph.input]
+    assert elem_types == [onnx.TensorProto.INT64] * 2
+    rng = np.random.default_rng(5)
+    mask = np.ones((2, 7), np.int64)
+    mask[1, 4:] = 0
+    feeds = {"input_ids": rng.integers(0, 1000, (2, 7)), "attention_mask": mask}
+    _check_against_torch(loaded.proto.SerializeToString(), frontend_factories.token_pooler(), feeds, 1e-5)
 
 
 def test_dynamo_failure_falls_back_to_legacy(caplog: pytest.LogCaptureFixture) -> None:
