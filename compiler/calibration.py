@@ -247,6 +247,8 @@ def _images(folder: Path, inputs: list[InputSpec], cfg: ImagePreprocess | None, 
                         + (" ..." if len(skipped) > 5 else ""))
     if len(pictures) < batch:
         raise CalibrationError(f"{folder}: no readable .png or .jpg images (need {batch} per sample)")
+    if len(pictures) % batch:
+        warnings.append(f"{folder}: left out {len(pictures) % batch} images that do not fill a batch of {batch}")
     feeds = [{spec.name: np.stack(group).astype(spec.dtype)} for group in _batches(pictures, batch)]
     return CalibrationSet(feeds, str(folder), warnings)
 

@@ -28,6 +28,7 @@ from edgec.compiler.errors import ConfigError
 DEFAULT_PASSES = ("cleanup", "fuse")
 _TOP_KEYS = {"model", "target", "passes", "pass-options", "calibration", "input-shapes", "format", "seed"}
 _CALIB_KEYS = {"source", "samples", "image", "tokenizer"}
+_IMAGE_KEYS = {"size", "mean", "std", "layout", "channels"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,7 @@ def config_file_fields(path: Path) -> dict[str, Any]:
     _check_keys(data, _TOP_KEYS, str(path))
     calib = data.get("calibration", {})
     _check_keys(calib, _CALIB_KEYS, f"{path} [calibration]")
+    _check_keys(calib.get("image", {}), _IMAGE_KEYS, f"{path} [calibration.image]")
     passes = data.get("passes")
     if passes is not None and not (isinstance(passes, list) and all(isinstance(p, str) for p in passes)):
         raise ConfigError(f"{path}: 'passes' must be a list of pass names")

@@ -9,6 +9,7 @@ import logging
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -113,7 +114,7 @@ def _export(spec: str, module: object, args: tuple, names: list[str], out: Path)
 
 
 @contextlib.contextmanager
-def _quiet():  # noqa: ANN202 - a context manager
+def _quiet() -> Iterator[None]:
     """Keep the exporters' progress prints off stdout; they go to the debug log instead."""
     buffer = io.StringIO()
     try:

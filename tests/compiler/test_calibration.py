@@ -322,3 +322,14 @@ def test_text_empty_file(tmp_path: Path, tokenizer_dir: Path) -> None:
     with pytest.raises(CalibrationError, match="at least 1 non-empty lines, found 0") as info:
         load_calibration(str(path), _text_model(), tokenizer_dir=tokenizer_dir)
     assert str(path) in str(info.value)
+
+
+def test_image_folder_grouped_to_fixed_batch(tmp_path: Path, convnet_dynamic_onnx: Path) -> None:
+    from edgec.compiler.frontend import load_model
+
+    model = load_model(str(convnet_dynamic_onnx), {"x": (2, 3, 16, 16)}).proto
+    _write_images(tmp_path / "images", 5)
+    calib = load_calibration(str(tmp_path / "images"), model, n=16)
+    assert [f["x"].shape for f in calib.feeds] == [(2, 3, 16, 16)] * 2
+    assert any("left out 1 images that do not fill a batch of 2" in w for w in calib.warnings)
+    assert all(o.shape == (2, 5) for o in _runs(model, calib.feeds))

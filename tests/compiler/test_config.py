@@ -56,3 +56,9 @@ def test_missing_target_is_named():
 def test_bad_pass_list(value):
     with pytest.raises(ConfigError, match="--passes"):
         parse_pass_list(value)
+
+
+def test_unknown_image_preprocess_key(tmp_path):
+    cfg_path = _write(tmp_path, '[calibration.image]\nsize = [8, 8]\nmeans = [0.5]\n')
+    with pytest.raises(ConfigError, match=r"\[calibration.image\]: unknown key 'means'"):
+        make_build_config({"model": "m.onnx", "output": "o", "target": "cpu-x86"}, cfg_path)
