@@ -73,12 +73,19 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_residual else y
 
 
+class GlobalAvgPool(nn.Module):
+    """[N, C, H, W] -> [N, C] mean; exports as one ReduceMean (no Flatten/Reshape after it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+
 class Classifier(nn.Sequential):
-    """Global average pool -> flatten -> (optional hidden Linear + act) -> dropout -> Linear."""
+    """Global average pool -> (optional hidden Linear + act) -> dropout -> Linear."""
 
     def __init__(self, cin: int, classes: int, hidden: int = 0, act: ActFactory = nn.Hardswish,
                  dropout: float = 0.2) -> None:
-        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+        layers: list[nn.Module] = [GlobalAvgPool()]
         if hidden:
             layers += [nn.Linear(cin, hidden), act()]
             cin = hidden
@@ -92,19 +99,21 @@ def init_weights(model: nn.Module) -> None:
     Conv weights use He-normal over the true fan-in (in_channels/groups * k * k). Frameworks that
     use fan-out count every output channel of a depthwise conv, which shrinks activations by about
     sqrt(C) per depthwise layer: that is why a stock random EfficientNet-B0 gives ~1e-14 logits.
-    BatchNorm is gamma=1, beta=0 with default running stats; Linear is N(0, 1/fan_in).
+    Linear is N(0, 1/fan_in). BatchNorm gamma is 1 + N(0, 0.1), beta and all biases are N(0, 0.02):
+    exact 1s and 0s would make layers of equal width share one initializer after the exporter's
+    de-duplication, and make every channel look alike to magnitude-based pruning.
     """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+            nn.init.normal_(m.weight, 1.0, 0.1)
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=1.0 / math.sqrt(m.in_features))
-            nn.init.zeros_(m.bias)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.normal_(m.bias, std=0.02)
 
 
 @contextlib.contextmanager

@@ -23,9 +23,12 @@ def model_dir(name: str) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def locked(folder: pathlib.Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` so parallel test workers build an artifact only once."""
-    with open(folder / ".lock", "a") as handle:
+def locked(target: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive lock for ``target`` so parallel test workers build an artifact only once.
+
+    One lock per artifact, so building one artifact may build (and lock) another on the way.
+    """
+    with open(target.parent / f".{target.name}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -40,6 +43,7 @@ def atomic_write(target: pathlib.Path, write: Callable[[pathlib.Path], None]) ->
     tmp = pathlib.Path(tmp_name)
     try:
         write(tmp)
+        tmp.chmod(0o644)  # mkstemp makes 0600; cached artifacts are meant to be shared read-only
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ import logging
 import pathlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -39,9 +39,20 @@ def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: p
     return used
 
 
+_NOISY_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
 @contextlib.contextmanager
-def _quiet():  # type: ignore[no-untyped-def]
-    """Swallow the exporter's progress prints and warnings; they would clutter the CLI output."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+def _quiet() -> Iterator[None]:
+    """Mute the exporter's progress prints, warnings and harmless optimizer logs for one export."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -49,8 +49,15 @@ def _model_path() -> str:
 def minilm() -> nn.Module:
     """all-MiniLM-L6-v2 with pooling and normalisation, fp32, eval mode."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
-    encoder = AutoModel.from_pretrained(_model_path(), local_files_only=True)
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the CLI's output
+    try:
+        encoder = AutoModel.from_pretrained(_model_path(), local_files_only=True)
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     return SentenceEncoder(encoder).eval()
 
 
@@ -91,7 +98,7 @@ def _cached_npz(stem: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict
     """Arrays cached as ``$EDGEC_CACHE/zoo/minilm/<stem>-<data hash>.npz`` (loaded without pickle)."""
     folder = _cache.model_dir("minilm")
     path = folder / f"{stem}-{_data_key()}.npz"
-    with _cache.locked(folder):
+    with _cache.locked(path):
         if not path.exists():
             arrays = compute()
             _cache.atomic_write(path, lambda tmp: np.savez(tmp, **arrays))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgec.models import _cache
-from edgec.models._blocks import ConvBNAct, build_random, seeded
+from edgec.models._blocks import ConvBNAct, GlobalAvgPool, build_random, seeded
 from edgec.models.cnn import BasicBlock, DenseLayer
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class DigitsCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(ConvBNAct(1, 32, 3), ConvBNAct(32, 64, 3, 2), ConvBNAct(64, 64, 3))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(64, 10))
+        self.head = nn.Sequential(GlobalAvgPool(), nn.Linear(64, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -53,7 +53,7 @@ class MnistResNet(nn.Module):
             ConvBNAct(3 * w, 4 * w, 3, 2),
             BasicBlock(4 * w, 4 * w, 1),          # identity residual block
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4 * w, 10))
+        self.head = nn.Sequential(GlobalAvgPool(), nn.Linear(4 * w, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -104,7 +104,7 @@ class Recipe:
     epochs: int
     batch: int
     lr: float
-    version: str = "v1"
+    version: str = "v2"
 
 
 RECIPES = {
@@ -141,7 +141,7 @@ def trained_model(name: str) -> nn.Module:
     recipe = RECIPES[name]
     folder = _cache.model_dir(name)
     path = folder / f"weights-{recipe.version}.safetensors"
-    with _cache.locked(folder):
+    with _cache.locked(path):
         if not path.exists():
             model = _train(recipe)
             state = {k: v.contiguous() for k, v in model.state_dict().items()}

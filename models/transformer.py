@@ -27,8 +27,11 @@ class LastHiddenState(nn.Module):
 
 
 def bert_like(seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
-    """6 layers, hidden 384, 12 heads, FFN 1536, GELU, vocab 30522; BERT's own N(0, 0.02) init under ``seed``.
+    """6 layers, hidden 384, 12 heads, FFN 1536, GELU, vocab 30522, random init under ``seed``.
 
+    Weights get BERT's own N(0, 0.02) init. Biases and LayerNorm gains/shifts, which that init leaves at
+    exactly 0 and 1, get N(0, 0.02) jitter: a trained model has no such constants, and identical zero
+    tensors would be merged into one shared initializer by the exporter's optimizer.
     ``attn_implementation`` is passed to transformers ("sdpa", the default, or "eager").
     """
     from transformers import BertConfig, BertModel  # slow import, only when asked
@@ -39,4 +42,8 @@ def bert_like(seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
     )
     with seeded(seed):
         encoder = BertModel(config, add_pooling_layer=False)
+        with torch.no_grad():
+            for param in encoder.parameters():
+                if param.ndim == 1:  # biases and LayerNorm weight/bias
+                    param.add_(torch.randn_like(param), alpha=0.02)
     return LastHiddenState(encoder).eval()
