@@ -1,4 +1,4 @@
-"""zoo:NAME dispatch; runs once edgec.models.zoo exists."""
+"""zoo:NAME dispatch to the model zoo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from edgec.compiler.frontend import load_model
 
 
 def test_unknown_zoo_model_names_it() -> None:
-    pytest.importorskip("edgec.models.zoo")
     with pytest.raises(EdgecError) as info:
         load_model("zoo:no-such-model-in-the-zoo")
     assert "no-such-model-in-the-zoo" in str(info.value)
+
+
+def test_zoo_model_loads_with_its_input_shapes() -> None:
+    loaded = load_model("zoo:digits-cnn")
+    (graph_input,) = loaded.proto.graph.input
+    assert graph_input.name == "input"
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [1, 1, 8, 8]

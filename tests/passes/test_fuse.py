@@ -13,6 +13,7 @@ import pytest
 
 from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import PipelineResult, run_pipeline
+from edgec.models.zoo import get_zoo_model
 from edgec.passes.base import create_pass
 from edgec.targets.profile import TargetProfile
 from edgec.targets.registry import get_target
@@ -97,8 +98,7 @@ def test_rank2_matmul_add_becomes_gemm():
 @functools.cache
 def _zoo_proto(name: str) -> onnx.ModelProto:
     # The zoo builds and caches each export under $EDGEC_CACHE on first use.
-    zoo = pytest.importorskip("edgec.models.zoo")
-    return onnx.load(str(zoo.get_zoo_model(name).onnx_path()))
+    return onnx.load(str(get_zoo_model(name).onnx_path()))
 
 
 @functools.cache
