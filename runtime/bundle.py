@@ -9,7 +9,7 @@ A bundle is a directory, or a .zip holding the same files at its top level:
 ``model.ort`` and ``required_operators.config`` (mobile targets only, ``model_format = "ort"``)
     The ORT-format model made by ``onnxruntime.tools.convert_onnx_models_to_ort`` with the target's
     ``ort_optimization_style`` and ``ort_target_platform``, and the op list for a reduced ORT build
-    (``--include_ops_by_config``). Runtime-style models are loaded without replaying saved optimizations.
+    (``--include_ops_by_config``). Runtime-style models are loaded with their saved optimizations replayed.
 ``sample.npz``
     Sample inputs and the outputs of the shipped model on them, computed with ONNX Runtime on the build
     host: keys ``input/<name>`` and ``output/<name>``; read with ``np.load(..., allow_pickle=False)``.
@@ -34,7 +34,7 @@ for zips, members with absolute or ``..`` paths, symlink members or more than 8 
 before anything is extracted; external-data references to files the manifest does not list; and a
 ``sample.npz`` that needs pickle. The session uses the manifest's session options and its execution
 providers that the host has, CPU last. Saved runtime optimizations of Runtime-style ``.ort`` files are
-never replayed.
+replayed (``session.enable_saved_runtime_optimizations``), as the generated app loaders do.
 
 Verification reruns the stored sample (atol 1e-5 or rtol 1e-4) and, for ``.ort`` bundles, compares
 ``model.ort`` with ``model.onnx`` run at ORT_ENABLE_EXTENDED on the CPU EP (bit-exact on one machine;
