@@ -102,7 +102,8 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                              image_config=image, tokenizer_dir=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else None,
                              n=cfg.calib_samples, seed=cfg.seed)
     check_target_ops(loaded.proto, target)
-    ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed)
+    ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed,
+                       evaluate=zoo.evaluate if zoo is not None and zoo.trained else None)
     passes = [create_pass(name, ctx, cfg.pass_options.get(name), source=str(cfg.config_path or "--passes"))
               for name in cfg.passes]
     for name in cfg.pass_options:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,3 +46,7 @@ class BuildContext:
     calibration: list[Feeds] = dataclasses.field(default_factory=list)
     seed: int = 0
     report: PassReport = dataclasses.field(default_factory=PassReport)
+    # The model's task metric when one is known (zoo models): serialized model -> {"accuracy": ...},
+    # higher is better, first key primary. Passes that trade accuracy (quantization recovery,
+    # depth pruning) use it instead of the output-cosine proxy.
+    evaluate: Callable[[bytes], dict[str, float] | None] | None = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -71,9 +73,13 @@ def register_pass(name: str) -> Callable[[P], P]:
 
 
 def _load_builtin_passes() -> None:
-    # Importing the modules runs their @register_pass decorators.
-    import edgec.passes.cleanup  # noqa: F401
-    import edgec.passes.fuse  # noqa: F401
+    # Importing every module of edgec.passes runs its @register_pass decorators; a new pass
+    # module needs no edit here. Private modules (leading underscore) hold helpers only.
+    import edgec.passes
+
+    for module in pkgutil.iter_modules(edgec.passes.__path__):
+        if not module.name.startswith("_") and not module.ispkg:
+            importlib.import_module(f"edgec.passes.{module.name}")
 
 
 def available_passes() -> dict[str, type[EdgecPass[Any]]]:
