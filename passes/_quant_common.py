@@ -1,0 +1,93 @@
+"""Shared plumbing of the quantization passes: target format checks, opset upgrades, model swaps."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx.version_converter
+import onnx_ir as ir
+
+from edgec.compiler.context import BuildContext
+from edgec.compiler.errors import ConfigError, UnsupportedOpError
+
+logger = logging.getLogger(__name__)
+
+# Names in TargetProfile.quantization_formats.
+INT8_QDQ = "int8-qdq"
+INT8_DYNAMIC = "int8-dynamic"
+INT4 = "int4-matmulnbits"
+FP16 = "fp16"
+FP8 = "fp8-qdq"
+FP4 = "fp4"
+
+
+class PrecisionError(ConfigError):
+    """A precision the target cannot run (a build option mistake: exit 2, one line)."""
+
+
+def require_format(ctx: BuildContext, fmt: str, pass_name: str) -> None:
+    """Refuse a precision the target does not list in ``quantization_formats``."""
+    formats = ctx.target.quantization_formats
+    if fmt not in formats:
+        raise PrecisionError(f"pass {pass_name!r}: target {ctx.target.name} does not run {fmt} "
+                             f"(its quantization formats: {', '.join(formats) or 'none'})")
+
+
+def require_dtype(ctx: BuildContext, dtype: str, pass_name: str) -> None:
+    """Refuse a tensor dtype that no execution provider of the target runs."""
+    if not any(dtype in ep.dtypes for ep in ctx.target.execution_providers):
+        raise PrecisionError(f"pass {pass_name!r}: no execution provider of target {ctx.target.name} "
+                             f"runs {dtype}")
+
+
+def opset_of(proto: onnx.ModelProto) -> int:
+    """The default-domain opset of a model."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def ensure_opset(proto: onnx.ModelProto, minimum: int, why: str) -> tuple[onnx.ModelProto, int | None]:
+    """Upgrade the default-domain opset to ``minimum`` if lower; returns (model, old opset or None).
+
+    Per-channel DequantizeLinear needs opset 13 (``axis``), float8 Q/DQ opset 19, blocked Q/DQ 21.
+    """
+    old = opset_of(proto)
+    if old >= minimum:
+        return proto, None
+    try:
+        upgraded = onnx.version_converter.convert_version(proto, minimum)
+    except Exception as exc:  # the converter raises bare RuntimeError/ValueError per adapter
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedOpError(f"opset {old} model cannot be upgraded to {minimum} for {why}: {first}") from exc
+    logger.info("upgraded opset %d -> %d for %s", old, minimum, why)
+    return upgraded, old
+
+
+def replace_model(model: ir.Model, proto: onnx.ModelProto) -> None:
+    """Make ``model`` (the pass's in-place argument) hold ``proto``'s graph, opsets and functions."""
+    new = ir.serde.deserialize_model(proto)
+    model.graph = new.graph
+    model.ir_version = new.ir_version
+    model.functions.clear()
+    model.functions.update(new.functions)
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    """A private temporary folder for ORT's file-based tools (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="edgec-quant-") as folder:
+        yield Path(folder)
+
+
+def node_names(proto: onnx.ModelProto, op_types: set[str] | None = None) -> list[str]:
+    """Names of the main graph's nodes, optionally of some op types only."""
+    return [n.name for n in proto.graph.node if op_types is None or n.op_type in op_types]
+
+
+def has_op(proto: onnx.ModelProto, *op_types: str) -> bool:
+    """Whether the main graph has a node of one of ``op_types``."""
+    return any(n.op_type in op_types for n in proto.graph.node)
