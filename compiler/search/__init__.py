@@ -1,0 +1,1 @@
+"""edgec.compiler.search: latency measurement, candidate execution and the hardware-aware search."""
