@@ -91,7 +91,7 @@ def _judge(pass_: EdgecPass[Any], errors: list[OutputError]) -> None:
     tol = pass_.tolerance
     for err in errors:
         if tol.lossy:
-            if err.cosine < tol.min_cosine:
+            if tol.min_cosine is not None and err.cosine < tol.min_cosine:
                 raise VerificationError(
                     f"pass {pass_.name!r}: output {err.name!r} cosine {err.cosine:.5f} < {tol.min_cosine}")
         elif err.max_rel > tol.rtol:

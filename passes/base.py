@@ -21,12 +21,12 @@ class Tolerance:
     """How far a pass's output may drift from its input on calibration data.
 
     Lossless passes set ``rtol`` (max |a-b| / max |a| per output). Lossy passes set ``lossy=True``:
-    the pipeline reports cosine and max error without failing, and ``min_cosine`` is the floor.
+    the pipeline reports cosine and max error, and fails only below ``min_cosine`` when one is set.
     """
 
     rtol: float = 1e-5
     lossy: bool = False
-    min_cosine: float = 0.0
+    min_cosine: float | None = None
 
 
 class EdgecPass(ir.passes.InPlacePass, Generic[ConfigT]):

@@ -1,0 +1,195 @@
+"""Bench: prune-channels exports (reordered vs ideal vs naive Gather) and pruned zoo models per mode.
+
+Every variant runs in ONNX Runtime's CPU EP at ORT_ENABLE_ALL with 1 intra-op thread; variants of a
+model are timed round-robin (edgec.runtime.timing.interleaved_medians). Writes (or replaces) the
+``## Channel pruning`` section of bench/RESULTS.md.
+
+Export variants, all from the same unconstrained plan (same MACs):
+- reordered: the pass's export (channels ordered so consumers read ranges; Slice, Gather fallback);
+- naive: the channels in their original order and a Gather in front of every consumer that reads
+  part of its input (producers compute the union of what their consumers read, so no ScatterND);
+- ideal: the reordered model with every selection replaced by one prefix Slice of the same width:
+  what a perfect order would cost (wrong numbers, right shapes).
+
+    .venv/bin/python bench/pruning.py [--export-models resnet18,resnet50,densenet121] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import pathlib
+import re
+import sys
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnx import helper, numpy_helper
+
+from edgec.compiler.analysis import model_stats
+from edgec.compiler.context import BuildContext
+from edgec.compiler.pipeline import run_pipeline
+from edgec.models.zoo import get_zoo_model
+from edgec.passes._channel_export import apply_plan, choose_orders
+from edgec.passes._channel_graph import analyze
+from edgec.passes._prune_plan import make_plan
+from edgec.passes.base import create_pass
+from edgec.runtime.timing import interleaved_medians
+from edgec.targets.registry import get_target
+
+log = logging.getLogger("bench.pruning")
+RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
+ZOO = ["resnet18", "resnet50", "mobilenetv2", "mobilenetv3-large", "densenet121", "efficientnet-b0",
+       "bert-like", "digits-cnn", "mnist-resnet", "minilm"]
+KINDS = ("slice", "gather")
+
+
+def _export(proto: onnx.ModelProto, ratio: float, reorder: bool, naive: bool) -> tuple[bytes, dict[str, int]]:
+    model = ir.serde.deserialize_model(proto)
+    common.ShapeInferencePass()(model)
+    cg = analyze(model)
+    plan = make_plan(model, cg, lambda _: ratio, "unconstrained", "l2", 16)
+    sels = apply_plan(model, cg, plan, choose_orders(cg, plan, reorder), KINDS, naive=naive)
+    kinds: dict[str, int] = {}
+    for s in sels:
+        kinds[s.kind] = kinds.get(s.kind, 0) + 1
+    kinds["bytes"] = sum(s.bytes for s in sels)
+    return ir.serde.serialize_model(model).SerializeToString(), kinds
+
+
+def _ideal(data: bytes) -> bytes:
+    """Replace each selection node the export inserted by one prefix Slice of the same width."""
+    proto = onnx.load_from_string(data)
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if "__pruned" not in node.name or node.op_type not in ("Gather", "Slice"):
+            continue
+        if node.op_type == "Gather":
+            width = int(numpy_helper.to_array(inits[node.input[1]]).size)
+            axis = next(a.i for a in node.attribute if a.name == "axis")
+        else:
+            start = int(numpy_helper.to_array(inits[node.input[1]])[0])
+            width = int(numpy_helper.to_array(inits[node.input[2]])[0]) - start
+            axis = int(numpy_helper.to_array(inits[node.input[3]])[0])
+        names = [f"{node.name}_ideal_{k}" for k in ("s", "e", "a")]
+        for name, value in zip(names, (0, width, axis), strict=True):
+            proto.graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
+        new = helper.make_node("Slice", [node.input[0], *names], list(node.output), name=node.name)
+        node.CopyFrom(new)
+    return proto.SerializeToString()
+
+
+@dataclasses.dataclass
+class ExportRow:
+    model: str
+    full_ms: float
+    ideal_ms: float
+    reordered_ms: float
+    naive_ms: float
+    reordered_sel: dict[str, int]
+    naive_sel: dict[str, int]
+
+
+def bench_export(name: str, ratio: float, rounds: int, runs: int) -> ExportRow:
+    zoo = get_zoo_model(name)
+    proto = onnx.load(str(zoo.onnx_path()))
+    reordered, r_sel = _export(proto, ratio, reorder=True, naive=False)
+    naive, n_sel = _export(proto, ratio, reorder=False, naive=True)
+    variants = [proto.SerializeToString(), _ideal(reordered), reordered, naive]
+    ms = interleaved_medians(variants, zoo.calibration(1)[0], rounds=rounds, runs=runs)
+    return ExportRow(name, *ms, r_sel, n_sel)
+
+
+@dataclasses.dataclass
+class ModeRow:
+    model: str
+    mode: str
+    params: tuple[int, int]
+    flops: tuple[int, int]
+    ms: tuple[float, float]
+    cosine: float
+
+
+def bench_modes(name: str, ratio: float, rounds: int, runs: int) -> list[ModeRow]:
+    zoo = get_zoo_model(name)
+    proto = onnx.load(str(zoo.onnx_path()))
+    pruned, records = [], []
+    for mode in ("constrained", "unconstrained"):
+        ctx = BuildContext(get_target("cpu-x86"), zoo.calibration(4))
+        result = run_pipeline(proto, [create_pass("prune-channels", ctx, {"ratio": ratio, "mode": mode})], ctx)
+        pruned.append(result.model.SerializeToString())
+        records.append(result.records[0])
+    ms = interleaved_medians([proto.SerializeToString(), *pruned], zoo.calibration(1)[0], rounds=rounds, runs=runs)
+    before = model_stats(proto).summary()
+    return [ModeRow(name, r.stats["mode"], (before["params"], r.after["params"]),
+                    (before["flops"], r.after["flops"]), (ms[0], ms[i + 1]), r.min_cosine)
+            for i, r in enumerate(records)]
+
+
+def _sel(s: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(s.items()) if k not in ("none", "bytes")) + \
+        f"; {s['bytes'] / 1e6:.2f} MB copied"
+
+
+def render(export_rows: list[ExportRow], mode_rows: list[ModeRow], ratio: float, command: str) -> str:
+    lines = ["## Channel pruning", "",
+             f"`{command}` (ORT CPU EP, ORT_ENABLE_ALL, 1 thread, variants interleaved round-robin; medians).", "",
+             f"### Export of one unconstrained plan (ratio {ratio}): reordered vs ideal vs naive Gather", "",
+             "| model | full ms | ideal ms | reordered ms | naive ms | reordered / ideal | naive / ideal "
+             "| naive / reordered | reordered selections | naive selections |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in export_rows:
+        lines.append(f"| {r.model} | {r.full_ms:.2f} | {r.ideal_ms:.2f} | {r.reordered_ms:.2f} | {r.naive_ms:.2f} "
+                     f"| {r.reordered_ms / r.ideal_ms:.3f} | {r.naive_ms / r.ideal_ms:.3f} "
+                     f"| {r.naive_ms / r.reordered_ms:.3f} | {_sel(r.reordered_sel)} | {_sel(r.naive_sel)} |")
+    lines += ["", "ideal = the reordered model with each selection replaced by one prefix Slice of the same "
+              "width (same MACs); naive = original channel order, a Gather before every partial reader.", "",
+              f"### Zoo models pruned at ratio {ratio} per mode", "",
+              "| model | mode | params M (full → pruned) | MFLOPs (full → pruned) | ms full | ms pruned "
+              "| latency ratio | cosine vs full (calibration) |", "|---|---|---|---|---|---|---|---|"]
+    for r in mode_rows:
+        lines.append(f"| {r.model} | {r.mode} | {r.params[0] / 1e6:.3f} → {r.params[1] / 1e6:.3f} "
+                     f"| {r.flops[0] / 1e6:.1f} → {r.flops[1] / 1e6:.1f} | {r.ms[0]:.2f} | {r.ms[1]:.2f} "
+                     f"| {r.ms[1] / r.ms[0]:.3f} | {r.cosine:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(section: str, path: pathlib.Path = RESULTS) -> None:
+    """Replace the ``## Channel pruning`` section of RESULTS.md (up to the next ``## ``), or append it."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    pattern = re.compile(r"^## Channel pruning\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse options, run both benches, write the section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export-models", default="resnet18,resnet50,densenet121")
+    parser.add_argument("--models", default=",".join(ZOO))
+    parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    export_rows = []
+    for name in filter(None, args.export_models.split(",")):
+        export_rows.append(bench_export(name, args.ratio, args.rounds, args.runs))
+        log.info("%s", export_rows[-1])
+    mode_rows = []
+    for name in filter(None, args.models.split(",")):
+        mode_rows += bench_modes(name, args.ratio, args.rounds, args.runs)
+        log.info("%s", mode_rows[-2:])
+    command = "python bench/pruning.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_section(render(export_rows, mode_rows, args.ratio, command.strip()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Channel dependency analysis on the IR: which tensors share a channel index, who makes and who reads it.
+
+Every output channel set of a weight op (Conv, Gemm, MatMul with a constant weight) is a *space*.
+Per-channel ops (activations, BatchNormalization, pooling, depthwise Conv, elementwise ops with
+broadcast constants) carry their input's layout to their output; an elementwise op between two
+tensors (residual Add, squeeze-excitation Mul) joins their spaces into one *group*, whose members
+must keep the same channels in the same order. Concat on the channel axis concatenates layouts
+without joining them. Flatten/Reshape into a feature axis keeps the channel and counts the features
+per channel (``inner``). An op whose channel mapping is unknown freezes the groups it reads, with
+the node named in ``frozen``. Tensors that no weight op produced (graph inputs, embeddings) carry no
+layout and are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.passes._prune_types import ChannelGraph, Consumer, Layout, ParamUse, Producer
+
+UNARY = frozenset({
+    "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp", "Log", "Sqrt", "Neg",
+    "Abs", "LeakyRelu", "Elu", "Selu", "Softplus", "Softsign", "Gelu", "Mish", "Identity", "Dropout",
+    "Cast", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos", "PRelu", "ThresholdedRelu", "Celu",
+    "IsNaN", "IsInf", "Not", "Sign",
+})
+BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "Where", "And", "Or",
+                    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
+POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
+                   "GlobalLpPool"})
+REDUCES = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
+                     "ReduceProd", "ReduceLogSumExp", "ReduceSumSquare"})
+
+
+def static_shape(value: ir.Value | None) -> list[int] | None:
+    """The dims of a value when all are known ints, else None."""
+    if value is None or value.shape is None:
+        return None
+    dims = list(value.shape)
+    return dims if all(isinstance(d, int) for d in dims) else None
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def _attr(node: ir.Node, name: str, default):
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def _label(node: ir.Node) -> str:
+    return f"{node.name} ({node.op_type})"
+
+
+class _Analyzer:
+    """Walks the main graph once in topological order and fills a ChannelGraph."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.graph = graph
+        self.cg = ChannelGraph()
+        self.handlers: dict[str, Callable[[ir.Node], bool]] = {
+            "Conv": self._conv, "Gemm": self._gemm, "MatMul": self._matmul,
+            "BatchNormalization": self._batchnorm, "Concat": self._concat, "Flatten": self._flatten,
+            "Reshape": self._reshape, "Transpose": self._transpose, "Softmax": self._softmax,
+            "LogSoftmax": self._softmax, "LayerNormalization": self._layernorm,
+        }
+
+    def layout(self, value: ir.Value | None) -> Layout | None:
+        return None if value is None or value.name is None else self.cg.layouts.get(value.name)
+
+    def set(self, value: ir.Value, layout: Layout | None) -> None:
+        if layout is not None and value.name is not None:
+            self.cg.layouts[value.name] = layout
+
+    def run(self) -> ChannelGraph:
+        for node in self.graph:
+            if not self._handle(node):
+                self._unknown(node)
+        for out in self.graph.outputs:
+            layout = self.layout(out)
+            if layout is not None:
+                self.cg.freeze(layout, f"{out.name} (graph output)")
+        return self.cg
+
+    def _handle(self, node: ir.Node) -> bool:
+        if node.domain not in ("", "ai.onnx") or any(a.type == ir.AttributeType.GRAPH for a in
+                                                     node.attributes.values()):
+            return False
+        ins = [self.layout(v) for v in node.inputs]
+        if not any(ins) and node.op_type not in ("Conv", "Gemm", "MatMul"):
+            return True  # nothing channel-tracked flows through: leave it alone
+        if node.op_type in self.handlers:
+            return self.handlers[node.op_type](node)
+        if node.op_type in UNARY:
+            return self._unary(node)
+        if node.op_type in BINARY:
+            return self._binary(node)
+        if node.op_type in POOLS:
+            return self._per_channel(node, required_axis=1)
+        if node.op_type in REDUCES:
+            return self._reduce(node)
+        return False
+
+    def _unknown(self, node: ir.Node) -> None:
+        for value in node.inputs:
+            layout = self.layout(value)
+            if layout is not None:
+                self.cg.freeze(layout, _label(node))
+
+    def _unary(self, node: ir.Node) -> bool:
+        layout = self.layout(node.inputs[0])
+        if layout is None or any(self.layout(v) for v in node.inputs[1:]):
+            return False
+        if node.op_type == "PRelu" and _const(node.inputs[1]) is not None and _const(node.inputs[1]).size > 1:
+            return False
+        self.set(node.outputs[0], layout)
+        return True
+
+    def _per_channel(self, node: ir.Node, required_axis: int) -> bool:
+        layout = self.layout(node.inputs[0])
+        if layout is None or layout.axis != required_axis or layout.inner != 1 or len(node.outputs) != 1:
+            return False
+        self.set(node.outputs[0], layout)
+        return True
+
+    def _batchnorm(self, node: ir.Node) -> bool:
+        if not self._per_channel(node, 1) or any(_const(v) is None for v in node.inputs[1:5]):
+            return False
+        for i in range(1, 5):
+            self.cg.params.append(ParamUse(node.name, i, 0, node.outputs[0].name))
+        return True
+
+    def _conv(self, node: ir.Node) -> bool:
+        weight = _const(node.inputs[1])
+        if weight is None or (len(node.inputs) > 2 and node.inputs[2] is not None
+                              and _const(node.inputs[2]) is None):
+            return False
+        groups = _attr(node, "group", 1)
+        layout = self.layout(node.inputs[0])
+        bias = node.inputs[2].name if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if groups == 1:
+            if layout is not None:
+                if layout.axis != 1 or layout.inner != 1:
+                    return False
+                self._consumer(node, layout, 1)
+            self._producer(node, weight.shape[0], 0, bias, axis=1)
+            return True
+        if layout is not None and weight.shape[1] == 1 and groups == weight.shape[0] == self.cg.width(layout):
+            # Depthwise: output channel c reads input channel c only, so it is a per-channel op.
+            self.cg.params.append(ParamUse(node.name, 1, 0, node.outputs[0].name))
+            if bias is not None:
+                self.cg.params.append(ParamUse(node.name, 2, 0, node.outputs[0].name))
+            return self._per_channel(node, 1)
+        return False
+
+    def _consumer(self, node: ir.Node, layout: Layout, w_axis: int) -> None:
+        weight = node.inputs[1]
+        out_shape = static_shape(node.outputs[0]) or []
+        macs = int(math.prod(out_shape) * math.prod(weight.shape[1:] if w_axis == 1 else [1]))
+        if node.op_type != "Conv":
+            macs = int(math.prod(out_shape) * self.cg.width(layout) * layout.inner)
+        self.cg.consumers.append(Consumer(node.name, node.inputs[0].name, weight.name, w_axis, layout, macs))
+
+    def _producer(self, node: ir.Node, size: int, w_axis: int, bias: str | None, axis: int) -> None:
+        space = self.cg.new_space(size)
+        self.cg.producers.append(Producer(node.name, space, node.inputs[1].name, w_axis, bias))
+        self.set(node.outputs[0], Layout(axis, (space,)))
+
+    def _gemm(self, node: ir.Node) -> bool:
+        weight = _const(node.inputs[1])
+        if weight is None or weight.ndim != 2 or _attr(node, "transA", 0):
+            return False
+        trans_b = _attr(node, "transB", 0)
+        n_out = weight.shape[0] if trans_b else weight.shape[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias is not None and (_const(bias) is None or _const(bias).size not in (1, n_out)):
+            return False
+        layout = self.layout(node.inputs[0])
+        if layout is not None:
+            if layout.axis != 1:
+                return False
+            self._consumer(node, layout, 1 if trans_b else 0)
+        has_bias = bias is not None and _const(bias).size == n_out and n_out > 1
+        self._producer(node, n_out, 0 if trans_b else 1, bias.name if has_bias else None, axis=1)
+        return True
+
+    def _matmul(self, node: ir.Node) -> bool:
+        weight = _const(node.inputs[1])
+        layout = self.layout(node.inputs[0])
+        a_shape = static_shape(node.inputs[0])
+        if weight is None or weight.ndim != 2 or a_shape is None or self.layout(node.inputs[1]):
+            return False
+        if layout is not None:
+            if layout.axis != len(a_shape) - 1:
+                return False
+            self._consumer(node, layout, 0)
+        self._producer(node, weight.shape[1], 1, None, axis=len(a_shape) - 1)
+        return True
+
+    def _binary(self, node: ir.Node) -> bool:
+        out_shape = static_shape(node.outputs[0])
+        if out_shape is None:
+            return False
+        rank = len(out_shape)
+        tracked = [(v, self.layout(v)) for v in node.inputs if self.layout(v) is not None]
+        axes = {lay.axis + rank - len(static_shape(v) or []) for v, lay in tracked}
+        first = tracked[0][1]
+        if len(axes) != 1 or any(lay.inner != 1 for _, lay in tracked):
+            return False
+        axis = axes.pop()
+        if len(tracked) > 1 and any(len(lay.pieces) > 1 for _, lay in tracked):
+            return False  # joining concatenated layouts piece by piece is not worth the complexity
+        if any(self.cg.width(lay) != self.cg.width(first) for _, lay in tracked):
+            return False
+        for index, value in enumerate(node.inputs):
+            if self.layout(value) is None and not self._broadcast_operand(node, index, value, rank, axis):
+                return False
+        for _, lay in tracked[1:]:
+            self.cg.join(first.pieces[0], lay.pieces[0])
+        self.set(node.outputs[0], first.moved(axis))
+        return True
+
+    def _broadcast_operand(self, node: ir.Node, index: int, value: ir.Value, rank: int, axis: int) -> bool:
+        """An untracked operand is fine if it has size 1 on the channel axis or is a constant there."""
+        shape = static_shape(value)
+        if shape is None:
+            return False
+        pos = axis - (rank - len(shape))
+        if pos < 0 or shape[pos] == 1:
+            return True
+        if _const(value) is None:
+            return False
+        self.cg.params.append(ParamUse(node.name, index, pos, node.outputs[0].name))
+        return True
+
+    def _reduce(self, node: ir.Node) -> bool:
+        layout = self.layout(node.inputs[0])
+        in_shape = static_shape(node.inputs[0])
+        axes = _attr(node, "axes", None)
+        if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+            const = _const(node.inputs[1])
+            axes = None if const is None else const.tolist()
+        if layout is None or in_shape is None or axes is None or layout.inner != 1:
+            return False
+        axes = [a % len(in_shape) for a in axes]
+        if layout.axis in axes:
+            return False
+        keep = _attr(node, "keepdims", 1)
+        self.set(node.outputs[0], layout.moved(layout.axis - (0 if keep else sum(a < layout.axis for a in axes))))
+        return True
+
+    def _concat(self, node: ir.Node) -> bool:
+        rank = len(static_shape(node.outputs[0]) or [])
+        axis = _attr(node, "axis", 0) % max(rank, 1)
+        pieces: list[int] = []
+        for value in node.inputs:
+            layout = self.layout(value)
+            shape = static_shape(value)
+            if layout is None:
+                if shape is None:
+                    return False
+                space = self.cg.new_space(shape[axis])
+                self.cg.frozen.setdefault(space, f"{_label(node)}: untracked input {value.name}")
+                layout = Layout(axis, (space,))
+            if layout.axis != axis or layout.inner != 1:
+                return False
+            pieces.extend(layout.pieces)
+        self.set(node.outputs[0], Layout(axis, tuple(pieces)))
+        return True
+
+    def _flatten(self, node: ir.Node) -> bool:
+        layout = self.layout(node.inputs[0])
+        shape = static_shape(node.inputs[0])
+        if layout is None or shape is None or _attr(node, "axis", 1) % len(shape) != layout.axis:
+            return False
+        self.set(node.outputs[0], layout.moved(1, layout.inner * math.prod(shape[layout.axis + 1:])))
+        return True
+
+    def _reshape(self, node: ir.Node) -> bool:
+        layout = self.layout(node.inputs[0])
+        shape, out = static_shape(node.inputs[0]), static_shape(node.outputs[0])
+        if layout is None or shape is None or out is None or _const(node.inputs[1]) is None:
+            return False
+        axis = layout.axis
+        if out == shape:
+            self.cg.reshapes.append(node.name)  # its shape constant may spell the channel count
+            self.set(node.outputs[0], layout)
+            return True
+        # Only "merge the channel axis with everything after it" (a flatten) has a clear mapping.
+        if len(out) != axis + 1 or out[:axis] != shape[:axis]:
+            return False
+        self.cg.reshapes.append(node.name)
+        self.set(node.outputs[0], layout.moved(axis, layout.inner * math.prod(shape[axis + 1:])))
+        return True
+
+    def _transpose(self, node: ir.Node) -> bool:
+        layout = self.layout(node.inputs[0])
+        perm = _attr(node, "perm", None)
+        if layout is None or perm is None or layout.inner != 1:
+            return False
+        self.set(node.outputs[0], layout.moved(list(perm).index(layout.axis)))
+        return True
+
+    def _softmax(self, node: ir.Node) -> bool:
+        layout = self.layout(node.inputs[0])
+        rank = len(static_shape(node.inputs[0]) or [])
+        if layout is None or rank == 0 or _attr(node, "axis", -1) % rank == layout.axis:
+            return False
+        self.set(node.outputs[0], layout)
+        return True
+
+    def _layernorm(self, node: ir.Node) -> bool:
+        layout = self.layout(node.inputs[0])
+        rank = len(static_shape(node.inputs[0]) or [])
+        if layout is None or rank == 0 or layout.axis >= _attr(node, "axis", -1) % rank or len(node.outputs) > 1:
+            return False
+        self.set(node.outputs[0], layout)
+        return True
+
+
+def analyze(model: ir.Model) -> ChannelGraph:
+    """Channel spaces, groups, producers, consumers and frozen groups of the main graph.
+
+    Value shapes must be known (run shape inference first).
+    """
+    return _Analyzer(model.graph).run()

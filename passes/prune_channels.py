@@ -1,0 +1,131 @@
+"""Channel pruning, constrained or unconstrained (UPSCALE), exported with reordered channels."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from edgec.compiler.errors import ConfigError, UnsupportedOpError
+from edgec.passes._channel_export import Selection, apply_plan, choose_orders, selections
+from edgec.passes._channel_graph import analyze
+from edgec.passes._prune_plan import Plan, make_plan
+from edgec.passes._prune_types import ChannelGraph
+from edgec.passes.base import EdgecPass, Tolerance, register_pass
+
+logger = logging.getLogger(__name__)
+
+MODES = ("constrained", "unconstrained")
+IMPORTANCES = ("l1", "l2", "bn")
+
+
+def _check_ratio(value: Any, option: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"prune-channels: {option} must be a number in [0, 1), got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneChannelsConfig:
+    """Options of prune-channels.
+
+    ``ratio`` is the fraction of input channels each consumer (Conv/Gemm/MatMul) drops; ``layers``
+    overrides it per consumer node name. ``mode`` picks one mask per channel group (constrained)
+    or one per consumer (unconstrained). ``importance``: weight L1/L2 norm, or BatchNorm scale.
+    """
+
+    ratio: float = 0.3
+    layers: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    mode: str = "unconstrained"
+    importance: str = "l2"
+    reorder: bool = True
+
+    def __post_init__(self) -> None:
+        _check_ratio(self.ratio, "ratio")
+        if not isinstance(self.layers, Mapping):
+            raise ConfigError(f"prune-channels: layers must be a table of node name = ratio, got {self.layers!r}")
+        for name, value in self.layers.items():
+            _check_ratio(value, f"layers.{name}")
+        if self.mode not in MODES:
+            raise ConfigError(f"prune-channels: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"prune-channels: importance must be one of {', '.join(IMPORTANCES)}, "
+                              f"got {self.importance!r}")
+
+
+@register_pass("prune-channels")
+class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
+    """Remove channels of Conv/Gemm/MatMul layers and everything indexed by them.
+
+    Changes weight rows and columns, BatchNorm and bias constants, depthwise group counts and the
+    shape constants of flattening Reshapes; in unconstrained mode it adds a Slice (or Gather) in
+    front of consumers that read part of a channel group. Applies to channel groups the analysis can
+    follow (see ``_channel_graph``); a group that reaches an unknown op, a graph output or a
+    subgraph is frozen and reported. Never changes graph inputs, outputs or If/Loop bodies.
+    """
+
+    config_cls = PruneChannelsConfig
+    search_space = {"ratio": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6), "mode": MODES}
+    # Lossy by design: the pipeline records cosine on calibration data but never fails on it (a
+    # random-init model pruned hard can reach a negative cosine); accuracy is the search's job.
+    tolerance = Tolerance(lossy=True)
+    handles_subgraphs = False
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        common.ShapeInferencePass()(model)
+        cg = analyze(model)
+        self._check_layers(model, cg)
+        self._report_frozen(cg)
+        cfg = self.config
+        plan = make_plan(model, cg, lambda node: cfg.layers.get(node, cfg.ratio), cfg.mode, cfg.importance,
+                         self.ctx.target.channel_multiple)
+        if not plan.prunes_anything(cg):
+            self.record(mode=cfg.mode, channels_before=sum(cg.space_sizes), channels_after=sum(cg.space_sizes))
+            return ir.passes.PassResult(model, modified=False)
+        kinds = tuple(self.ctx.target.channel_selection)
+        before = selections(model, cg, plan, choose_orders(cg, plan, reorder=False), kinds)
+        orders = choose_orders(cg, plan, reorder=cfg.reorder)
+        after = apply_plan(model, cg, plan, orders, kinds)
+        self._record(cg, plan, before, after)
+        return ir.passes.PassResult(model, modified=True)
+
+    def _check_layers(self, model: ir.Model, cg: ChannelGraph) -> None:
+        names = {n.name for n in model.graph}
+        consumers = {c.node for c in cg.consumers}
+        for name in self.config.layers:
+            if name not in names:
+                raise ConfigError(f"prune-channels: layers: no node named {name!r} in the model")
+            if name not in consumers:
+                self.skip(name, "not a prunable layer (no Conv/Gemm/MatMul reading tracked channels)")
+        frozen = cg.frozen_groups()
+        if not any(cg.group(s) not in frozen for c in cg.consumers for s in c.layout.pieces):
+            first = next(iter(frozen.values()), "no Conv/Gemm/MatMul reads another's output")
+            raise UnsupportedOpError(f"prune-channels: nothing prunable in this model (first frozen by {first})")
+
+    def _report_frozen(self, cg: ChannelGraph) -> None:
+        for reason in sorted(set(cg.frozen_groups().values())):
+            self.skip(reason, "channel mapping unknown or fixed here: its channel group is kept whole")
+
+    def _record(self, cg: ChannelGraph, plan: Plan, before: list[Selection], after: list[Selection]) -> None:
+        groups = cg.groups()
+        kinds: dict[str, int] = {}
+        for sel in after:
+            kinds[sel.kind] = kinds.get(sel.kind, 0) + 1
+        self.record(
+            mode=self.config.mode,
+            ratio=self.config.ratio,
+            groups=len(groups),
+            frozen_groups=len(cg.frozen_groups()),
+            channels_before=sum(cg.space_sizes[s] for s in range(len(cg.space_sizes))),
+            channels_after=sum(len(plan.live[cg.group(s)]) for s in range(len(cg.space_sizes))),
+            selections=kinds,
+            gather_bytes_before=sum(s.bytes for s in before if s.kind == "gather"),
+            gather_bytes_after=sum(s.bytes for s in after if s.kind == "gather"),
+            copy_bytes_before=sum(s.bytes for s in before),
+            copy_bytes_after=sum(s.bytes for s in after),
+            copies_per_node={s.node: {"kind": s.kind, "bytes": s.bytes, "kind_before": b.kind}
+                             for s, b in zip(after, before, strict=True) if s.bytes or b.bytes},
+        )
