@@ -17,7 +17,7 @@ from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import BundleError, ConfigError, UnsupportedOpError
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.pipeline import PassRecord, reference_outputs, run_pipeline
-from edgec.passes.base import create_pass
+from edgec.passes.base import available_passes, create_pass
 from edgec.runtime.bundle import write_bundle
 from edgec.runtime.session import compare_outputs
 from edgec.runtime.timing import interleaved_medians
@@ -89,6 +89,15 @@ def _measure(original: onnx.ModelProto, final: onnx.ModelProto, ctx: BuildContex
     return metrics
 
 
+def _pass_options(cfg: BuildConfig, name: str) -> dict[str, Any]:
+    """The pass's table from the config file, plus --max-drop for passes that take a budget."""
+    options = dict(cfg.pass_options.get(name, {}))
+    pass_cls = available_passes().get(name)
+    if cfg.max_drop is not None and pass_cls and "max_drop" in pass_cls.config_cls.__dataclass_fields__:
+        options.setdefault("max_drop", cfg.max_drop)
+    return options
+
+
 def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None) -> BuildResult:
     """Build a bundle as ``cfg`` says. Raises EdgecError for user mistakes; writes nothing then."""
     target = get_target(cfg.target)
@@ -104,8 +113,10 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     check_target_ops(loaded.proto, target)
     ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed,
                        evaluate=zoo.evaluate if zoo is not None and zoo.trained else None)
-    passes = [create_pass(name, ctx, cfg.pass_options.get(name), source=str(cfg.config_path or "--passes"))
+    passes = [create_pass(name, ctx, _pass_options(cfg, name), source=str(cfg.config_path or "--passes"))
               for name in cfg.passes]
+    if cfg.max_drop is not None and not any(hasattr(p.config, "max_drop") for p in passes):
+        raise ConfigError(f"--max-drop: none of the passes {', '.join(cfg.passes)} trades accuracy for speed")
     for name in cfg.pass_options:
         if name not in cfg.passes:
             raise ConfigError(f"{cfg.config_path}: options given for pass {name!r}, which is not in 'passes'")

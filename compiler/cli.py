@@ -68,6 +68,8 @@ def cli(verbose: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["dir", "zip"]), help="Bundle as a directory or a zip.")
 @click.option("--force", is_flag=True, default=None, help="Replace an existing output.")
 @click.option("--seed", type=int, help="Seed for random calibration data and search.")
+@click.option("--max-drop", type=click.FloatRange(0, 1), help="Accuracy budget for lossy passes: largest drop of "
+              "the task metric (or of output cosine) they may cause; they keep sensitive nodes precise to meet it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @handle_errors

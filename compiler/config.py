@@ -26,7 +26,8 @@ from typing import Any
 from edgec.compiler.errors import ConfigError
 
 DEFAULT_PASSES = ("cleanup", "fuse")
-_TOP_KEYS = {"model", "target", "passes", "pass-options", "calibration", "input-shapes", "format", "seed"}
+_TOP_KEYS = {"model", "target", "passes", "pass-options", "calibration", "input-shapes", "format", "seed",
+             "max-drop"}
 _CALIB_KEYS = {"source", "samples", "image", "tokenizer"}
 _IMAGE_KEYS = {"size", "mean", "std", "layout", "channels"}
 
@@ -48,6 +49,7 @@ class BuildConfig:
     fmt: str = "dir"
     force: bool = False
     seed: int = 0
+    max_drop: float | None = None
     config_path: Path | None = None
 
 
@@ -96,6 +98,7 @@ def config_file_fields(path: Path) -> dict[str, Any]:
         "input_shapes": tuple(data["input-shapes"]) if "input-shapes" in data else None,
         "fmt": data.get("format"),
         "seed": data.get("seed"),
+        "max_drop": data.get("max-drop"),
     }
     return {k: v for k, v in fields.items() if v is not None}
 

@@ -33,6 +33,10 @@ class ConfigError(EdgecError):
     """A build option or config file is invalid."""
 
 
+class PrecisionError(ConfigError):
+    """A precision the target cannot run (fp8 on a phone, say)."""
+
+
 class VerificationError(EdgecError):
     """A transformed model failed its numeric or structural check against its input."""
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
+import onnx_ir.passes.common
 
 from edgec.compiler.context import BuildContext
-from edgec.compiler.errors import ConfigError, UnsupportedOpError
+from edgec.compiler.errors import PrecisionError, UnsupportedOpError
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +25,6 @@ INT4 = "int4-matmulnbits"
 FP16 = "fp16"
 FP8 = "fp8-qdq"
 FP4 = "fp4"
-
-
-class PrecisionError(ConfigError):
-    """A precision the target cannot run (a build option mistake: exit 2, one line)."""
 
 
 def require_format(ctx: BuildContext, fmt: str, pass_name: str) -> None:
@@ -69,7 +66,13 @@ def ensure_opset(proto: onnx.ModelProto, minimum: int, why: str) -> tuple[onnx.M
 
 def replace_model(model: ir.Model, proto: onnx.ModelProto) -> None:
     """Make ``model`` (the pass's in-place argument) hold ``proto``'s graph, opsets and functions."""
+    # ORT's quantizers emit com.microsoft nodes without always declaring the domain.
+    declared = {o.domain for o in proto.opset_import}
+    for domain in sorted({n.domain for n in proto.graph.node} - declared - {"", "ai.onnx"}):
+        proto.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     new = ir.serde.deserialize_model(proto)
+    # fp16's converter appends its I/O Casts at the end of the node list; the checker wants order.
+    ir.passes.common.TopologicalSortPass()(new)
     model.graph = new.graph
     model.ir_version = new.ir_version
     model.functions.clear()

@@ -153,3 +153,9 @@ def test_bad_config_key(runner, tiny_onnx, tmp_path, out):
     result = runner.invoke(cli, ["build", str(tiny_onnx), "--config", str(cfg), "-o", str(out), "--calib", "random"])
     _assert_user_error(result, "edgec.toml", "transformer_fusion")
     _assert_nothing_written(out)
+
+
+def test_max_drop_without_a_lossy_pass(runner, tiny_onnx, out):
+    _assert_user_error(_build(runner, tiny_onnx, out, "--calib", "random", "--passes", "fuse", "--max-drop", "0.01"),
+                       "--max-drop", "fuse")
+    _assert_nothing_written(out)

@@ -1,0 +1,83 @@
+"""Static QDQ int8 through ORT's quantize_static, plus the layout-aware choice of what to leave in float."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from edgec.compiler.context import Feeds
+from edgec.passes._quant_calib import FeedReader
+from edgec.runtime.timing import interleaved_medians
+
+logger = logging.getLogger(__name__)
+
+CALIBRATORS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+# Float ops ORT's CPU EP has no QDQ fusion for: between Q/DQ they run in NCHW float, so ORT adds
+# Transposes around them (its int8 convs are NHWC). SE gates (ReduceMean -> ... -> Mul) and
+# HardSwish/SiLU activations are the usual ones in mobile CNNs.
+FLOAT_ISLAND_OPS = frozenset({"HardSwish", "HardSigmoid", "Mul", "ReduceMean", "Sigmoid", "GlobalAveragePool",
+                              "Div", "Sub"})
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticOptions:
+    """What quantize_static is asked for."""
+
+    calibration: str = "minmax"
+    per_channel: bool = True
+    activation_dtype: str = "uint8"
+
+
+def preprocess(src: Path, dst: Path) -> None:
+    """ORT's quant_pre_process: symbolic shape inference and basic graph optimizations."""
+    quant_pre_process(str(src), str(dst))
+
+
+def quantize(pre: Path, out: Path, feeds: Sequence[Feeds], opts: StaticOptions, *, cache: Path,
+             exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> onnx.ModelProto:
+    """quantize_static in QDQ form with int8 weights; calibration ranges are cached in ``cache``."""
+    extra = {"ActivationSymmetric": opts.activation_dtype == "int8", "WeightSymmetric": True}
+    quantize_static(str(pre), str(out), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                    per_channel=opts.per_channel, activation_type=ACTIVATION_TYPES[opts.activation_dtype],
+                    weight_type=QuantType.QInt8, calibrate_method=CALIBRATORS[opts.calibration],
+                    nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only is not None else None,
+                    extra_options=extra, calibration_cache_path=str(cache))
+    return onnx.load(str(out))
+
+
+def depthwise_convs(proto: onnx.ModelProto) -> list[str]:
+    """Grouped convs with one channel per group; ORT's int8 depthwise kernel is slower than its fp32 one."""
+    return [n.name for n in proto.graph.node if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def island_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Nodes of op types ORT cannot fuse between Q/DQ (see FLOAT_ISLAND_OPS)."""
+    return [n.name for n in proto.graph.node if n.op_type in FLOAT_ISLAND_OPS]
+
+
+def placement_candidates(pre: onnx.ModelProto) -> dict[str, list[str]]:
+    """Named exclusion lists to try: everything int8, or float islands (and depthwise convs) left float."""
+    islands, depthwise = island_nodes(pre), depthwise_convs(pre)
+    candidates = {"all": []}
+    if islands:
+        candidates["float-islands"] = islands
+    if islands and depthwise:
+        candidates["float-islands+depthwise"] = islands + depthwise
+    return candidates
+
+
+def fastest(models: dict[str, bytes], fp32: bytes, feed: Feeds) -> tuple[str, dict[str, float]]:
+    """Time fp32 and each candidate interleaved on one thread; return the fastest name and ratios."""
+    names = list(models)
+    times = interleaved_medians([fp32, *models.values()], feed, rounds=4, runs=3, warmup=2)
+    ratios = {name: t / times[0] for name, t in zip(names, times[1:], strict=True)}
+    return min(ratios, key=ratios.__getitem__), ratios

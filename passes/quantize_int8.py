@@ -1,0 +1,166 @@
+"""quantize-int8: static QDQ int8 (ORT's quantize_static), with layout-aware placement and guided recovery."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Literal
+
+import onnx
+import onnx_ir as ir
+
+from edgec.compiler.errors import ConfigError
+from edgec.compiler.pipeline import to_proto
+from edgec.passes import _quant_sensitivity as sens
+from edgec.passes import _quant_static as static
+from edgec.passes._quant_analysis import explain
+from edgec.passes._quant_calib import checked_feeds
+from edgec.passes._quant_common import (
+    INT8_DYNAMIC,
+    INT8_QDQ,
+    ensure_opset,
+    has_op,
+    replace_model,
+    require_format,
+    workdir,
+)
+from edgec.passes.base import EdgecPass, Tolerance, register_pass
+from edgec.passes.quantize_dynamic import dynamic_quantize
+
+logger = logging.getLogger(__name__)
+
+PER_CHANNEL_OPSET = 13  # DequantizeLinear has no ``axis`` before opset 13
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeInt8Config:
+    """Options of quantize-int8. ``max_drop`` is the accuracy budget (primary metric, absolute;
+    0.005 = half a point of accuracy), or 1 - cosine to fp32 when the model has no task metric."""
+
+    method: Literal["auto", "static", "dynamic"] = "auto"
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    samples: int = 8
+    per_channel: bool = True
+    activation_dtype: Literal["target", "uint8", "int8"] = "target"
+    placement: Literal["auto", "all", "float-islands", "float-islands+depthwise"] = "auto"
+    exclude_nodes: tuple[str, ...] = ()
+    max_drop: float | None = None
+    max_recovery_steps: int = 8
+    sensitivity_plot: str = ""
+
+
+@register_pass("quantize-int8")
+class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
+    """Quantize weights (int8, per channel) and activations (the target's int8 dtype) as QDQ.
+
+    Applies to any float model. ``method = "auto"`` picks dynamic int8 for Conv-free MatMul graphs
+    (transformers: static MinMax ranges wreck their activations) where the target runs it, static
+    QDQ otherwise. Old opsets are upgraded to 13 for per-channel scales (recorded). On a
+    measurable host, ``placement = "auto"`` times leaving ORT's unfusable float islands (SE gates,
+    HardSwish, depthwise convs) in float and keeps the fastest. Never touches graph I/O dtypes.
+    """
+
+    config_cls = QuantizeInt8Config
+    # Expected int8 error is ~0.95-0.9999 cosine; a broken graph (wrong ranges, swapped axes) is far lower.
+    tolerance = Tolerance(lossy=True, min_cosine=0.9)
+    search_space = {"calibration": ("minmax", "entropy", "percentile"), "per_channel": (True, False),
+                    "placement": ("auto", "all")}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        proto = to_proto(model)
+        if self._use_dynamic(proto):
+            replace_model(model, dynamic_quantize(self, proto, per_channel=self.config.per_channel))
+            self.record(method="dynamic")
+            return ir.passes.PassResult(model, modified=True)
+        require_format(self.ctx, INT8_QDQ, self.name)
+        feeds = checked_feeds(proto, self.ctx.calibration, self.config.samples, self.name)
+        if self.config.per_channel:
+            proto, old = ensure_opset(proto, PER_CHANNEL_OPSET, "per-channel int8 weights")
+            if old is not None:
+                self.record(opset_upgraded=f"{old} -> {PER_CHANNEL_OPSET}")
+        with workdir() as folder:
+            quantized = self._static(proto, feeds, folder)
+        self._explain(quantized, proto)
+        replace_model(model, quantized)
+        return ir.passes.PassResult(model, modified=True)
+
+    def _use_dynamic(self, proto: onnx.ModelProto) -> bool:
+        method = self.config.method
+        if method == "dynamic":
+            return True
+        if method == "static" or has_op(proto, "Conv", "ConvTranspose"):
+            return False
+        transformer = has_op(proto, "MatMul", "Attention")
+        if transformer and INT8_DYNAMIC not in self.ctx.target.quantization_formats:
+            self.skip("method", f"dynamic int8 suits this MatMul graph but {self.ctx.target.name} "
+                                "does not run it; static QDQ used")
+            return False
+        return transformer
+
+    def _options(self) -> static.StaticOptions:
+        act = self.config.activation_dtype
+        act = self.ctx.target.activation_dtype if act == "target" else act
+        if act not in static.ACTIVATION_TYPES:
+            raise ConfigError(f"pass {self.name!r}: activation dtype {act!r} is not uint8 or int8")
+        return static.StaticOptions(self.config.calibration, self.config.per_channel, act)
+
+    def _static(self, proto: onnx.ModelProto, feeds: list, folder: Path) -> onnx.ModelProto:
+        src, pre, cache = folder / "fp32.onnx", folder / "pre.onnx", folder / "ranges.json"
+        onnx.save(proto, str(src))
+        static.preprocess(src, pre)
+        pre_proto = onnx.load(str(pre))
+        opts = self._options()
+        counter = iter(range(10**6))
+
+        def build(exclude: list[str], only: list[str] | None = None) -> onnx.ModelProto:
+            out = folder / f"q{next(counter)}.onnx"
+            return static.quantize(pre, out, feeds, opts, cache=cache, exclude=exclude, only=only)
+
+        base_exclude = [*self.config.exclude_nodes, *self._placement(pre_proto, proto, feeds, build)]
+        self.record(method="static", calibration=opts.calibration, activation_dtype=opts.activation_dtype,
+                    per_channel=opts.per_channel, samples=len(feeds), kept_float=len(base_exclude))
+        if self.config.max_drop is None and not self.config.sensitivity_plot:
+            return build(base_exclude)
+        return self._recover(pre_proto, proto, feeds, build, base_exclude)
+
+    def _placement(self, pre: onnx.ModelProto, fp32: onnx.ModelProto, feeds: list, build) -> list[str]:
+        candidates = static.placement_candidates(pre)
+        choice = self.config.placement
+        if choice != "auto":
+            if choice not in candidates:
+                self.skip("placement", f"{choice!r} has nothing to leave in float in this model; 'all' used")
+                return []
+            return candidates[choice]
+        if len(candidates) == 1 or not self.ctx.target.host_measurable:
+            return []
+        models = {name: build(excl).SerializeToString() for name, excl in candidates.items()}
+        best, ratios = static.fastest(models, fp32.SerializeToString(), feeds[0])
+        self.record(placement=best, placement_latency_ratio={k: round(v, 3) for k, v in ratios.items()})
+        return candidates[best]
+
+    def _recover(self, pre: onnx.ModelProto, fp32: onnx.ModelProto, feeds: list, build,
+                 base_exclude: list[str]) -> onnx.ModelProto:
+        full = build(base_exclude)  # first: calibrates every tensor the later subsets need
+        unit, drop_of = sens.metric_drop(self.ctx, fp32, feeds)
+        reference = sens.outputs_on(fp32, feeds)
+        names = [n.name for n in pre.graph.node if n.op_type in sens.WEIGHTED_OPS and n.name not in base_exclude]
+        ranked = sens.rank(lambda n: build(base_exclude, only=[n]), names,
+                           lambda p: sens.output_error(reference, p, feeds))
+        self.record(sensitivity=[{"node": n, "error": round(e, 6)} for n, e in ranked[:20]])
+        if self.config.sensitivity_plot:
+            sens.plot_ranking(ranked, Path(self.config.sensitivity_plot), f"int8 sensitivity ({self.name})")
+        if self.config.max_drop is None:
+            return full
+        result = sens.recover(lambda kept: build(base_exclude + kept), ranked, drop_of,
+                              self.config.max_drop, self.config.max_recovery_steps)
+        self.record(recovery_unit=unit, recovery_drop=round(result.drop, 6), recovery_met=result.met,
+                    recovery_kept_float=result.kept_float, recovery_steps=result.steps)
+        if not result.met:
+            self.skip("max_drop", f"no configuration within {self.config.max_recovery_steps} float nodes met "
+                                  f"max_drop={self.config.max_drop} ({unit}); kept the smallest drop {result.drop:.4g}")
+        return result.model
+
+    def _explain(self, quantized: onnx.ModelProto, fp32: onnx.ModelProto) -> None:
+        if self.ctx.target.host_measurable:
+            self.record(why_not_faster=explain(quantized.SerializeToString(), fp32).to_json())
