@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from edgec.compiler.analysis import model_stats
+from edgec.compiler.blocks_report import list_blocks
 from edgec.compiler.calibration import load_calibration
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.targets.registry import get_target
@@ -61,6 +62,7 @@ def describe_model(proto: onnx.ModelProto, target_name: str) -> dict[str, Any]:
         "unsupported": [dataclasses.asdict(p) for p in placements if p.provider is None],
         "fallback": [dataclasses.asdict(p) for p in placements
                      if p.provider not in (None, target.ep_names[0])],
+        "blocks": list_blocks(proto),
     }
 
 

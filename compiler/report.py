@@ -113,6 +113,14 @@ def print_inspect(console: Console, info: dict[str, Any], top: int) -> None:
         table.add_row(cost["name"], cost["op_type"], _human(cost["flops"]),
                       f"{cost['flops'] / max(info['flops'], 1):.1%}")
     console.print(table)
+    if info["blocks"]:
+        blocks = Table(title="residual blocks (prune-depth)")
+        for col in ("block", "kind", "nodes", "removable"):
+            blocks.add_column(col)
+        for block in info["blocks"]:
+            blocks.add_row(block["name"], block["kind"], str(block["nodes"]),
+                           "yes" if block["removable"] else f"no: {block['reason']}")
+        console.print(blocks)
     console.print(f"target {info['target']}: nodes per provider {info['nodes_per_provider']}")
     for p in info["unsupported"]:
         console.print(f"[red]cannot run:[/] {p['node']} ({p['domain']}:{p['op_type']})")

@@ -80,3 +80,11 @@ def test_inspect_model_names_android_fallbacks(runner, tiny_onnx):
     info = json.loads(result.stdout)
     assert info["target"] == "ios-arm64"
     assert info["op_histogram"]["Conv"] == 2
+
+
+def test_inspect_lists_residual_blocks_with_reasons(runner):
+    result = runner.invoke(cli, ["inspect", "zoo:mnist-resnet", "--json"])
+    assert result.exit_code == 0, result.stderr
+    blocks = {b["name"]: b for b in json.loads(result.stdout)["blocks"]}
+    assert sorted(name for name, b in blocks.items() if b["removable"]) == ["features.2", "features.5"]
+    assert "Concat" in blocks["features.3"]["reason"]

@@ -1,0 +1,112 @@
+"""Block importance on calibration data: output error after removal, block influence, or a user metric."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.compiler.context import Feeds
+from edgec.compiler.errors import ConfigError
+from edgec.passes._blocks import Block
+from edgec.passes._depth_edit import capture, clone, output_names, remove_block
+from edgec.passes._replaceme import LinearMap, extend_over_norm, fit_linear
+from edgec.runtime.session import make_session
+
+Metric = Callable[[bytes, list[Feeds]], float]
+SCORES = ("cosine", "mse", "influence", "metric")
+
+
+def load_metric(spec: str, option: str) -> Metric:
+    """Import ``package.module:function``: ``function(model_bytes, feeds) -> float``, higher is better."""
+    module_name, sep, func = spec.partition(":")
+    if not (sep and module_name and func):
+        raise ConfigError(f"{option}: {spec!r} is not 'package.module:function'")
+    try:
+        found = getattr(importlib.import_module(module_name), func)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{option}: cannot import {spec!r} ({exc})") from None
+    if not callable(found):
+        raise ConfigError(f"{option}: {spec!r} is not callable")
+    return found  # type: ignore[no-any-return]
+
+
+def run_outputs(model: ir.Model, feeds: Sequence[Feeds]) -> list[list[np.ndarray]]:
+    """Graph outputs of ``model`` on each feed."""
+    session = make_session(ir.serde.serialize_model(model).SerializeToString(), level="basic", threads=1)
+    return [session.run(None, feed) for feed in feeds]
+
+
+def output_error(reference: list[list[np.ndarray]], got: list[list[np.ndarray]], kind: str) -> float:
+    """1 - cosine (kind 'cosine') or mean squared error ('mse') over all outputs and feeds."""
+    ref = np.concatenate([a.astype(np.float64).ravel() for outs in reference for a in outs])
+    new = np.concatenate([a.astype(np.float64).ravel() for outs in got for a in outs])
+    if kind == "mse":
+        return float(np.mean((ref - new) ** 2))
+    denom = float(np.linalg.norm(ref) * np.linalg.norm(new))
+    return float(1.0 - ref @ new / denom) if denom > 0 else float(not np.array_equal(ref, new))
+
+
+def influence(entry: list[np.ndarray], exit_: list[np.ndarray]) -> float:
+    """Block influence: mean over feeds of 1 - cos(block input, block output)."""
+    values = []
+    for x, y in zip(entry, exit_, strict=True):
+        a, b = x.astype(np.float64).ravel(), y.astype(np.float64).ravel()
+        denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+        values.append(1.0 - float(a @ b) / denom if denom > 0 else 0.0)
+    return float(np.mean(values))
+
+
+class Remover:
+    """Removes blocks from models, with a ReplaceMe map fitted to the original model's activations."""
+
+    def __init__(self, original: ir.Model, feeds: Sequence[Feeds], replace: bool, ridge: float) -> None:
+        self.original = original
+        self.feeds = list(feeds)
+        self.replace = replace
+        self.ridge = ridge
+        self._targets: dict[str, list[np.ndarray]] = {}
+
+    def prefetch(self, model: ir.Model, blocks: Sequence[Block]) -> dict[str, list[np.ndarray]]:
+        """Entry activations of ``blocks`` in ``model`` (and original exits, cached), in one run each."""
+        spans = [extend_over_norm(model.graph, b) for b in blocks]
+        missing = [s.exit for s in spans if s.exit not in self._targets]
+        if self.replace and missing:
+            self._targets.update(capture(self.original, missing, self.feeds))
+        names = [b.entry for b in spans] + [b.exit for b in blocks]
+        return capture(model, names, self.feeds)
+
+    def fit(self, model: ir.Model, block: Block, acts: dict[str, list[np.ndarray]]) -> tuple[Block, LinearMap | None]:
+        """The span to remove and, with replacement on, its fitted map."""
+        if not self.replace:
+            return block, None
+        span = extend_over_norm(model.graph, block)
+        return span, fit_linear(acts[span.entry], self._targets[span.exit], block.channel_axis, self.ridge)
+
+    def remove(self, model: ir.Model, block: Block, acts: dict[str, list[np.ndarray]] | None = None) -> str:
+        """Remove ``block`` from ``model`` in place; returns how ('bypassed', 'folded into ...')."""
+        acts = acts if acts is not None else (self.prefetch(model, [block]) if self.replace else {})
+        span, linear = self.fit(model, block, acts)
+        return remove_block(model, span, linear)
+
+
+def score_blocks(model: ir.Model, blocks: Sequence[Block], remover: Remover, score: str,
+                 metric: Metric | None) -> dict[str, float]:
+    """Importance of each block, keyed by its Add node: lower means drop it first."""
+    acts = remover.prefetch(model, blocks)
+    if score == "influence":
+        return {b.nodes[-1]: influence(acts[b.entry], acts[b.exit]) for b in blocks}
+    names = output_names(model)
+    reference = [[acts[n][i] for n in names] for i in range(len(remover.feeds))]
+    scores = {}
+    for block in blocks:
+        trial = clone(model)
+        remover.remove(trial, block, acts)
+        if score == "metric":
+            assert metric is not None  # the pass loads it when score == "metric"
+            scores[block.nodes[-1]] = -float(metric(ir.serde.serialize_model(trial).SerializeToString(), remover.feeds))
+        else:
+            scores[block.nodes[-1]] = output_error(reference, run_outputs(trial, remover.feeds), score)
+    return scores
