@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export EDGEC_CACHE ?= $(CURDIR)/.cache/edgec
 
-.PHONY: demo test install node-deps bench-fusion lint clean
+.PHONY: demo test install node-deps test-deps arm64-check crossruntime-zoo bench-fusion lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,12 +17,26 @@ install: $(STAMP)
 
 # onnxruntime-node for the cross-runtime test. ONNXRUNTIME_NODE_INSTALL=skip stops its post-install
 # step from fetching GPU binaries from outside; the CPU binding ships inside the npm package.
+# playwright-core drives Debian's chromium; it never downloads a browser of its own.
+NODE_PKGS := onnxruntime-node onnxruntime-web playwright-core
 node-deps:
 	@if command -v npm >/dev/null 2>&1; then \
-	  test -d tests/node/node_modules/onnxruntime-node || \
-	  (cd tests/node && ONNXRUNTIME_NODE_INSTALL=skip npm install --no-audit --no-fund --silent) || \
-	  echo "onnxruntime-node could not be installed; the node check will skip"; \
-	else echo "npm not found; the node check will skip"; fi
+	  missing=0; for p in $(NODE_PKGS); do test -d tests/node/node_modules/$$p || missing=1; done; \
+	  if [ $$missing = 1 ]; then \
+	    (cd tests/node && ONNXRUNTIME_NODE_INSTALL=skip npm install --no-audit --no-fund --silent) || \
+	    echo "npm install failed; the node and browser checks will skip"; fi; \
+	else echo "npm not found; the node and browser checks will skip"; fi
+
+# sshd for the ssh-runner tests (a real sshd on 127.0.0.1) and chromium for the onnxruntime-web check.
+# Installed only as root and only when missing; without them those tests skip with the reason.
+test-deps:
+	@need=""; test -x /usr/sbin/sshd || need="$$need openssh-server"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need \
+	      >/dev/null) || echo "apt-get install$$need failed; the ssh/browser checks will skip"; \
+	  else echo "not root: cannot install$$need; the ssh/browser checks will skip"; fi; fi
 
 demo: $(STAMP)
 	rm -rf demo-bundle
@@ -30,8 +44,17 @@ demo: $(STAMP)
 	$(BIN)/edgec verify demo-bundle
 	$(BIN)/edgec profile demo-bundle --runs 50 --warmup 5
 
-test: $(STAMP) node-deps
+test: $(STAMP) node-deps test-deps
 	$(BIN)/python -m pytest -q -n 2 tests
+
+# arm64 parity: the android-arm64 bundles' model.ort run under qemu-user in an arm64 Debian root
+# (about 5 minutes to set up once, root needed); compared with the host outputs.
+arm64-check: $(STAMP)
+	bash scripts/arm64_check.sh
+
+# onnxruntime-node/-web on real zoo bundles (slower than the tiny-model checks in make test).
+crossruntime-zoo: $(STAMP) node-deps
+	EDGEC_CROSSRUNTIME_ZOO=1 $(BIN)/python -m pytest -q tests/node
 
 bench-fusion: $(STAMP)
 	$(BIN)/python bench/fusion.py

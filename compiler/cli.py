@@ -121,20 +121,52 @@ def inspect(source: str, target: str | None, input_shapes: tuple[str, ...], top:
         report.print_inspect(out_console, info, top)
 
 
+def _device_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by profile and verify for running on a device instead of this host."""
+    options = [
+        click.option("--device", help="Run on a device: local, ssh:USER@HOST[:PORT] or adb:SERIAL (a bundle only)."),
+        click.option("--device-python", help="local/ssh: the device's python with numpy and onnxruntime."),
+        click.option("--ssh-config", type=click.Path(path_type=Path), help="ssh: use this ssh config file."),
+        click.option("--timeout", "timeout_s", default=600.0, show_default=True, type=click.FloatRange(1),
+                     help="Seconds allowed for the run on the device."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command()
 @click.argument("source")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(1), help="Timed runs.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed runs first.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Intra-op threads.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="name=1x3x224x224 (repeatable).")
+@_device_options
+@click.option("--runner", type=click.Path(path_type=Path), help="adb: onnxruntime_perf_test built for Android.")
+@click.option("--big-cores/--no-big-cores", default=True, show_default=True, help="adb: pin to the fastest cores.")
+@click.option("--export-device", type=click.Path(path_type=Path),
+              help="Also run the op sweep on the device and write its latency file (for the search).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def profile(source: str, runs: int, warmup: int, threads: int, input_shapes: tuple[str, ...],
-            as_json: bool) -> None:
+def profile(source: str, runs: int, warmup: int, threads: int, input_shapes: tuple[str, ...], device: str | None,
+            device_python: str | None, ssh_config: Path | None, timeout_s: float, runner: Path | None,
+            big_cores: bool, export_device: Path | None, as_json: bool) -> None:
     """Latency p50/p90/p99 and the top nodes by time (ORT profiler) of a model or bundle."""
-    from edgec.compiler.inspect import profile_source
+    if device or export_device:
+        from edgec.runtime.devices import export_device_file, profile_on_device
 
-    result = profile_source(source, runs=runs, warmup=warmup, threads=threads, input_shapes=input_shapes)
+        dev, cfg = device or "local", str(ssh_config) if ssh_config else None
+        result = profile_on_device(source, dev, runs=runs, warmup=warmup, threads=threads,
+                                   runner=str(runner) if runner else None, python=device_python,
+                                   ssh_config=cfg, timeout_s=timeout_s, big_cores=big_cores)
+        if export_device:
+            doc = export_device_file(dev, export_device, target=source, python=device_python, ssh_config=cfg,
+                                     timeout_s=max(timeout_s, 1800))
+            result["device_file"] = {"path": str(export_device), "entries": len(doc["entries"])}
+    else:
+        from edgec.compiler.inspect import profile_source
+
+        result = profile_source(source, runs=runs, warmup=warmup, threads=threads, input_shapes=input_shapes)
     if as_json:
         _emit_json(result)
     else:
@@ -143,13 +175,21 @@ def profile(source: str, runs: int, warmup: int, threads: int, input_shapes: tup
 
 @cli.command()
 @click.argument("bundle")
+@_device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def verify(bundle: str, as_json: bool) -> None:
-    """Check a bundle: checksums, schema, load, run the stored sample, compare outputs."""
-    from edgec.runtime.loader import verify_bundle
+def verify(bundle: str, device: str | None, device_python: str | None, ssh_config: Path | None, timeout_s: float,
+           as_json: bool) -> None:
+    """Check a bundle: checksums, schema, load, run the stored sample, compare outputs (here or on a device)."""
+    if device:
+        from edgec.runtime.devices import verify_on_device
 
-    result = verify_bundle(Path(bundle))
+        result = verify_on_device(Path(bundle), device, python=device_python,
+                                  ssh_config=str(ssh_config) if ssh_config else None, timeout_s=timeout_s)
+    else:
+        from edgec.runtime.loader import verify_bundle
+
+        result = verify_bundle(Path(bundle))
     if as_json:
         _emit_json(report.to_plain(result))
     else:

@@ -175,13 +175,16 @@ def _fill(root: pathlib.Path, *, model: onnx.ModelProto, target: TargetProfile,
     specs[0][:] = [s for s in specs[0] if s["name"] not in init_names]
     feeds = _check_feeds(specs[0], sample_inputs)
     onnx.save_model(model, root / ONNX_FILE)
-    model_file = ONNX_FILE
+    model_file, style = ONNX_FILE, None
     if target.is_mobile:
-        model_file = mobile.convert_to_ort(root / ONNX_FILE, root, target)[0].name
+        style = mobile.ort_style_for(model, target)
+        model_file = mobile.convert_to_ort(root / ONNX_FILE, root, target, style)[0].name
     # The stored outputs come from the file the device loads, run as the manifest says.
     outputs = run(make_session(root / model_file, target), feeds)
     _save_sample(root / SAMPLE_FILE, feeds, outputs)
     manifest = _manifest(target, model_file, specs, pass_records, metrics)
+    if style:
+        manifest["session_options"]["ort_optimization_style"] = style
     if target.loader_sample:
         sample_specs = [s | {"sample_shape": list(feeds[s["name"]].shape)} for s in specs[0]]
         versions = {"edgec": manifest["edgec_version"], "onnxruntime": manifest["onnxruntime_version"]}

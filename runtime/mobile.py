@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
 
+import onnx
+
 from edgec.compiler.errors import BundleError
 from edgec.targets.profile import TargetProfile
 
@@ -63,20 +65,36 @@ def _quiet_converter() -> Iterator[io.StringIO]:
         log.debug("ORT converter output:\n%s", captured.getvalue())
 
 
-def convert_to_ort(onnx_path: pathlib.Path, out_dir: pathlib.Path,
-                   target: TargetProfile) -> tuple[pathlib.Path, pathlib.Path]:
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def ort_style_for(model: onnx.ModelProto, target: TargetProfile) -> str:
+    """The target's .ort optimization style, except Fixed for QDQ models.
+
+    ORT 1.32 cannot replay the saved runtime optimizations it records for QDQ graphs ("Not enough
+    produced nodes in the runtime optimization record"), and app loaders replay them, so quantized
+    models ship with their fusions fixed at conversion time.
+    """
+    if target.ort_optimization_style == "Runtime" and any(n.op_type in _QDQ_OPS for n in model.graph.node):
+        return "Fixed"
+    return target.ort_optimization_style
+
+
+def convert_to_ort(onnx_path: pathlib.Path, out_dir: pathlib.Path, target: TargetProfile,
+                   style_name: str | None = None) -> tuple[pathlib.Path, pathlib.Path]:
     """Write ``model.ort`` and ``required_operators.config`` for ``target`` into ``out_dir``.
 
-    Uses ORT's own converter with the target's optimization style (Fixed for CPU-EP bundles, Runtime for
-    NNAPI/CoreML) and platform (``arm`` leaves out the x86-only NCHWc transform).
+    Uses ORT's own converter with ``style_name`` (default: the target's style; Fixed for CPU-EP
+    bundles, Runtime for NNAPI/CoreML) and platform (``arm`` leaves out the x86-only NCHWc transform).
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
+    style_name = style_name or target.ort_optimization_style
     try:
-        style = OptimizationStyle[target.ort_optimization_style]
+        style = OptimizationStyle[style_name]
     except KeyError:
         raise BundleError(f"target {target.name}: ort_optimization_style must be Fixed or Runtime, "
-                          f"not {target.ort_optimization_style!r}") from None
+                          f"not {style_name!r}") from None
     scratch = pathlib.Path(tempfile.mkdtemp(prefix=".ort-", dir=out_dir))
     try:
         with _quiet_converter():

@@ -87,7 +87,8 @@ def test_android_bundle_ships_ort_matching_onnx(android_bundle, tiny_feeds):
     assert manifest["model_file"] == "model.ort"
     assert manifest["model_files"] == {"onnxruntime": "model.onnx", "onnxruntime-mobile": "model.ort"}
     assert manifest["execution_providers"][0] == "NnapiExecutionProvider"
-    assert manifest["session_options"] == {"graph_optimization_level": "extended", "intra_op_num_threads": 2}
+    assert manifest["session_options"] == {"graph_optimization_level": "extended", "intra_op_num_threads": 2,
+                                           "ort_optimization_style": "Runtime"}
     assert manifest["passes"][0]["stats"]["nodes_removed"] == 0
     assert manifest["metrics"]["latency_ms"]["p50"] == pytest.approx(0.2)
     config = (android_bundle / "required_operators.config").read_text()
@@ -133,3 +134,25 @@ def test_sample_inputs_must_match_model(tmp_path, tiny_model, tiny_feeds):
     with pytest.raises(BundleError, match="float64"):
         write_bundle(tmp_path / "b", model=tiny_model, target=get_target("cpu-x86"), sample_inputs=wrong)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quantized_android_bundle_ships_fixed_style_ort(tmp_path, tiny_model, tiny_feeds):
+    # ORT 1.32 cannot replay saved runtime optimizations of QDQ graphs, so the writer fixes them.
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([tiny_feeds])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    onnx.save(tiny_model, tmp_path / "fp32.onnx")
+    quantize_static(str(tmp_path / "fp32.onnx"), str(tmp_path / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ)
+    int8 = onnx.load(str(tmp_path / "int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+    out = write_bundle(tmp_path / "b", model=int8, target=get_target("android-arm64"), sample_inputs=tiny_feeds)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["session_options"]["ort_optimization_style"] == "Fixed"
+    report = verify_bundle(out)
+    assert report.ok, report.problems
