@@ -35,7 +35,8 @@ class ModelStats:
         return {"nodes": self.nodes, "params": self.params, "flops": self.flops, "bytes": self.size_bytes}
 
 
-def _shape_map(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Static shapes of every value and initializer (None for unknown dims), from shape inference."""
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes are a best effort for statistics only
@@ -56,7 +57,8 @@ def _numel(shape: list[int | None] | None) -> int:
     return math.prod(shape)  # type: ignore[arg-type]
 
 
-def _node_flops(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int:
+def node_flops(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int:
+    """FLOPs of one node given value shapes (multiply-adds count 2; other ops one per output element)."""
     out = shapes.get(node.output[0]) if node.output else None
     inputs = [shapes.get(name) for name in node.input]
     op = node.op_type
@@ -96,9 +98,9 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
 
 def model_stats(model: onnx.ModelProto) -> ModelStats:
     """Compute figures of the main graph (subgraph nodes count toward nodes and ops, not FLOPs)."""
-    shapes = _shape_map(model)
+    shapes = value_shapes(model)
     costs = tuple(
-        NodeCost(n.name or f"{n.op_type}_{i}", n.op_type, _node_flops(n, shapes))
+        NodeCost(n.name or f"{n.op_type}_{i}", n.op_type, node_flops(n, shapes))
         for i, n in enumerate(model.graph.node)
     )
     histogram: collections.Counter[str] = collections.Counter()
