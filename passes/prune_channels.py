@@ -14,6 +14,8 @@ from edgec.compiler.errors import ConfigError, UnsupportedOpError
 from edgec.passes._channel_export import Selection, apply_plan, choose_orders, selections
 from edgec.passes._channel_graph import analyze
 from edgec.passes._prune_plan import Plan, make_plan
+from edgec.passes._prune_recovery import METHODS as RECOVERIES
+from edgec.passes._prune_recovery import recover
 from edgec.passes._prune_types import ChannelGraph
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 
@@ -28,6 +30,18 @@ def _check_ratio(value: Any, option: str) -> None:
         raise ConfigError(f"prune-channels: {option} must be a number in [0, 1), got {value!r}")
 
 
+def _name_nodes(model: ir.Model) -> None:
+    """Give unnamed nodes unique names: the analysis and the plan refer to nodes by name."""
+    taken = {n.name for n in model.graph if n.name}
+    for index, node in enumerate(model.graph):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
 @dataclasses.dataclass(frozen=True)
 class PruneChannelsConfig:
     """Options of prune-channels.
@@ -35,6 +49,9 @@ class PruneChannelsConfig:
     ``ratio`` is the fraction of input channels each consumer (Conv/Gemm/MatMul) drops; ``layers``
     overrides it per consumer node name. ``mode`` picks one mask per channel group (constrained)
     or one per consumer (unconstrained). ``importance``: weight L1/L2 norm, or BatchNorm scale.
+    ``recovery`` fixes the pruned layers from calibration data (see ``_prune_recovery``): ``bias``
+    matches each layer's output mean, ``lstsq`` refits its kept weights too, ridge-regularized by
+    ``ridge`` (relative to the input covariance's mean eigenvalue).
     """
 
     ratio: float = 0.3
@@ -42,6 +59,8 @@ class PruneChannelsConfig:
     mode: str = "unconstrained"
     importance: str = "l2"
     reorder: bool = True
+    recovery: str = "none"
+    ridge: float = 0.01
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -54,6 +73,11 @@ class PruneChannelsConfig:
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"prune-channels: importance must be one of {', '.join(IMPORTANCES)}, "
                               f"got {self.importance!r}")
+        if self.recovery not in RECOVERIES:
+            raise ConfigError(f"prune-channels: recovery must be one of {', '.join(RECOVERIES)}, "
+                              f"got {self.recovery!r}")
+        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge > 0:
+            raise ConfigError(f"prune-channels: ridge must be a number > 0, got {self.ridge!r}")
 
 
 @register_pass("prune-channels")
@@ -62,13 +86,15 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
 
     Changes weight rows and columns, BatchNorm and bias constants, depthwise group counts and the
     shape constants of flattening Reshapes; in unconstrained mode it adds a Slice (or Gather) in
-    front of consumers that read part of a channel group. Applies to channel groups the analysis can
-    follow (see ``_channel_graph``); a group that reaches an unknown op, a graph output or a
-    subgraph is frozen and reported. Never changes graph inputs, outputs or If/Loop bodies.
+    front of consumers that read part of a channel group. With ``recovery`` on, the weights and
+    biases of the layers whose inputs changed are refit from calibration data (a bias input, or an
+    Add after a bias-less MatMul, may be added). Applies to channel groups the analysis can follow
+    (see ``_channel_graph``); a group that reaches an unknown op, a graph output or a subgraph is
+    frozen and reported. Never changes graph inputs, outputs or If/Loop bodies.
     """
 
     config_cls = PruneChannelsConfig
-    search_space = {"ratio": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6), "mode": MODES}
+    search_space = {"ratio": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6), "mode": MODES, "recovery": RECOVERIES}
     # Lossy by design: the pipeline records cosine on calibration data but never fails on it (a
     # random-init model pruned hard can reach a negative cosine); accuracy is the search's job.
     tolerance = Tolerance(lossy=True)
@@ -76,6 +102,7 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         common.ShapeInferencePass()(model)
+        _name_nodes(model)
         cg = analyze(model)
         self._check_layers(model, cg)
         self._report_frozen(cg)
@@ -88,9 +115,25 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
         kinds = tuple(self.ctx.target.channel_selection)
         before = selections(model, cg, plan, choose_orders(cg, plan, reorder=False), kinds)
         orders = choose_orders(cg, plan, reorder=cfg.reorder)
+        original = self._original(model)
         after = apply_plan(model, cg, plan, orders, kinds)
         self._record(cg, plan, before, after)
+        if original is not None:
+            fixed, skipped = recover(model, original, cg, plan, orders, self.ctx.calibration, cfg.recovery,
+                                     cfg.ridge, self.ctx.seed)
+            for node, reason in skipped:
+                self.skip(node, f"recovery: {reason}")
+            self.record(recovery=cfg.recovery, recovered_layers=fixed, calibration_feeds=len(self.ctx.calibration))
         return ir.passes.PassResult(model, modified=True)
+
+    def _original(self, model: ir.Model) -> ir.Model | None:
+        """A copy of the unpruned model for recovery, or None when recovery is off or has no data."""
+        if self.config.recovery == "none":
+            return None
+        if not self.ctx.calibration:
+            self.skip("recovery", "no calibration data: the pruned layers are left as they are")
+            return None
+        return ir.serde.deserialize_model(ir.serde.serialize_model(model))
 
     def _check_layers(self, model: ir.Model, cg: ChannelGraph) -> None:
         names = {n.name for n in model.graph}

@@ -34,6 +34,7 @@ def test_build_prunes_with_config_options(tmp_path):
     ('layers = { "no_such_conv" = 0.5 }', "no node named 'no_such_conv'"),
     ('mode = "loose"', "mode must be one of"),
     ("ratios = 0.5", "ratios"),
+    ('recovery = "magic"', "recovery must be one of"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, options, fragment):
     result, out = _build(tmp_path, options)
