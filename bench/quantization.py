@@ -40,7 +40,8 @@ EDGEC = {
     "edgec fp8 (emulated)": ("cuda", [("fp8", {})]),
     "edgec fp4 (simulated)": ("cpu-x86", [("fp4", {})]),
 }
-TIMED = ("edgec int8", "ORT static", "ORT dynamic", "edgec int4", "edgec fp16")
+TIMED = ("fp32 (A/A copy)", "edgec int8", "ORT static", "ORT dynamic", "edgec int4", "edgec fp16")
+PLACEMENTS: dict[str, str] = {}  # model -> what quantize-int8 chose, for the notes under the table
 
 
 class _Reader(CalibrationDataReader):
@@ -55,7 +56,13 @@ def _edgec(proto: onnx.ModelProto, zoo, target: str, passes: list) -> onnx.Model
     ctx = BuildContext(get_target(target), zoo.calibration(16), evaluate=zoo.evaluate if zoo.trained else None)
     if zoo.name in TRANSFORMERS:
         passes = [("fuse", {}), *passes]
-    return run_pipeline(proto, [create_pass(n, ctx, o) for n, o in passes], ctx).model
+    result = run_pipeline(proto, [create_pass(n, ctx, o) for n, o in passes], ctx)
+    stats = result.records[-1].stats
+    if result.records[-1].name == "quantize-int8":
+        PLACEMENTS[zoo.name] = (f"dynamic, {stats.get('attention_unpacked', 0)} fused Attention unpacked"
+                                if stats.get("method") == "dynamic" else
+                                f"{stats.get('placement', 'all')} (race: {stats.get('placement_latency_ratio')})")
+    return result.model
 
 
 def _ort(src: pathlib.Path, zoo, scratch: pathlib.Path) -> dict[str, onnx.ModelProto]:
@@ -72,7 +79,7 @@ def _ort(src: pathlib.Path, zoo, scratch: pathlib.Path) -> dict[str, onnx.ModelP
 def _variants(zoo, scratch: pathlib.Path) -> dict[str, onnx.ModelProto]:
     src = zoo.onnx_path()
     proto = onnx.load(str(src))
-    variants = {"fp32": proto, **_ort(src, zoo, scratch)}
+    variants = {"fp32": proto, "fp32 (A/A copy)": proto, **_ort(src, zoo, scratch)}
     for label, (target, passes) in EDGEC.items():
         if label == "edgec int4" and zoo.name not in TRANSFORMERS:
             continue
@@ -109,9 +116,12 @@ def render(rows: list[dict], command: str) -> str:
              "1 thread, batch 1, ORT CPU EP at ORT_ENABLE_ALL; variants of one model timed interleaved "
              "round-robin, medians. Cosine: to fp32 on 4 held-out feeds. ORT static/dynamic: "
              "`quantize_static(model, out, reader)` / `quantize_dynamic(model, out)` with default settings. "
-             "edgec int8 = `quantize-int8` (transformers: `fuse,quantize-int8`, which picks dynamic per-channel). "
+             "edgec int8 = `quantize-int8` (transformers: `fuse,quantize-int8`, which picks dynamic per-channel "
+             "and unpacks fused Attention so its QKV weights are int8 too). "
              "fp16/fp8 are built for the cuda target; fp8 runs emulated here and fp4 is simulated "
-             "(weights on the E2M1 grid, stored fp32), so their latencies are not shown.", "",
+             "(weights on the E2M1 grid, stored fp32), so their latencies are not shown. "
+             "`fp32 (A/A copy)` is the same fp32 model timed again: its distance from 1.00x is the noise floor "
+             "of that model's ratios on this shared host.", "",
              "| model | variant | MB | ms | ratio to fp32 | cosine | task metric |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ms = f"{r['ms']:.2f}" if r["ms"] else "-"
@@ -119,6 +129,9 @@ def render(rows: list[dict], command: str) -> str:
         metric = f"{r['metric'][0]} {r['metric'][1]:.4f}" if r["metric"] else "-"
         lines.append(f"| {r['model']} | {r['variant']} | {r['mb']:.1f} | {ms} | {ratio} "
                      f"| {r['cosine']:.5f} | {metric} |")
+    lines += ["", "What `quantize-int8` chose per model (placement race: latency ratio to fp32 of each candidate, "
+              "lower quartile, timed inside the pass):", ""]
+    lines += [f"- {model}: {choice}" for model, choice in PLACEMENTS.items()]
     lines += ["", "Produced by:", "", "```", command, "```", ""]
     return "\n".join(lines)
 

@@ -94,3 +94,19 @@ def node_names(proto: onnx.ModelProto, op_types: set[str] | None = None) -> list
 def has_op(proto: onnx.ModelProto, *op_types: str) -> bool:
     """Whether the main graph has a node of one of ``op_types``."""
     return any(n.op_type in op_types for n in proto.graph.node)
+
+
+def name_nodes(proto: onnx.ModelProto) -> int:
+    """Give every unnamed or duplicate-named main-graph node a unique name; returns how many were renamed.
+
+    ORT's quantizers take node names (nodes_to_exclude) and edgec's rewrites key nodes by name;
+    exporters inline functions into nameless nodes.
+    """
+    seen: set[str] = set()
+    renamed = 0
+    for index, node in enumerate(proto.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{index}_edgec"
+            renamed += 1
+        seen.add(node.name)
+    return renamed

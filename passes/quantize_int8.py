@@ -12,6 +12,8 @@ import onnx_ir as ir
 
 from edgec.compiler.errors import ConfigError
 from edgec.compiler.pipeline import to_proto
+from edgec.passes import _quant_int8ops as int8ops
+from edgec.passes import _quant_placement as placement
 from edgec.passes import _quant_sensitivity as sens
 from edgec.passes import _quant_static as static
 from edgec.passes._quant_analysis import explain
@@ -21,10 +23,12 @@ from edgec.passes._quant_common import (
     INT8_QDQ,
     ensure_opset,
     has_op,
+    name_nodes,
     replace_model,
     require_format,
     workdir,
 )
+from edgec.passes._quant_pad import pad_depthwise
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 from edgec.passes.quantize_dynamic import dynamic_quantize
 
@@ -36,7 +40,9 @@ PER_CHANNEL_OPSET = 13  # DequantizeLinear has no ``axis`` before opset 13
 @dataclasses.dataclass(frozen=True)
 class QuantizeInt8Config:
     """Options of quantize-int8. ``max_drop`` is the accuracy budget (primary metric, absolute;
-    0.005 = half a point of accuracy), or 1 - cosine to fp32 when the model has no task metric."""
+    0.005 = half a point of accuracy), or 1 - cosine to fp32 when the model has no task metric.
+    ``int8_rewrites`` turns on the exact float rewrites that let ORT keep mobile CNNs int8
+    (HardSwish/HardSigmoid/ReduceMean, depthwise widths padded to the target's channel multiple)."""
 
     method: Literal["auto", "static", "dynamic"] = "auto"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -44,6 +50,7 @@ class QuantizeInt8Config:
     per_channel: bool = True
     activation_dtype: Literal["target", "uint8", "int8"] = "target"
     placement: Literal["auto", "all", "float-islands", "float-islands+depthwise"] = "auto"
+    int8_rewrites: bool = True
     exclude_nodes: tuple[str, ...] = ()
     max_drop: float | None = None
     max_recovery_steps: int = 8
@@ -56,9 +63,12 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
 
     Applies to any float model. ``method = "auto"`` picks dynamic int8 for Conv-free MatMul graphs
     (transformers: static MinMax ranges wreck their activations) where the target runs it, static
-    QDQ otherwise. Old opsets are upgraded to 13 for per-channel scales (recorded). On a
-    measurable host, ``placement = "auto"`` times leaving ORT's unfusable float islands (SE gates,
-    HardSwish, depthwise convs) in float and keeps the fastest. Never touches graph I/O dtypes.
+    QDQ otherwise. Old opsets are upgraded to 13 for per-channel scales (recorded). Before
+    quantizing, ops ORT has no int8 kernel for are rewritten into ones it has (_quant_int8ops) and
+    depthwise widths are padded (_quant_pad). On a measurable host, ``placement = "auto"`` times
+    all-int8 against leaving a float prefix of the network (_quant_placement) and against fp32
+    itself, and keeps the fastest: if fp32 wins, the model is returned unquantized with a note.
+    Never touches graph I/O dtypes.
     """
 
     config_cls = QuantizeInt8Config
@@ -81,6 +91,8 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
                 self.record(opset_upgraded=f"{old} -> {PER_CHANNEL_OPSET}")
         with workdir() as folder:
             quantized = self._static(proto, feeds, folder)
+        if quantized is proto:  # fp32 won the placement race
+            return ir.passes.PassResult(model, modified=False)
         self._explain(quantized, proto)
         replace_model(model, quantized)
         return ir.passes.PassResult(model, modified=True)
@@ -109,34 +121,60 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         src, pre, cache = folder / "fp32.onnx", folder / "pre.onnx", folder / "ranges.json"
         onnx.save(proto, str(src))
         static.preprocess(src, pre)
-        pre_proto = onnx.load(str(pre))
+        pre_proto = self._rewrite(onnx.load(str(pre)))
+        onnx.save(pre_proto, str(pre))
         opts = self._options()
         counter = iter(range(10**6))
 
         def build(exclude: list[str], only: list[str] | None = None) -> onnx.ModelProto:
             out = folder / f"q{next(counter)}.onnx"
-            return static.quantize(pre, out, feeds, opts, cache=cache, exclude=exclude, only=only)
+            quantized = static.quantize(pre, out, feeds, opts, cache=cache, exclude=exclude, only=only)
+            return int8ops.integer_hardsigmoid(quantized)[0] if self.config.int8_rewrites else quantized
 
-        base_exclude = [*self.config.exclude_nodes, *self._placement(pre_proto, proto, feeds, build)]
         self.record(method="static", calibration=opts.calibration, activation_dtype=opts.activation_dtype,
-                    per_channel=opts.per_channel, samples=len(feeds), kept_float=len(base_exclude))
+                    per_channel=opts.per_channel, samples=len(feeds))
+        placed = self._placement(pre_proto, proto, feeds, build)
+        if placed is None:
+            return proto
+        base_exclude = [*self.config.exclude_nodes, *placed]
+        self.record(kept_float=len(base_exclude))
         if self.config.max_drop is None and not self.config.sensitivity_plot:
             return build(base_exclude)
         return self._recover(pre_proto, proto, feeds, build, base_exclude)
 
-    def _placement(self, pre: onnx.ModelProto, fp32: onnx.ModelProto, feeds: list, build) -> list[str]:
-        candidates = static.placement_candidates(pre)
+    def _rewrite(self, pre: onnx.ModelProto) -> onnx.ModelProto:
+        """Exact float rewrites so that ORT finds int8 kernels for every op (see _quant_int8ops, _quant_pad)."""
+        name_nodes(pre)
+        if not self.config.int8_rewrites:
+            return pre
+        pre, counts = int8ops.prepare_float(pre)
+        pre, notes = pad_depthwise(pre, self.ctx.target.channel_multiple)
+        padded = {k: v for k, v in notes.items() if "->" in v}
+        for node, note in notes.items():
+            if node not in padded:
+                self.skip(node, f"depthwise width not padded: {note}")
+        self.record(rewritten_for_int8=counts, depthwise_padded=padded)
+        return pre
+
+    def _placement(self, pre: onnx.ModelProto, fp32: onnx.ModelProto, feeds: list, build) -> list[str] | None:
+        """Names to leave float, or None when fp32 itself beat every int8 placement on this host."""
         choice = self.config.placement
         if choice != "auto":
+            candidates = static.placement_candidates(pre)
             if choice not in candidates:
                 self.skip("placement", f"{choice!r} has nothing to leave in float in this model; 'all' used")
                 return []
             return candidates[choice]
-        if len(candidates) == 1 or not self.ctx.target.host_measurable:
+        if not self.ctx.target.host_measurable:
             return []
+        candidates = {"all": [], **placement.prefix_candidates(pre)}
         models = {name: build(excl).SerializeToString() for name, excl in candidates.items()}
-        best, ratios = static.fastest(models, fp32.SerializeToString(), feeds[0])
+        best, ratios = placement.fastest(models, fp32.SerializeToString(), feeds[0])
         self.record(placement=best, placement_latency_ratio={k: round(v, 3) for k, v in ratios.items()})
+        if best == "float":
+            self.skip("placement", f"no int8 placement beat fp32 on this host (best int8: "
+                                   f"{min(v for k, v in ratios.items() if k != 'float'):.2f}x); kept float")
+            return None
         return candidates[best]
 
     def _recover(self, pre: onnx.ModelProto, fp32: onnx.ModelProto, feeds: list, build,

@@ -52,6 +52,8 @@ def test_minilm_auto_picks_dynamic_per_channel():
     record = result.records[1]
     assert record.stats["method"] == "dynamic" and record.stats["per_channel"]
     assert _ops(result.model)["DynamicQuantizeLinear"] > 0
+    # fused Attention would keep the QKV weights float (ORT's QAttention refuses qkv_hidden_sizes)
+    assert record.stats["attention_unpacked"] == 6 and "Attention" not in _ops(result.model)
     assert zoo.evaluate(result.model.SerializeToString())["mean_cosine"] >= 0.99
 
 
