@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -12,6 +14,18 @@ from edgec.compiler.context import Feeds
 from edgec.passes._blocks import Block
 from edgec.passes._replaceme import LinearMap, apply_linear
 from edgec.runtime.session import make_session
+
+
+@contextlib.contextmanager
+def quiet_ir() -> Iterator[None]:
+    """Silence onnx_ir's INFO "Removed N unused nodes", logged once per trial edit (hundreds per pass)."""
+    logger = logging.getLogger("onnx_ir.passes.common.unused_removal")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:

@@ -16,7 +16,8 @@ from edgec.passes._replaceme import LinearMap, extend_over_norm, fit_linear
 from edgec.runtime.session import make_session
 
 Metric = Callable[[bytes, list[Feeds]], float]
-SCORES = ("cosine", "mse", "influence", "metric")
+SCORES = ("auto", "cosine", "mse", "influence", "span", "metric")
+MASK_INPUT = "attention_mask"
 
 
 def load_metric(spec: str, option: str) -> Metric:
@@ -47,6 +48,30 @@ def output_error(reference: list[list[np.ndarray]], got: list[list[np.ndarray]],
         return float(np.mean((ref - new) ** 2))
     denom = float(np.linalg.norm(ref) * np.linalg.norm(new))
     return float(1.0 - ref @ new / denom) if denom > 0 else float(not np.array_equal(ref, new))
+
+
+def token_rows(acts: list[np.ndarray], axis: int, feeds: Sequence[Feeds]) -> np.ndarray:
+    """[positions, channels] rows of ``acts`` that the model output reads.
+
+    A feed's ``attention_mask`` (the Hugging Face input name) whose shape is the activation's without
+    its channel axis marks padded positions: masked attention and masked pooling never read them, and
+    they are most rows of short sentences, so an average over all rows would mostly measure padding.
+    """
+    rows = []
+    for act, feed in zip(acts, feeds, strict=True):
+        moved = np.moveaxis(act, axis, -1)
+        mask = feed.get(MASK_INPUT)
+        if mask is not None and mask.shape == moved.shape[:-1]:
+            moved = moved[mask.astype(bool)]
+        rows.append(moved.reshape(-1, moved.shape[-1]))
+    return np.concatenate(rows).astype(np.float64)
+
+
+def span_influence(entry: list[np.ndarray], exit_: list[np.ndarray], axis: int, feeds: Sequence[Feeds]) -> float:
+    """ReplaceMe's span criterion: mean over read positions of 1 - cos(span input, span output) on channels."""
+    x, y = token_rows(entry, axis, feeds), token_rows(exit_, axis, feeds)
+    denom = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    return float(np.mean(1.0 - (x * y).sum(1) / np.maximum(denom, 1e-30)))
 
 
 def influence(entry: list[np.ndarray], exit_: list[np.ndarray]) -> float:
@@ -85,6 +110,10 @@ class Remover:
         span = extend_over_norm(model.graph, block)
         return span, fit_linear(acts[span.entry], self._targets[span.exit], block.channel_axis, self.ridge)
 
+    def merge_into_next(self, model: ir.Model, block: Block) -> str:
+        """Bypass ``block`` with its post-norm, so that the next block's map is fitted over both (one map per span)."""
+        return remove_block(model, extend_over_norm(model.graph, block)).replace("bypassed", "merged into next map")
+
     def remove(self, model: ir.Model, block: Block, acts: dict[str, list[np.ndarray]] | None = None) -> str:
         """Remove ``block`` from ``model`` in place; returns how ('bypassed', 'folded into ...')."""
         acts = acts if acts is not None else (self.prefetch(model, [block]) if self.replace else {})
@@ -110,3 +139,23 @@ def score_blocks(model: ir.Model, blocks: Sequence[Block], remover: Remover, sco
         else:
             scores[block.nodes[-1]] = output_error(reference, run_outputs(trial, remover.feeds), score)
     return scores
+
+
+def contiguous(graph: ir.Graph, first: Block, second: Block) -> bool:
+    """Whether ``second`` reads exactly what ``first``'s span (over its post-norm) writes."""
+    return extend_over_norm(graph, first).exit == second.entry
+
+
+def score_spans(model: ir.Model, pool: Sequence[Block], remover: Remover, count: int) -> dict[str, float]:
+    """Span influence of every run of ``count`` contiguous blocks, keyed by the run's first Add ({} if none).
+
+    ReplaceMe's choice: the run whose input and output differ least is the one a linear map replaces best.
+    """
+    runs = [pool[i:i + count] for i in range(len(pool) - count + 1)]
+    runs = [r for r in runs if all(contiguous(model.graph, a, b) for a, b in zip(r[:-1], r[1:], strict=True))]
+    if not runs:
+        return {}
+    exits = {r[0].nodes[-1]: extend_over_norm(model.graph, r[-1]).exit for r in runs}
+    acts = capture(model, [r[0].entry for r in runs] + list(exits.values()), remover.feeds)
+    return {r[0].nodes[-1]: span_influence(acts[r[0].entry], acts[exits[r[0].nodes[-1]]], r[0].channel_axis,
+                                           remover.feeds) for r in runs}

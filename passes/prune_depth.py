@@ -12,7 +12,8 @@ import onnx_ir.passes.common as common
 
 from edgec.compiler.errors import ConfigError
 from edgec.passes._blocks import Block, candidates, discover_blocks
-from edgec.passes._depth_score import SCORES, Metric, Remover, load_metric, score_blocks
+from edgec.passes._depth_edit import quiet_ir
+from edgec.passes._depth_score import SCORES, Metric, Remover, contiguous, load_metric, score_blocks, score_spans
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 
 logger = logging.getLogger(__name__)
@@ -26,15 +27,18 @@ class PruneDepthConfig:
 
     ``num_blocks`` blocks are dropped, chosen by ``score`` (lowest first), unless ``blocks`` names
     them. ``score``: cosine / mse (model output error on calibration data after removing the block),
-    influence (1 - cos(block input, block output)), metric (``metric`` = "package.module:function",
-    called as function(model_bytes, feeds) -> float, higher is better). ``iterative`` rescores after
-    each removal. ``replace`` puts a linear map fitted on calibration activations (ReplaceMe) in the
-    removed span's place; ``ridge`` regularizes the fit. ``granularity``: layer or sub-block.
+    influence (1 - cos(block input, block output)), span (ReplaceMe's criterion: the run of
+    ``num_blocks`` contiguous blocks with the least 1 - cos(run input, run output) per position),
+    metric (``metric`` = "package.module:function", called as function(model_bytes, feeds) -> float,
+    higher is better); auto = span for layers with ``replace``, else cosine. ``iterative`` rescores
+    after each removal (not with span, a joint choice). ``replace`` puts a linear map fitted on
+    calibration activations (ReplaceMe) in the removed span's place, one map per run of contiguous
+    removed blocks; ``ridge`` regularizes the fit. ``granularity``: layer or sub-block.
     """
 
     num_blocks: int = 1
     blocks: Sequence[str] = ()
-    score: str = "cosine"
+    score: str = "auto"
     metric: str = ""
     iterative: bool = False
     replace: bool = False
@@ -86,11 +90,13 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
         remover = Remover(_copy(model), feeds, self.config.replace, float(self.config.ridge))
         metric = load_metric(self.config.metric, f"{OPTION}.metric") if self.config.score == "metric" else None
         names = {b.nodes[-1]: b.name for b in pool}
-        if not keys and count:
-            keys = self._choose(model, remover, metric, count)
-        how = {names[k]: remover.remove(model, self._find(model, k)) for k in keys}
+        self._score = self._resolve_score()
+        with quiet_ir():
+            if not keys and count:
+                keys = self._choose(model, remover, metric, count)
+            how = {names[k]: way for k, way in self._remove_all(model, remover, keys)}
         self.record(granularity=self.config.granularity, blocks_removable=len(pool), blocks_dropped=list(how),
-                    replacement=how, score=self.config.score if not self.config.blocks else "explicit")
+                    replacement=how, score=self._score if not self.config.blocks else "explicit")
         if before is not None:
             self.record(task_metric_before=before, task_metric_after=self._task_metric(model))
         return ir.passes.PassResult(model, modified=bool(how))
@@ -116,11 +122,37 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
         """The current block whose residual Add is ``key`` (spans change as neighbours go)."""
         return next(b for b in candidates(model.graph, self.config.granularity) if b.nodes[-1] == key)
 
+    def _resolve_score(self) -> str:
+        if self.config.score != "auto":
+            return self.config.score
+        return "span" if self.config.replace and self.config.granularity == "layer" else "cosine"
+
+    def _remove_all(self, model: ir.Model, remover: Remover, keys: list[str]) -> list[tuple[str, str]]:
+        """Remove in stream order; with replacement a run of contiguous blocks gets one map (fewer fitted weights)."""
+        order = {b.nodes[-1]: i for i, b in enumerate(candidates(model.graph, self.config.granularity))}
+        keys = sorted(keys, key=order.__getitem__)
+        done = []
+        for key, after in zip(keys, [*keys[1:], None], strict=True):
+            block = self._find(model, key)
+            if self.config.replace and after is not None and contiguous(model.graph, block, self._find(model, after)):
+                done.append((key, remover.merge_into_next(model, block)))
+            else:
+                done.append((key, remover.remove(model, block)))
+        return done
+
     def _choose(self, model: ir.Model, remover: Remover, metric: Metric | None, count: int) -> list[str]:
         """Keys of the ``count`` least important blocks: scored once, or rescored after each removal."""
+        pool = [b for b in candidates(model.graph, self.config.granularity) if b.removable]
+        if self._score == "span":
+            runs = score_spans(model, pool, remover, count)
+            if runs:
+                self.record(scores={b.name: runs[b.nodes[-1]] for b in pool if b.nodes[-1] in runs})
+                start = [b.nodes[-1] for b in pool].index(min(runs, key=runs.__getitem__))
+                return [b.nodes[-1] for b in pool[start:start + count]]
+            self.skip(self.config.granularity, f"score 'span': no run of {count} contiguous blocks; scored by cosine")
+            self._score = "cosine"
         if not self.config.iterative:
-            pool = [b for b in candidates(model.graph, self.config.granularity) if b.removable]
-            scores = score_blocks(model, pool, remover, self.config.score, metric)
+            scores = score_blocks(model, pool, remover, self._score, metric)
             self.record(scores={b.name: scores[b.nodes[-1]] for b in pool})
             picked = sorted(scores, key=scores.__getitem__)[:count]
             order = {b.nodes[-1]: i for i, b in enumerate(pool)}
@@ -128,7 +160,7 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
         trial, picked = _copy(model), []
         for _ in range(count):
             pool = [b for b in candidates(trial.graph, self.config.granularity) if b.removable]
-            scores = score_blocks(trial, pool, remover, self.config.score, metric)
+            scores = score_blocks(trial, pool, remover, self._score, metric)
             best = min(scores, key=scores.__getitem__)
             remover.remove(trial, self._find(trial, best))
             picked.append(best)

@@ -114,6 +114,22 @@ def test_replaceme_improves_minilm_layer_drop():
     assert fitted["retrieval_agreement"] >= plain["retrieval_agreement"], (plain, fitted)
 
 
+def test_replace_drops_the_least_influential_span_with_one_map():
+    ctx = _ctx("minilm", 8)
+    fitted = create_pass("prune-depth", ctx, {"num_blocks": 2, "replace": True})(clone(_model("minilm"))).model
+    stats = ctx.report.stats["prune-depth"]
+    assert stats["score"] == "span"
+    first, second = stats["blocks_dropped"]
+    assert first == min(stats["scores"], key=stats["scores"].get)
+    assert int(second.rsplit(".", 1)[1]) == int(first.rsplit(".", 1)[1]) + 1
+    assert stats["replacement"] == {first: "merged into next map", second: "inserted MatMul"}
+    plain = create_pass("prune-depth", _ctx("minilm", 8), {"blocks": [first, second]})(clone(_model("minilm"))).model
+    # one MatMul + Add in place of the two layers, and their post-norms gone with them
+    assert len(list(fitted.graph)) == len(list(plain.graph)) + 2 - 2
+    outputs = _outputs(fitted, ctx.calibration)
+    assert all(np.isfinite(o["sentence_embedding"]).all() for o in outputs)
+
+
 def test_replacement_folds_into_next_conv_and_matches_inserted_op(monkeypatch):
     name, feeds = "mobilenetv2", get_zoo_model("mobilenetv2").calibration(4)
     ctx = BuildContext(get_target("cpu-x86"), feeds)
