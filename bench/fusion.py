@@ -14,12 +14,12 @@ import collections
 import dataclasses
 import logging
 import pathlib
-import re
 import sys
 import tempfile
 
 import numpy as np
 import onnx
+from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
 from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
@@ -33,7 +33,6 @@ ZOO = ["resnet18", "resnet50", "mobilenetv2", "mobilenetv3-large", "densenet121"
        "bert-like", "digits-cnn", "mnist-resnet", "minilm"]
 # num_heads / hidden_size for onnxruntime.transformers.optimizer (model_type "bert").
 ORT_TRANSFORMER_OPT = {"bert-like": (12, 384), "minilm": (12, 384)}
-RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
 MS = "com.microsoft"
 
 
@@ -139,17 +138,6 @@ def render(rows: list[Row], command: str) -> str:
             lines.append(f"- ORT transformers optimizer on {r.model} fused: {r.ort_fusions}.")
     lines += ["", "Produced by:", "", "```", command, "```", ""]
     return "\n".join(lines)
-
-
-def write_section(section: str, path: pathlib.Path = RESULTS) -> None:
-    """Replace the ``## Fusion`` section of RESULTS.md (up to the next ``## ``), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^## Fusion\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:

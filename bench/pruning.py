@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import pathlib
-import re
 import sys
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
+from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 from onnx import helper, numpy_helper
 
 from edgec.compiler.analysis import model_stats
@@ -46,7 +45,6 @@ from edgec.runtime.timing import interleaved_medians
 from edgec.targets.registry import get_target
 
 log = logging.getLogger("bench.pruning")
-RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
 ZOO = ["resnet18", "resnet50", "mobilenetv2", "mobilenetv3-large", "densenet121", "efficientnet-b0",
        "bert-like", "digits-cnn", "mnist-resnet", "minilm"]
 KINDS = ("slice", "gather")
@@ -237,17 +235,6 @@ def render(export_rows: list[ExportRow], mode_rows: list[ModeRow], ratio: float,
                      f"| {r.flops[0] / 1e6:.1f} → {r.flops[1] / 1e6:.1f} | {r.ms[0]:.2f} | {r.ms[1]:.2f} "
                      f"| {r.ms[1] / r.ms[0]:.3f} | {r.cosine:.4f} |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(section: str, path: pathlib.Path = RESULTS) -> None:
-    """Replace the ``## Channel pruning`` section of RESULTS.md (up to the next ``## ``), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^## Channel pruning\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import logging
 import pathlib
-import re
 import sys
 
 import matplotlib
@@ -30,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import onnx  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 import onnx_ir.passes.common as common  # noqa: E402
+from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
 from edgec.compiler.analysis import model_stats  # noqa: E402
 from edgec.compiler.context import BuildContext  # noqa: E402
@@ -43,7 +43,6 @@ from edgec.targets.registry import get_target  # noqa: E402
 
 log = logging.getLogger("bench.pruning_accuracy")
 HERE = pathlib.Path(__file__).parent
-RESULTS = HERE / "RESULTS.md"
 PLOT = HERE / "plots" / "pruning_accuracy.png"
 MODES = ("constrained", "unconstrained")
 RECOVERIES = ("none", "bias", "lstsq")
@@ -215,17 +214,6 @@ def _pairs(rows: list[Row]) -> dict[tuple[str, float], dict[str, Row]]:
     for r in rows:
         out.setdefault((r.model, r.level), {})[r.mode] = r
     return {k: v for k, v in out.items() if len(v) == len(MODES)}
-
-
-def write_section(section: str, path: pathlib.Path = RESULTS) -> None:
-    """Replace this bench's section of RESULTS.md (up to the next ``## ``), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:

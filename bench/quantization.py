@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
-import re
 import sys
 import tempfile
 
 import numpy as np
 import onnx
+from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
 
 from edgec.compiler.context import BuildContext
@@ -29,7 +29,6 @@ from edgec.runtime.timing import interleaved_medians
 from edgec.targets.registry import get_target
 
 log = logging.getLogger("bench.quantization")
-RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
 PLOT = pathlib.Path(__file__).with_name("plots") / "quantization.png"
 TRANSFORMERS = ("bert-like", "minilm")
 # edgec variants: (label, target, passes with options). Latency is measured for the CPU-runnable ones.
@@ -158,17 +157,6 @@ def plot(rows: list[dict], path: pathlib.Path = PLOT) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_section(section: str, path: pathlib.Path = RESULTS) -> None:
-    """Replace the ``## Quantization`` section of RESULTS.md (up to the next ``## ``), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^## Quantization\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
