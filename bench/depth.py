@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import re
 import sys
 
 import matplotlib
@@ -23,6 +22,7 @@ from edgec.targets.registry import get_target
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
 HERE = pathlib.Path(__file__).parent
 SECTION = "## Depth pruning"
@@ -129,15 +129,6 @@ def plot(minilm: dict[str, dict[str, float]], mnist: dict[str, list[float]],
     fig.savefig(HERE / "plots" / "depth.png", dpi=110)
 
 
-def write_section(body: str) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else ""
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     minilm_table, minilm = minilm_rows()
     mnist_table, mnist = mnist_rows()
@@ -161,7 +152,7 @@ def main() -> None:
         "", f"### Importance order vs random orders (MiniLM cosine to fp32, {SEEDS} seeds, no replacement)", "",
         "| drop | importance | random mean ± std | random min | random max |", "|---|---|---|---|---|",
         *order_rows, "", "![depth](plots/depth.png)"])
-    write_section(body)
+    write_section(f"{SECTION}\n\n{body.strip()}\n")
     print(body)  # noqa: T201 (bench scripts report on stdout)
 
 
