@@ -16,8 +16,8 @@ from edgec.compiler.config import BuildConfig
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import BundleError, ConfigError, UnsupportedOpError
 from edgec.compiler.frontend import load_model, parse_input_shapes
-from edgec.compiler.pipeline import PassRecord, reference_outputs, run_pipeline
-from edgec.passes.base import available_passes, create_pass
+from edgec.compiler.pipeline import PassRecord, PipelineResult, run_pipeline
+from edgec.passes.base import EdgecPass, available_passes, create_pass
 from edgec.runtime.bundle import write_bundle
 from edgec.runtime.session import compare_outputs
 from edgec.runtime.timing import interleaved_medians
@@ -72,20 +72,18 @@ def _check_output(cfg: BuildConfig) -> None:
         raise ConfigError(f"--format: expected 'dir' or 'zip', got {cfg.fmt!r}")
 
 
-def _measure(original: onnx.ModelProto, final: onnx.ModelProto, ctx: BuildContext,
-             zoo: Any | None) -> dict[str, Any]:
-    feeds = ctx.calibration[:8]
+def _measure(original: onnx.ModelProto, result: PipelineResult, ctx: BuildContext) -> dict[str, Any]:
+    """Whole-build figures: output error end to end, host latency before/after, task metric."""
     metrics: dict[str, Any] = {"calibration_samples": len(ctx.calibration)}
-    if feeds:
-        errors = compare_outputs(reference_outputs(original, feeds), reference_outputs(final, feeds))
+    original_bytes, final_bytes = original.SerializeToString(), result.model.SerializeToString()
+    if ctx.calibration:
+        errors = compare_outputs(result.input_outputs, result.outputs)
         metrics["output_error"] = [dataclasses.asdict(e) for e in errors]
-    original_bytes, final_bytes = original.SerializeToString(), final.SerializeToString()
-    if feeds:
-        before_ms, after_ms = interleaved_medians([original_bytes, final_bytes], feeds[0], rounds=5, runs=4,
-                                                  threads=ctx.target.intra_op_num_threads)
+        before_ms, after_ms = interleaved_medians([original_bytes, final_bytes], ctx.calibration[0], rounds=5,
+                                                  runs=4, threads=ctx.target.intra_op_num_threads)
         metrics["host_latency_ms"] = {"before": before_ms, "after": after_ms, "ratio": after_ms / before_ms}
-    if zoo is not None and zoo.trained:
-        metrics["accuracy"] = {"before": zoo.evaluate(original_bytes), "after": zoo.evaluate(final_bytes)}
+    if ctx.evaluate is not None:
+        metrics["accuracy"] = {"before": ctx.evaluate(original_bytes), "after": ctx.evaluate(final_bytes)}
     return metrics
 
 
@@ -96,6 +94,18 @@ def _pass_options(cfg: BuildConfig, name: str) -> dict[str, Any]:
     if cfg.max_drop is not None and pass_cls and "max_drop" in pass_cls.config_cls.__dataclass_fields__:
         options.setdefault("max_drop", cfg.max_drop)
     return options
+
+
+def _plan_passes(cfg: BuildConfig, ctx: BuildContext) -> list[EdgecPass[Any]]:
+    """The configured passes, each with its options; options for absent passes are an error."""
+    passes = [create_pass(name, ctx, _pass_options(cfg, name), source=str(cfg.config_path or "--passes"))
+              for name in cfg.passes]
+    if cfg.max_drop is not None and not any(hasattr(p.config, "max_drop") for p in passes):
+        raise ConfigError(f"--max-drop: none of the passes {', '.join(cfg.passes)} trades accuracy for speed")
+    for name in cfg.pass_options:
+        if name not in cfg.passes:
+            raise ConfigError(f"{cfg.config_path}: options given for pass {name!r}, which is not in 'passes'")
+    return passes
 
 
 def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None) -> BuildResult:
@@ -113,17 +123,10 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     check_target_ops(loaded.proto, target)
     ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed,
                        evaluate=zoo.evaluate if zoo is not None and zoo.trained else None)
-    passes = [create_pass(name, ctx, _pass_options(cfg, name), source=str(cfg.config_path or "--passes"))
-              for name in cfg.passes]
-    if cfg.max_drop is not None and not any(hasattr(p.config, "max_drop") for p in passes):
-        raise ConfigError(f"--max-drop: none of the passes {', '.join(cfg.passes)} trades accuracy for speed")
-    for name in cfg.pass_options:
-        if name not in cfg.passes:
-            raise ConfigError(f"{cfg.config_path}: options given for pass {name!r}, which is not in 'passes'")
-    result = run_pipeline(loaded.proto, passes, ctx, on_pass=lambda n: on_phase(f"pass {n}"))
+    result = run_pipeline(loaded.proto, _plan_passes(cfg, ctx), ctx, on_pass=lambda n: on_phase(f"pass {n}"))
     warnings = [*calib.warnings, *check_target_ops(result.model, target)]
     on_phase("measuring")
-    metrics = _measure(loaded.proto, result.model, ctx, zoo)
+    metrics = _measure(loaded.proto, result, ctx)
     on_phase("writing bundle")
     bundle = write_bundle(cfg.output, model=result.model, target=target, sample_inputs=calib.feeds[0],
                           pass_records=[r.to_json() for r in result.records], metrics=metrics,

@@ -49,10 +49,12 @@ class PassRecord:
 
 @dataclasses.dataclass
 class PipelineResult:
-    """The final model and one record per pass."""
+    """The final model, one record per pass, and both ends' outputs on the verification feeds."""
 
     model: onnx.ModelProto
     records: list[PassRecord]
+    input_outputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -142,11 +144,11 @@ def run_pass(pass_: EdgecPass[Any], proto: onnx.ModelProto, reference: list[dict
 def run_pipeline(proto: onnx.ModelProto, passes: Sequence[EdgecPass[Any]], ctx: BuildContext,
                  on_pass: Callable[[str], None] | None = None) -> PipelineResult:
     """Run ``passes`` in order, each on a copy of the previous result, verifying each."""
-    reference = reference_outputs(proto, ctx.calibration[:VERIFY_SAMPLES]) if ctx.calibration else []
+    first = reference = reference_outputs(proto, ctx.calibration[:VERIFY_SAMPLES]) if ctx.calibration else []
     records = []
     for pass_ in passes:
         if on_pass:
             on_pass(pass_.name)
         proto, reference, record = run_pass(pass_, proto, reference, ctx)
         records.append(record)
-    return PipelineResult(proto, records)
+    return PipelineResult(proto, records, first, reference)
