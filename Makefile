@@ -40,7 +40,7 @@ test-deps:
 
 demo: $(STAMP)
 	rm -rf demo-bundle
-	$(BIN)/edgec build zoo:mnist-resnet --target android-arm64 --passes cleanup,fuse -o demo-bundle
+	$(BIN)/edgec build zoo:mnist-resnet --target android-arm64 --passes cleanup,fuse,quantize-int8 -o demo-bundle
 	$(BIN)/edgec verify demo-bundle
 	$(BIN)/edgec profile demo-bundle --runs 50 --warmup 5
 
