@@ -1,21 +1,28 @@
 """Predict a model's latency on a device from that device's latency file (``edgec profile --export-device``).
 
-The file holds kernel times of single-op micro-benchmarks measured on the device. For each op
-class (op type, precision, and for Conv whether it is depthwise, pointwise or dense) the model fits
-kernel time as a non-negative combination of FLOPs, bytes touched and a fixed cost, by least
-squares over that class's measurements (nn-Meter's per-kernel idea, with a linear kernel model
-instead of its random forests: the sweep has a handful of points per class). A node of a class
-the file never measured is costed by its bytes at the device's measured elementwise bandwidth.
-The prediction is the sum over nodes plus the device's measured per-run overhead.
+The file holds single-op micro-benchmarks measured on the device. From each one the model keeps the
+time of the kernel that does the op's work (Conv, FusedConv, QLinearConv, MatMulInteger, ...) and
+drops the glue ORT adds around a lone op (NCHWc reorders, layout transposes, the Q/DQ pair at the
+edges of an int8 micro-model): inside a whole network that glue runs once at the network's edges,
+not per op. For each op class (op type, precision, and for Conv its kind: depthwise, pointwise or
+dense, and whether its channel counts fit the NCHWc block, which decides ORT's kernel) the model
+fits kernel time as a non-negative combination of FLOPs, bytes touched and a fixed cost
+(nn-Meter's per-kernel idea with a linear kernel model instead of random forests: a class has
+tens of points, not thousands). The fit minimises relative error, because small kernels dominate
+pruned and mobile networks. Nodes ORT fuses into their producer at ORT_ENABLE_ALL (an activation
+or residual Add after a Conv, a bias Add after a MatMul, BatchNormalization) cost nothing of their
+own. A node of a class the file never measured is costed by its bytes at the device's measured
+elementwise bandwidth. The prediction is the sum over nodes plus the device's per-run overhead.
 
 ``calibrate`` folds in whole-model measurements: it scales the node sum by the median ratio of
 measured to predicted latency, so measured results correct the kernel tables' systematic error
-(fusions the micro-benchmarks do not see, cache effects of a whole network).
+(fusions the model does not know, cache effects of a whole network, machine load).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,16 +36,27 @@ from edgec.runtime.devices.sweep import DeviceLatencyTable
 _ELEMENTWISE_FALLBACK = ("Add", "Mul", "Relu", "Clip", "Sigmoid")
 # Ops ORT removes or folds at load time: they cost nothing at run time.
 _FREE_OPS = {"Identity", "Constant", "Shape", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout"}
+# Kernels ORT wraps around a lone micro-benchmarked op; in a network they run once, at its edges.
+_GLUE_KERNELS = {"ReorderInput", "ReorderOutput", "Transpose", "QuantizeLinear", "DequantizeLinear"}
+# Ops ORT's Conv fusions (FusedConv, NCHWc Conv with activation and sum) absorb into the Conv.
+_CONV_ABSORBS = {"Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "Tanh", "Add", "BatchNormalization"}
+# Fused and contrib kernels priced by the measured class that does the same work (FLOPs from analysis).
+_PRICED_AS = {"MatMulInteger": ("MatMul", "int8"), "DynamicQuantizeMatMul": ("MatMul", "int8"),
+              "MultiHeadAttention": ("MatMul", "fp32"), "Attention": ("MatMul", "fp32"),
+              "FusedMatMul": ("MatMul", "fp32"), "SkipLayerNormalization": ("LayerNormalization", "fp32"),
+              "BiasGelu": ("Erf", "fp32"), "Gelu": ("Erf", "fp32"), "QuickGelu": ("Sigmoid", "fp32")}
+NCHWC_BLOCK = 16  # MLAS's NCHWc block on AVX-512 hosts; Convs off the block run ORT's plain kernel
 
 
 @dataclasses.dataclass(frozen=True)
 class NodeFeatures:
-    """What the latency model knows about one node."""
+    """What the latency model knows about one node (``fused``: ORT folds it into its producer)."""
 
     name: str
     op_class: tuple[str, str, str]
     flops: float
     bytes: float
+    fused: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,37 +68,66 @@ class Prediction:
     covered: float
 
 
-def _conv_kind(weight_shape: Sequence[int | None] | None, group: int) -> str:
-    if not weight_shape or len(weight_shape) < 3:
+def _conv_kind(weight_shape: Sequence[int | None] | None, group: int, in_channels: int | None = None) -> str:
+    if not weight_shape or len(weight_shape) < 3 or None in weight_shape:
         return ""
-    if group > 1 and weight_shape[1] == 1:
-        return "depthwise"
-    return "pointwise" if all(k == 1 for k in weight_shape[2:]) else "dense"
+    out_ch, in_per_group = int(weight_shape[0]), int(weight_shape[1])
+    if group > 1 and in_per_group == 1:
+        kind = "depthwise"
+    else:
+        kind = "pointwise" if all(k == 1 for k in weight_shape[2:]) else "dense"
+    channels = [out_ch] + ([in_per_group * group] if kind != "depthwise" and (in_channels or 0) > 4 else [])
+    return kind if all(c % NCHWC_BLOCK == 0 for c in channels) else f"{kind}-unblocked"
 
 
 def _itemsize(precision: str) -> int:
     return 1 if precision == "int8" else 2 if precision == "fp16" else 4
 
 
+def _kernel_ms(entry: dict[str, Any]) -> float:
+    """The op's own kernel time: the micro-model's kernels less the glue around a lone op."""
+    nodes = entry.get("nodes") or []
+    own = [n["total_ms"] for n in nodes if n["op_type"] not in _GLUE_KERNELS or n["op_type"] == entry["op_type"]]
+    return float(sum(own)) if own else float(entry["kernel_ms"])
+
+
 def _entry_features(entry: dict[str, Any]) -> tuple[tuple[str, str, str], float, float]:
     shapes = [i["shape"] for i in entry["inputs"]] + entry["output_shapes"]
     kind = ""
     if entry["op_type"] == "Conv":
-        kind = _conv_kind(entry["inputs"][1]["shape"], int(entry["attributes"].get("group", 1)))
+        x, w = entry["inputs"][0]["shape"], entry["inputs"][1]["shape"]
+        kind = _conv_kind(w, int(entry["attributes"].get("group", 1)), x[1] if len(x) > 1 else None)
     size = sum(int(np.prod(s)) for s in shapes) * _itemsize(entry["precision"])
     return (entry["op_type"], entry["precision"], kind), float(entry["flops"]), float(size)
 
 
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact non-negative least squares for a few columns: the best non-negative fit over column subsets.
+
+    Three features give seven subsets; enumerating them is exact and keeps scipy out of the core.
+    """
+    best, best_err = np.zeros(a.shape[1]), float(np.sum(b**2))
+    for k in range(1, a.shape[1] + 1):
+        for cols in itertools.combinations(range(a.shape[1]), k):
+            sol, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+            err = float(np.sum((a[:, cols] @ sol - b) ** 2))
+            if (sol >= 0).all() and err < best_err:
+                best, best_err = np.zeros(a.shape[1]), err
+                best[list(cols)] = sol
+    return best
+
+
 def _fit(points: list[tuple[float, float, float]]) -> np.ndarray:
-    """Non-negative [per FLOP, per byte, fixed] coefficients from (flops, bytes, ms) points."""
+    """Non-negative [per FLOP, per byte, fixed] coefficients from (flops, bytes, ms) points.
+
+    Rows are divided by the measured time, so the fit minimises relative, not absolute, error.
+    """
     x = np.array([[f, b, 1.0] for f, b, _ in points])
-    y = np.array([ms for _, _, ms in points])
+    y = np.array([max(ms, 1e-6) for _, _, ms in points])
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+    coef = np.zeros(3)
     if len(points) >= 3:
-        coef, *_ = np.linalg.lstsq(x / scale, y, rcond=None)
-        coef = np.clip(coef, 0.0, None) / scale
-    else:
-        coef = np.zeros(3)
+        coef = _nnls((x / scale) / y[:, None], np.ones_like(y)) / scale
     if not coef.any():
         # Too few points or a degenerate fit: one rate on the dominant feature.
         use = 0 if x[:, 0].max() > 0 else 1
@@ -98,7 +145,7 @@ class LatencyModel:
             if not entry.get("ok"):
                 continue
             op_class, flops, size = _entry_features(entry)
-            groups.setdefault(op_class, []).append((flops, size, float(entry["kernel_ms"])))
+            groups.setdefault(op_class, []).append((flops, size, _kernel_ms(entry)))
             walls.append(float(entry["wall_ms"]["p50_ms"]) - float(entry["kernel_ms"]))
         self.device = table.device
         self.fits = {op_class: _fit(points) for op_class, points in groups.items()}
@@ -109,12 +156,15 @@ class LatencyModel:
         self.ms_per_byte = statistics.median(ms / max(b, 1.0) for pts in bandwidth for _, b, ms in pts) \
             if bandwidth else 0.0
         self.scale = 1.0
+        self.scales: dict[str, float] = {}  # per precision, from calibrate
 
     def node_ms(self, node: NodeFeatures) -> tuple[float, bool]:
         """Predicted kernel ms of one node, and whether its class was measured."""
-        if node.op_class[0] in _FREE_OPS:
+        if node.op_class[0] in _FREE_OPS or node.fused:
             return 0.0, True
         coef = self.fits.get(node.op_class)
+        if coef is None and node.op_class[2].endswith("-unblocked"):
+            coef = self.fits.get((*node.op_class[:2], node.op_class[2].removesuffix("-unblocked")))
         if coef is None:
             return node.bytes * self.ms_per_byte, False
         return float(coef @ np.array([node.flops, node.bytes, 1.0])), True
@@ -125,17 +175,38 @@ class LatencyModel:
         features = model_features(model)
         for node in features:
             ms, known = self.node_ms(node)
-            per_node[node.name] = ms * self.scale
+            per_node[node.name] = ms * self.scales.get(node.op_class[1], self.scale)
             covered += known
         total = sum(per_node.values()) + self.overhead_ms
         return Prediction(total, per_node, covered / max(len(features), 1))
 
+    def _by_precision(self, model: onnx.ModelProto) -> dict[str, float]:
+        """Unscaled predicted kernel ms of ``model``, summed per precision."""
+        sums: dict[str, float] = {}
+        for node in model_features(model):
+            sums[node.op_class[1]] = sums.get(node.op_class[1], 0.0) + self.node_ms(node)[0]
+        return sums
+
     def calibrate(self, pairs: Iterable[tuple[onnx.ModelProto, float]]) -> float:
-        """Scale node times by the median measured/predicted ratio over (model, measured ms) pairs."""
-        self.scale = 1.0
-        ratios = [max(ms - self.overhead_ms, 1e-9) / max(self.predict(m).total_ms - self.overhead_ms, 1e-9)
-                  for m, ms in pairs]
-        self.scale = statistics.median(ratios) if ratios else 1.0
+        """Fit scales from (model, measured ms) pairs; returns the scale of fp32 kernels.
+
+        fp32 kernels take the median measured/predicted ratio over the pairs that are mostly fp32
+        (all pairs when none is); each other precision gets its own scale from the pairs where it
+        carries at least a quarter of the predicted time (what is left of the measurement once the
+        fp32 part is scaled), so an int8 model measured once corrects the int8 kernel tables,
+        whose error differs from fp32's. A precision no pair carries keeps the fp32 scale.
+        """
+        self.scale, self.scales = 1.0, {}
+        split = [(self._by_precision(m), max(ms - self.overhead_ms, 1e-9)) for m, ms in pairs]
+        if not split:
+            return self.scale
+        fp32 = [(sums, ms) for sums, ms in split if sums.get("fp32", 0.0) >= 0.7 * sum(sums.values())] or split
+        self.scale = statistics.median(ms / max(sum(sums.values()), 1e-9) for sums, ms in fp32)
+        for precision in {p for sums, _ in split for p in sums} - {"fp32"}:
+            ratios = [(ms - self.scale * (sum(sums.values()) - sums[precision])) / sums[precision]
+                      for sums, ms in split if sums.get(precision, 0.0) >= sum(sums.values()) / 4]
+            if ratios and statistics.median(ratios) > 0:
+                self.scales[precision] = statistics.median(ratios)
         return self.scale
 
 
@@ -145,10 +216,52 @@ def _precision(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> st
     return "int8" if any(p is not None and p.op_type == "DequantizeLinear" for p in fed) else "fp32"
 
 
+def _through_qdq(name: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The real producer of ``name``, looking through Q/DQ pairs (int8 graphs put them between ops)."""
+    node = producers.get(name)
+    while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        node = producers.get(node.input[0])
+    return node
+
+
+def _is_silu(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> bool:
+    gate = [producers.get(i) for i in node.input]
+    return len(node.input) == 2 and any(g is not None and g.op_type == "Sigmoid" and g.input[0] in node.input
+                                        for g in gate)
+
+
+def _fused(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], consumers: dict[str, int],
+           constants: set[str]) -> bool:
+    """Whether ORT folds ``node`` into the kernel that produces its input (Conv or MatMul fusions)."""
+    if not node.input:
+        return False
+    if node.op_type == "Mul" and _is_silu(node, producers):
+        return True  # x * Sigmoid(x): ORT runs one QuickGelu kernel, priced on the Sigmoid
+    if node.op_type == "Add" and any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                                     for i in node.input):
+        return False  # int8 residual Add stays a QLinearAdd of its own
+    source = _through_qdq(node.input[0], producers)
+    if node.op_type == "Add" and len(node.input) == 2 and source is not None and source.op_type != "Conv":
+        source = _through_qdq(node.input[1], producers)  # residual: Conv output on either side
+    if source is None or consumers.get(source.output[0], 0) != 1:
+        return False
+    if source.op_type == "Conv":
+        return node.op_type in _CONV_ABSORBS
+    if source.op_type == "Add" and node.op_type in ("Relu", "Clip"):
+        return _fused(source, producers, consumers, constants)  # Conv + Add + Relu is one NCHWc kernel
+    return source.op_type == "MatMul" and node.op_type == "Add" and any(i in constants for i in node.input)
+
+
 def model_features(model: onnx.ModelProto) -> list[NodeFeatures]:
     """Op class, FLOPs and bytes of each main-graph node; Q/DQ nodes fold into their int8 consumer."""
     shapes = value_shapes(model)
     producers = {out: n for n in model.graph.node for out in n.output}
+    consumers: dict[str, int] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    constants = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                              for o in n.output}
     features = []
     for i, node in enumerate(model.graph.node):
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -157,9 +270,52 @@ def model_features(model: onnx.ModelProto) -> list[NodeFeatures]:
         kind = ""
         if node.op_type == "Conv":
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            kind = _conv_kind(shapes.get(node.input[1]), group)
-        values = [shapes.get(n) for n in [*node.input, *node.output] if n]
+            x = shapes.get(node.input[0])
+            kind = _conv_kind(shapes.get(node.input[1]), group, x[1] if x and len(x) > 1 else None)
+        # A Gather reads only the rows it picks, not its whole (embedding) table.
+        read = [n for n in node.input if n and not (node.op_type == "Gather" and n in constants)]
+        values = [shapes.get(n) for n in [*read, *node.output]]
         size = sum(int(np.prod(s)) for s in values if s and None not in s) * _itemsize(precision)
-        features.append(NodeFeatures(node.name or f"{node.op_type}_{i}", (node.op_type, precision, kind),
-                                     float(node_flops(node, shapes)), float(size)))
+        op_type, precision = _PRICED_AS.get(node.op_type, (node.op_type, precision))
+        features.append(NodeFeatures(node.name or f"{node.op_type}_{i}", (op_type, precision, kind),
+                                     float(node_flops(node, shapes)), float(size),
+                                     _fused(node, producers, consumers, constants)))
     return features
+
+
+def _round_channels(channels: int, factor: float, multiple: int) -> int:
+    return channels if channels <= 4 else max(multiple, int(round(channels * factor / multiple)) * multiple)
+
+
+def scaled_conv_model(model: onnx.ModelProto, factor: float, multiple: int = 8) -> onnx.ModelProto:
+    """Every static-shaped Conv of ``model`` alone, its channel counts scaled by ``factor``: extra sweep shapes.
+
+    Pruned configurations run Convs at channel counts the unpruned zoo never uses (and off the NCHWc
+    block); sweeping these (``export_device_file(models=[path of this model saved])``) lets the
+    per-class fits see them. Nodes are unconnected; only their shapes matter to the sweep.
+    """
+    from onnx import TensorProto, helper, shape_inference
+
+    shapes = value_shapes(model)
+    nodes, inputs, outputs, inits = [], [], [], []
+    for i, node in enumerate(n for n in model.graph.node if n.op_type == "Conv"):
+        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not x or not w or None in x or None in w or len(x) != 4:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        cin, cout = _round_channels(x[1], factor, multiple), _round_channels(w[0], factor, multiple)
+        if group > 1:  # depthwise stays depthwise; other grouped Convs are rare in the zoo
+            if group != x[1] or w[1] != 1:
+                continue
+            cin = cout = group = _round_channels(group, factor, multiple)
+        attrs = [a for a in node.attribute if a.name != "group"]
+        inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [x[0], cin, *x[2:]]))
+        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [cout, cin // group, *w[2:]],
+                                        np.zeros(cout * (cin // group) * int(np.prod(w[2:])), np.float32)))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None))
+        conv = helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"y{i}"], name=f"conv{i}", group=group)
+        conv.attribute.extend(attrs)
+        nodes.append(conv)
+    graph = helper.make_graph(nodes, f"scaled_{factor}", inputs, outputs, inits)
+    out = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return shape_inference.infer_shapes(out)
