@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from edgec.compiler import report
 from edgec.compiler.errors import EdgecError
@@ -25,7 +26,8 @@ out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 16
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # Messages quote user text ("[calibration.image]", shapes): never parse them as rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgec.targets.profile import TargetProfile
@@ -71,9 +72,9 @@ def pass_table(records: Iterable[Any]) -> Table:
 def print_build(console: Console, result: Any) -> None:
     """The human summary of a build."""
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(pass_table(result.records))
     m = result.metrics
     if "host_latency_ms" in m:
@@ -83,7 +84,7 @@ def print_build(console: Console, result: Any) -> None:
     if "accuracy" in m:
         for key, before in (m["accuracy"]["before"] or {}).items():
             console.print(f"{key}: {before:.4f} -> {m['accuracy']['after'][key]:.4f}")
-    console.print(f"bundle written: [bold]{result.bundle}[/] (target {result.target})")
+    console.print(f"bundle written: [bold]{escape(str(result.bundle))}[/] (target {result.target})")
 
 
 def print_targets(console: Console, profiles: Iterable[TargetProfile]) -> None:
@@ -102,7 +103,7 @@ def print_inspect(console: Console, info: dict[str, Any], top: int) -> None:
     console.print(f"opset {info['opset']}  ir {info['ir_version']}  producer {info['producer']}")
     for kind in ("inputs", "outputs"):
         for io in info[kind]:
-            console.print(f"{kind[:-1]:>6} {io['name']}: {io['dtype']} {io['shape']}")
+            console.print(escape(f"{kind[:-1]:>6} {io['name']}: {io['dtype']} {io['shape']}"))
     console.print(f"nodes {info['nodes']}  params {_human(info['params'])}  size {_human(info['size_bytes'])}B  "
                   f"FLOPs {_human(info['flops'])}")
     console.print("ops: " + ", ".join(f"{op} {n}" for op, n in info["op_histogram"].items()))
@@ -110,7 +111,7 @@ def print_inspect(console: Console, info: dict[str, Any], top: int) -> None:
     for col in ("node", "op", "FLOPs", "share"):
         table.add_column(col, justify="right" if col in ("FLOPs", "share") else "left")
     for cost in info["node_flops"][:top]:
-        table.add_row(cost["name"], cost["op_type"], _human(cost["flops"]),
+        table.add_row(escape(cost["name"]), cost["op_type"], _human(cost["flops"]),
                       f"{cost['flops'] / max(info['flops'], 1):.1%}")
     console.print(table)
     if info["blocks"]:
@@ -118,26 +119,27 @@ def print_inspect(console: Console, info: dict[str, Any], top: int) -> None:
         for col in ("block", "kind", "nodes", "removable"):
             blocks.add_column(col)
         for block in info["blocks"]:
-            blocks.add_row(block["name"], block["kind"], str(block["nodes"]),
-                           "yes" if block["removable"] else f"no: {block['reason']}")
+            blocks.add_row(escape(block["name"]), block["kind"], str(block["nodes"]),
+                           "yes" if block["removable"] else escape(f"no: {block['reason']}"))
         console.print(blocks)
     console.print(f"target {info['target']}: nodes per provider {info['nodes_per_provider']}")
     for p in info["unsupported"]:
-        console.print(f"[red]cannot run:[/] {p['node']} ({p['domain']}:{p['op_type']})")
+        console.print(f"[red]cannot run:[/] {escape(p['node'])} ({p['domain']}:{p['op_type']})")
     for p in info["fallback"][:top]:
-        console.print(f"falls back: {p['node']} ({p['op_type']}) -> {p['provider']}")
+        console.print(f"falls back: {escape(p['node'])} ({p['op_type']}) -> {p['provider']}")
 
 
 def print_profile(console: Console, result: dict[str, Any]) -> None:
     """Latency percentiles and the slowest nodes."""
-    console.print(f"{result['source']}: {result['runs']} runs after {result['warmup']} warm-up, "
+    console.print(f"{escape(result['source'])}: {result['runs']} runs after {result['warmup']} warm-up, "
                   f"{result['threads']} thread(s)")
     console.print(f"p50 {result['p50_ms']:.3f} ms   p90 {result['p90_ms']:.3f} ms   p99 {result['p99_ms']:.3f} ms")
     table = Table(title="top nodes by time")
     for col in ("node", "op", "provider", "total ms", "share"):
         table.add_column(col, justify="right" if col in ("total ms", "share") else "left")
     for n in result["top_nodes"]:
-        table.add_row(n["name"], n["op_type"], n.get("provider") or "", f"{n['total_ms']:.3f}", f"{n['share']:.1%}")
+        table.add_row(escape(n["name"]), n["op_type"], n.get("provider") or "", f"{n['total_ms']:.3f}",
+                      f"{n['share']:.1%}")
     console.print(table)
 
 
@@ -145,5 +147,5 @@ def print_verify(console: Console, result: Any) -> None:
     """Each check of a bundle verification, and the verdict."""
     for check in result.checks:
         mark = "[green]ok[/]" if check.ok else "[red]FAIL[/]"
-        console.print(f"{mark} {check.name}: {check.detail}")
+        console.print(f"{mark} {check.name}: {escape(check.detail)}")
     console.print("[bold green]bundle verified[/]" if result.ok else "[bold red]bundle failed verification[/]")

@@ -159,3 +159,12 @@ def test_max_drop_without_a_lossy_pass(runner, tiny_onnx, out):
     _assert_user_error(_build(runner, tiny_onnx, out, "--calib", "random", "--passes", "fuse", "--max-drop", "0.01"),
                        "--max-drop", "fuse")
     _assert_nothing_written(out)
+
+
+def test_bracketed_config_section_survives_in_the_message(runner, tiny_onnx, tmp_path, out):
+    # "[calibration.image]" must be printed as text, not swallowed as terminal markup.
+    cfg = tmp_path / "edgec.toml"
+    cfg.write_text('target = "cpu-x86"\n[calibration.image]\nmeans = [0.5]\n')
+    result = runner.invoke(cli, ["build", str(tiny_onnx), "--config", str(cfg), "-o", str(out), "--calib", "random"])
+    _assert_user_error(result, "[calibration.image]", "means")
+    _assert_nothing_written(out)
