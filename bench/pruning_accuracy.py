@@ -46,7 +46,7 @@ HERE = pathlib.Path(__file__).parent
 PLOT = HERE / "plots" / "pruning_accuracy.png"
 MODES = ("constrained", "unconstrained")
 RECOVERIES = ("none", "bias", "lstsq")
-CALIB = {"digits-cnn": 256, "mnist-resnet": 256, "minilm": 36}  # minilm's calib split has 36 sentences
+CALIB = {"digits-cnn": 256, "mnist-resnet": 256, "minilm": 150}  # minilm's calib split has 150 sentences
 SECTION = "## Channel pruning: accuracy"
 EVAL_N = {"digits-cnn": 360, "mnist-resnet": 1000}  # held-out sizes (zoo descriptions), for the noise level
 

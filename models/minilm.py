@@ -21,7 +21,10 @@ from torch import nn
 from edgec.models import _cache
 
 SEQ_LEN = 64
-CALIB_GROUPS = 12  # the first 12 paraphrase groups calibrate, the remaining ones evaluate
+SPLITS = ("calib", "eval")  # sentences.txt marks each paraphrase group's split with a [calib]/[eval] line
+# Cached tokens and reference embeddings are keyed by this and a hash of sentences.txt, so editing the
+# file refreshes them by itself; bump this when the way they are computed from the file changes.
+DATA_VERSION = "2"
 
 
 class SentenceEncoder(nn.Module):
@@ -73,25 +76,39 @@ def _sentence_file() -> str:
     return importlib.resources.files("edgec.models").joinpath("data/sentences.txt").read_text("utf-8")
 
 
+def _parse_groups(text: str) -> list[tuple[str, tuple[str, ...]]]:
+    """``(split, sentences)`` per paraphrase group: blank lines end a group, ``[calib]``/``[eval]`` set the split."""
+    parsed: list[tuple[str, tuple[str, ...]]] = []
+    split, current = None, []
+    for raw in [*text.splitlines(), ""]:
+        line = raw.strip()
+        if line.startswith("#"):
+            continue
+        if line and not line.startswith("["):
+            current.append(line)
+            continue
+        if current:  # a blank or a marker line closes the open group
+            if split is None:
+                raise ValueError(f"sentences.txt: group {current[0]!r} comes before any [calib]/[eval] line")
+            parsed.append((split, tuple(current)))
+            current = []
+        if line:
+            split = line.strip("[]")
+            if split not in SPLITS:
+                raise ValueError(f"sentences.txt: unknown split marker {line!r}; use [calib] or [eval]")
+    return parsed
+
+
 @functools.cache
 def sentences(split: str) -> Sentences:
-    """``calib`` (first CALIB_GROUPS groups) or ``eval`` (the rest) from models/data/sentences.txt."""
-    texts: list[str] = []
-    groups: list[int] = []
-    group = 0
-    for line in _sentence_file().splitlines():
-        line = line.strip()
-        if not line:
-            group += bool(texts and groups[-1] == group)
-        elif not line.startswith("#"):
-            texts.append(line)
-            groups.append(group)
-    keep = [(t, g) for t, g in zip(texts, groups, strict=True) if (g < CALIB_GROUPS) == (split == "calib")]
+    """The ``calib`` or ``eval`` sentences of models/data/sentences.txt; groups are numbered across the file."""
+    keep = [(text, group) for group, (where, texts) in enumerate(_parse_groups(_sentence_file()))
+            if where == split for text in texts]
     return Sentences(tuple(t for t, _ in keep), tuple(g for _, g in keep))
 
 
 def _data_key() -> str:
-    return hashlib.sha256(f"{SEQ_LEN}\n{_sentence_file()}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{DATA_VERSION}\n{SEQ_LEN}\n{_sentence_file()}".encode()).hexdigest()[:12]
 
 
 def _cached_npz(stem: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -145,9 +145,23 @@ def test_random_models_have_no_metric() -> None:
 
 def test_sentence_splits() -> None:
     calib, held_out = minilm.sentences("calib"), minilm.sentences("eval")
-    assert len(calib.texts) == 36 and len(held_out.texts) == 96
+    assert len(calib.texts) == 150 and len(held_out.texts) == 240
     assert set(calib.groups).isdisjoint(held_out.groups)
     assert all(n == 3 for n in collections.Counter(calib.groups + held_out.groups).values())
+    assert len(set(calib.texts + held_out.texts)) == 390  # no sentence is repeated
+    # appended groups keep the original ones first, in their split: calibration(n) stays stable
+    assert calib.texts[0].startswith("The train to Boston") and calib.groups[:36] == tuple(g // 3 for g in range(36))
+    assert held_out.texts[0].startswith("The doctor advised") and held_out.groups[0] == 12
+    for split in ("calib", "eval"):  # every sentence fits in SEQ_LEN tokens with room to spare
+        assert minilm.tokens(split)[1].sum(1).max() < minilm.SEQ_LEN
+
+
+def test_sentence_file_markers_are_checked() -> None:
+    assert minilm._parse_groups("[eval]\na\nb\n\n[calib]\nc\n") == [("eval", ("a", "b")), ("calib", ("c",))]
+    with pytest.raises(ValueError, match="before any"):
+        minilm._parse_groups("a sentence\n")
+    with pytest.raises(ValueError, match="unknown split marker '\\[train\\]'"):
+        minilm._parse_groups("[train]\na\n")
 
 
 def test_onnx_export_is_cached_and_refreshed_when_stale() -> None:
@@ -182,8 +196,8 @@ def test_unknown_name_and_bad_arguments() -> None:
         get_zoo_model("resnet19")
     with pytest.raises(ConfigError, match="split"):
         get_zoo_model("resnet18").calibration(2, "train")
-    with pytest.raises(CalibrationError, match="the split has 36"):
-        get_zoo_model("minilm").calibration(100, "calib")
+    with pytest.raises(CalibrationError, match="the split has 150"):
+        get_zoo_model("minilm").calibration(151, "calib")
 
 
 @pytest.mark.parametrize("factory", ["edgec.models.cnn:mobilenetv3_large", "edgec.models.trained:digits_cnn"])
