@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
-from edgec.passes._quant_common import workdir
+from edgec.passes._quant_common import consumers, workdir
 from edgec.runtime.session import session_options
 
 SLOW_FALLBACKS = {"ConvInteger": "dynamic int8 Conv: no fused kernel, slower than fp32",
@@ -68,14 +68,6 @@ def optimized_graph(model: bytes, level: str = "all") -> onnx.ModelProto:
         return onnx.load(str(path))
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            users[name].append(node)
-    return users
-
-
 def _qdq_finding(node: onnx.NodeProto, users: dict[str, list[onnx.NodeProto]],
                  producers: dict[str, onnx.NodeProto]) -> Finding:
     if node.op_type == "DequantizeLinear":
@@ -90,7 +82,7 @@ def _qdq_finding(node: onnx.NodeProto, users: dict[str, list[onnx.NodeProto]],
 def explain(model: bytes, original: onnx.ModelProto | None = None, level: str = "all") -> SpeedReport:
     """Per-node report of what keeps a quantized model from running int8 end to end on ORT CPU."""
     graph = optimized_graph(model, level).graph
-    users = _consumers(graph)
+    users = consumers(graph)
     producers = {out: n for n in graph.node for out in n.output}
     own_transposes = {n.name for n in original.graph.node if n.op_type == "Transpose"} if original else set()
     findings = []

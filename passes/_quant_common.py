@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import tempfile
@@ -110,3 +111,12 @@ def name_nodes(proto: onnx.ModelProto) -> int:
             renamed += 1
         seen.add(node.name)
     return renamed
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes reading each value of ``graph``, by value name."""
+    users: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            users[name].append(node)
+    return users

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgec.passes._quant_common import consumers
+
 logger = logging.getLogger(__name__)
 
 QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
@@ -85,14 +87,6 @@ def prepare_float(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, in
     return proto, dict(counts)
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            users[name].append(node)
-    return users
-
-
 def _scalar(graph: onnx.GraphProto, array: np.ndarray, name: str) -> str:
     graph.initializer.append(numpy_helper.from_array(array, name))
     return name
@@ -124,7 +118,7 @@ def _integer_hardsigmoid(graph: onnx.GraphProto, node: onnx.NodeProto, quant: on
 def integer_hardsigmoid(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """DQ -> HardSigmoid -> Q groups to DQ -> Add -> Q (see module doc). Returns (model, how many)."""
     graph = proto.graph
-    users = _consumers(graph)
+    users = consumers(graph)
     producers = {out: n for n in graph.node for out in n.output}
     initializers = {t.name: t for t in graph.initializer}
     replaced: dict[str, list[onnx.NodeProto]] = {}
