@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
+from edgec.compiler.calibration import load_calibration
 from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.passes.base import create_pass
@@ -50,21 +51,9 @@ class Row:
     ort_fusions: str
 
 
-def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """One seeded feed: token ids, an all-ones attention mask, N(0,1) floats."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for vi in model.graph.input:
-        tt = vi.type.tensor_type
-        shape = [d.dim_value or 1 for d in tt.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if "mask" in vi.name:
-            feed[vi.name] = np.ones(shape, dtype)
-        elif np.issubdtype(dtype, np.integer):
-            feed[vi.name] = rng.integers(0, 1000, shape).astype(dtype)
-        else:
-            feed[vi.name] = rng.standard_normal(shape).astype(dtype)
-    return feed
+def feeds_for(model: onnx.ModelProto, n: int = 1) -> list[dict[str, np.ndarray]]:
+    """Seeded feeds (token ids, all-ones masks, N(0,1) floats): the CLI's ``--calib random``."""
+    return load_calibration("random", model, n=n).feeds
 
 
 def contrib_summary(model: onnx.ModelProto) -> str:
@@ -75,7 +64,7 @@ def contrib_summary(model: onnx.ModelProto) -> str:
 
 def edgec_fuse(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, float, dict[str, int]]:
     """edgec's fuse pass through the verified pipeline; returns the model, its error and its counts."""
-    ctx = BuildContext(get_target("cpu-x86"), [feeds_for(proto, s) for s in range(2)])
+    ctx = BuildContext(get_target("cpu-x86"), feeds_for(proto, 2))
     result = run_pipeline(proto, [create_pass("fuse", ctx)], ctx)
     record = result.records[0]
     return result.model, record.max_rel_error, record.stats
@@ -105,7 +94,7 @@ def bench_model(name: str, rounds: int, runs: int, scratch: pathlib.Path) -> Row
         ort_model = ort_transformers_optimize(path, heads, hidden, scratch / f"{name}.ortopt.onnx")
         variants.append(ort_model.SerializeToString())
         ort_summary = contrib_summary(ort_model)
-    medians = interleaved_medians(variants, feeds_for(proto), rounds=rounds, runs=runs, warmup=5)
+    medians = interleaved_medians(variants, feeds_for(proto)[0], rounds=rounds, runs=runs, warmup=5)
     counts = {k: v for k, v in stats.items() if k != "nodes_removed"}
     fusions = ", ".join(f"{k}={v}" for k, v in counts.items()) or "–"
     return Row(name, medians[0], medians[1], medians[2], medians[3] if len(medians) > 3 else None, rel_err,
