@@ -67,7 +67,10 @@ def choose_orders(cg: ChannelGraph, plan: Plan, reorder: bool) -> dict[int, np.n
             per_group.setdefault(pos[p][0], set()).add(pos[p][1])
         for g, s in per_group.items():
             wants.setdefault(g, []).append((c.macs, s))
+    frozen = cg.frozen_groups()
     for g, items in wants.items():
+        if g in frozen:
+            continue  # a frozen group's channels stay in their order: its consumers select theirs
         blocks = [set(orders[g].tolist())]
         for _, s in sorted(items, key=lambda t: -t[0]):
             blocks = _refine(blocks, s) or blocks

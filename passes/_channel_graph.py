@@ -142,7 +142,7 @@ class _Analyzer:
                               and _const(node.inputs[2]) is None):
             return False
         groups = _attr(node, "group", 1)
-        layout = self.layout(node.inputs[0])
+        layout = self._input_layout(node, 1) if groups == 1 else self.layout(node.inputs[0])
         bias = node.inputs[2].name if len(node.inputs) > 2 and node.inputs[2] is not None else None
         if groups == 1:
             if layout is not None:
@@ -158,6 +158,28 @@ class _Analyzer:
                 self.cg.params.append(ParamUse(node.name, 2, 0, node.outputs[0].name))
             return self._per_channel(node, 1)
         return False
+
+    def _input_layout(self, node: ir.Node, axis: int) -> Layout | None:
+        """The layout of a weight op's input; a computed tensor nobody tracked gets a frozen space of its own.
+
+        Its channels stay whole and in order (how they map upstream is unknown: a LayerNorm over
+        them, an unknown op), but each consumer may still read only some of them in unconstrained
+        mode: UPSCALE's per-consumer masks. Graph inputs and constants are left alone.
+        """
+        value = node.inputs[0]
+        layout = self.layout(value)
+        producer = value.producer()
+        if layout is not None or producer is None or producer.op_type == "Constant" or value.const_value is not None:
+            return layout
+        shape = static_shape(value)
+        if not shape:
+            return None
+        axis %= len(shape)
+        space = self.cg.new_space(shape[axis])
+        self.cg.frozen[space] = f"{_label(producer)}: output channels not tracked"
+        layout = Layout(axis, (space,))
+        self.set(value, layout)
+        return layout
 
     def _consumer(self, node: ir.Node, layout: Layout, w_axis: int) -> None:
         weight = node.inputs[1]
@@ -181,7 +203,7 @@ class _Analyzer:
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         if bias is not None and (_const(bias) is None or _const(bias).size not in (1, n_out)):
             return False
-        layout = self.layout(node.inputs[0])
+        layout = self._input_layout(node, 1)
         if layout is not None:
             if layout.axis != 1:
                 return False
@@ -192,10 +214,10 @@ class _Analyzer:
 
     def _matmul(self, node: ir.Node) -> bool:
         weight = _const(node.inputs[1])
-        layout = self.layout(node.inputs[0])
         a_shape = static_shape(node.inputs[0])
         if weight is None or weight.ndim != 2 or a_shape is None or self.layout(node.inputs[1]):
             return False
+        layout = self._input_layout(node, -1)
         if layout is not None:
             if layout.axis != len(a_shape) - 1:
                 return False

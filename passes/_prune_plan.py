@@ -4,18 +4,22 @@ A plan says, for every channel group, which of its channels stay *live* (are sti
 for every consumer (a Conv/Gemm/MatMul summing over channels) which input channels it still *reads*.
 Constrained mode gives one mask per group: every consumer reads the live channels. Unconstrained
 mode (UPSCALE) lets each consumer keep its own best channels; a group then stays live wherever some
-consumer reads it, padded up to the target's channel multiple.
+consumer reads it, and each group spends the MACs the constrained mask would (``_prune_budget``).
+Frozen groups keep every channel live; in unconstrained mode their consumers may still read fewer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
+from edgec.passes._activations import capture_values
+from edgec.passes._channel_graph import static_shape
+from edgec.passes._prune_budget import GroupProblem, Reader, own_reads, solve_global, solve_group
 from edgec.passes._prune_types import ChannelGraph, Consumer, Layout
 
 
@@ -99,12 +103,37 @@ def _bn_scales(model: ir.Model, cg: ChannelGraph) -> dict[int, np.ndarray]:
 
 
 def consumer_scores(model: ir.Model, cg: ChannelGraph, consumer: Consumer, scales: dict[int, np.ndarray],
-                    importance: str) -> np.ndarray:
-    """Importance of each input channel of a consumer: its weight-column norm times the channel's size."""
-    cols = _norms(_weight(model, consumer.weight), consumer.w_axis, consumer.layout.inner,
-                  1 if importance == "l1" else 2)
+                    importance: str, input_ms: np.ndarray | None = None) -> np.ndarray:
+    """Importance of each input channel of a consumer.
+
+    Weight importances: the channel's weight-column norm times the channel's size (``scales``).
+    ``activation``: the expected norm of the channel's contribution to the output,
+    sqrt(sum_f |W[:, f]|^2 E[x_f^2]) over the channel's features f, from the mean squares
+    ``input_ms`` of the consumer's input on calibration data (Wanda's |W| * |x|, per channel).
+    """
+    weight = _weight(model, consumer.weight)
+    if importance == "activation" and input_ms is not None:
+        w2 = np.moveaxis(weight.astype(np.float64) ** 2, consumer.w_axis, 0).reshape(weight.shape[consumer.w_axis], -1)
+        contribution = w2.sum(1) * input_ms
+        return np.sqrt(contribution.reshape(cg.width(consumer.layout), consumer.layout.inner).sum(1))
+    cols = _norms(weight, consumer.w_axis, consumer.layout.inner, 1 if importance == "l1" else 2)
     size = np.array([scales[g][i] for g, i in positions(cg, consumer.layout)])
     return cols * size
+
+
+def input_mean_squares(model: ir.Model, cg: ChannelGraph, feeds: Sequence[dict[str, np.ndarray]],
+                       ) -> dict[str, np.ndarray]:
+    """Consumer input value -> mean square of each input feature (channel x inner) over the feeds."""
+    axes = {c.value: c.layout.axis for c in cg.consumers}
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for outs in capture_values(model, list(axes), feeds):
+        for name, axis in axes.items():
+            x = np.moveaxis(outs[name].astype(np.float64), axis, -1)
+            x = x.reshape(-1, x.shape[-1])
+            sums[name] = sums.get(name, 0) + (x**2).sum(0)
+            counts[name] = counts.get(name, 0) + len(x)
+    return {name: sums[name] / max(counts[name], 1) for name in sums}
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -113,55 +142,125 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float], mode: str,
-              importance: str, multiple: int) -> Plan:
-    """Choose live channels and consumer reads; frozen groups keep everything."""
+              importance: str, multiple: int, input_ms: dict[str, np.ndarray] | None = None,
+              allocation: str = "budgeted") -> Plan:
+    """Choose live channels and consumer reads; frozen groups keep every channel live.
+
+    ``input_ms`` (consumer input value -> feature mean squares) is needed by ``activation`` importance.
+    ``allocation`` (see ``_prune_budget``): ``budgeted`` gives each group of an unconstrained plan
+    the MACs the constrained mask would spend; ``per-consumer`` has each consumer read its own
+    ratio's worth of channels, as UPSCALE publishes it; ``global`` prices MACs once for the whole
+    model (either mode), the total matching the uniform constrained plan at the ratios.
+    """
+    if importance == "activation" and input_ms is None:
+        raise ValueError("activation importance needs the consumers' input mean squares")
     scales = channel_scales(model, cg, importance)
     frozen = cg.frozen_groups()
-    scores = {c.node: consumer_scores(model, cg, c, scales, importance) for c in cg.consumers}
+    scores = {c.node: consumer_scores(model, cg, c, scales, importance, (input_ms or {}).get(c.value))
+              for c in cg.consumers}
     group_score = {g: np.zeros(cg.space_sizes[g]) for g in scales}
     group_ratio: dict[int, float] = {}
     for c in cg.consumers:
         for (g, i), s in zip(positions(cg, c.layout), _unit(scores[c.node]), strict=True):
             group_score[g][i] += s
             group_ratio[g] = min(group_ratio.get(g, 1.0), ratio_of(c.node))
+    if allocation == "global":
+        return _global_plan(model, cg, ratio_of, scores, multiple, shared=mode == "constrained")
     if mode == "constrained":
         live = {g: np.arange(cg.space_sizes[g]) if g in frozen or g not in group_ratio else
                 _top(group_score[g], round_keep(cg.space_sizes[g], group_ratio[g], multiple))
                 for g in scales}
         reads = {c.node: _reads_of_live(cg, c, live) for c in cg.consumers}
         return Plan(live, reads)
-    reads = {c.node: _own_reads(cg, c, scores[c.node], frozen, ratio_of(c.node), multiple) for c in cg.consumers}
-    needed: dict[int, set[int]] = {}
+    return _unconstrained_plan(model, cg, ratio_of, scores, multiple, allocation == "budgeted")
+
+
+def channel_macs(model: ir.Model, cg: ChannelGraph) -> dict[int, float]:
+    """Group -> MACs per live channel spent computing it (its producers' rows, depthwise convs on it)."""
+    nodes = {n.name: n for n in model.graph}
+    macs: dict[int, float] = {}
+
+    def add(node_name: str, rows: int, space: int) -> None:
+        node = nodes[node_name]
+        out = static_shape(node.outputs[0])
+        weight = node.inputs[1].const_value
+        if out and weight is not None and rows:
+            g = cg.group(space)
+            macs[g] = macs.get(g, 0.0) + math.prod(out) / rows * weight.size / rows
+
+    for prod in cg.producers:
+        add(prod.node, cg.space_sizes[prod.space], prod.space)
+    for use in cg.params:
+        layout = cg.layouts[use.value]
+        if nodes[use.node].op_type == "Conv" and use.input_index == 1 and len(layout.pieces) == 1:
+            add(use.node, cg.space_sizes[layout.pieces[0]], layout.pieces[0])
+    return macs
+
+
+def _group_problems(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float],
+                    scores: dict[str, np.ndarray], multiple: int, energy: bool,
+                    ) -> tuple[list[int], list[GroupProblem], list[list[tuple[str, np.ndarray]]]]:
+    """Per read group: its id, its problem, and (consumer, positions in the consumer's input) per reader.
+
+    Reader values are each consumer's scores over their mean, or with ``energy`` its share of the
+    consumer's output energy (score^2 over the sum), which compares across layers.
+    """
+    frozen = cg.frozen_groups()
+    costs = channel_macs(model, cg)
+    members: dict[int, list[tuple[Consumer, np.ndarray]]] = {}
     for c in cg.consumers:
-        pos = positions(cg, c.layout)
-        for p in reads[c.node]:
-            needed.setdefault(pos[p][0], set()).add(pos[p][1])
-    live = {}
-    for g in scales:
-        n = cg.space_sizes[g]
-        if g in frozen or g not in needed:
-            live[g] = np.arange(n)
-            continue
-        # Pad to the channel multiple with the best unread channels: odd widths cost more than they save.
-        want = min(n, math.ceil(len(needed[g]) / multiple) * multiple)
-        extra = [i for i in np.argsort(-group_score[g], kind="stable") if i not in needed[g]]
-        live[g] = np.array(sorted(needed[g] | set(extra[: want - len(needed[g])])), dtype=np.int64)
-    return Plan(live, reads)
+        groups = np.array([g for g, _ in positions(cg, c.layout)])
+        for g in dict.fromkeys(groups.tolist()):
+            members.setdefault(g, []).append((c, np.flatnonzero(groups == g)))
+    ids, problems, where = [], [], []
+    for g, items in members.items():
+        readers = []
+        for c, pos in items:
+            ratio = ratio_of(c.node)
+            value = scores[c.node] ** 2 / max(float((scores[c.node] ** 2).sum()), 1e-30) if energy \
+                else _unit(scores[c.node])
+            cols = np.array([i for _, i in positions(cg, c.layout)])[pos]
+            readers.append(Reader(cols, value[pos], c.macs / max(cg.width(c.layout), 1),
+                                  round_keep(len(pos), ratio, multiple), pinned=ratio <= 0))
+        ids.append(g)
+        problems.append(GroupProblem(cg.space_sizes[g], costs.get(g, 0.0), readers, g in frozen))
+        where.append([(c.node, pos) for c, pos in items])
+    return ids, problems, where
+
+
+def _assemble(cg: ChannelGraph, ids: list[int], where: list[list[tuple[str, np.ndarray]]],
+              solutions: list[tuple[np.ndarray, list[np.ndarray]]]) -> Plan:
+    live = {g: np.arange(cg.space_sizes[g]) for g in cg.groups()}
+    picked: dict[str, list[np.ndarray]] = {c.node: [] for c in cg.consumers}
+    for g, items, (group_live, reads) in zip(ids, where, solutions, strict=True):
+        live[g] = group_live
+        for (node, pos), sel in zip(items, reads, strict=True):
+            picked[node].append(pos[sel])
+    reads_of = {node: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+                for node, parts in picked.items()}
+    return Plan(live, reads_of)
+
+
+def _unconstrained_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float],
+                        scores: dict[str, np.ndarray], multiple: int, budgeted: bool) -> Plan:
+    """Per group, ``_prune_budget.solve_group`` (budgeted) or each consumer's own best reads."""
+    ids, problems, where = _group_problems(model, cg, ratio_of, scores, multiple, energy=False)
+    solve = (lambda p: solve_group(p.size, p.channel_cost, p.readers, p.frozen, multiple)) if budgeted else \
+        (lambda p: own_reads(p.size, p.readers, p.frozen, multiple))
+    return _assemble(cg, ids, where, [solve(p) for p in problems])
+
+
+def _global_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float],
+                 scores: dict[str, np.ndarray], multiple: int, shared: bool) -> Plan:
+    """One MAC price for the whole model (``_prune_budget.solve_global``), shared masks or not."""
+    ids, problems, where = _group_problems(model, cg, ratio_of, scores, multiple, energy=True)
+    return _assemble(cg, ids, where, solve_global(problems, shared, multiple))
 
 
 def _reads_of_live(cg: ChannelGraph, consumer: Consumer, live: dict[int, np.ndarray]) -> np.ndarray:
     keep = {g: set(idx.tolist()) for g, idx in live.items()}
     return np.array([p for p, (g, i) in enumerate(positions(cg, consumer.layout)) if i in keep[g]],
                     dtype=np.int64)
-
-
-def _own_reads(cg: ChannelGraph, consumer: Consumer, scores: np.ndarray, frozen: dict[int, str],
-               ratio: float, multiple: int) -> np.ndarray:
-    pos = positions(cg, consumer.layout)
-    fixed = [p for p, (g, _) in enumerate(pos) if g in frozen]
-    free = np.array([p for p, (g, _) in enumerate(pos) if g not in frozen], dtype=np.int64)
-    chosen = free[_top(scores[free], round_keep(len(free), ratio, multiple))] if len(free) else free
-    return np.array(sorted(fixed + chosen.tolist()), dtype=np.int64)
 
 
 def zero_pruned(model: ir.Model, cg: ChannelGraph, plan: Plan) -> None:

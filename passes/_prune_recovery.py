@@ -20,16 +20,15 @@ Conv inputs are unfolded into patches (im2col) in numpy: no runtime op exposes t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
-from onnx import helper
 
+from edgec.passes._activations import capture_values
 from edgec.passes._prune_plan import Plan
 from edgec.passes._prune_types import ChannelGraph, Consumer
-from edgec.runtime.session import make_session
 
 METHODS = ("none", "bias", "lstsq")
 MAX_ROWS = 256  # patch rows per feed and layer kept for the regression (the means use every row)
@@ -83,22 +82,6 @@ def _out_rows(y: np.ndarray, conv: tuple | None) -> np.ndarray:
     return (np.moveaxis(y, 1, -1) if conv is not None else y).reshape(-1, y.shape[1 if conv else -1])
 
 
-def _activations(model: ir.Model, names: list[str], feeds: Sequence[dict[str, np.ndarray]],
-                 ) -> Iterator[dict[str, np.ndarray]]:
-    """The values ``names`` of ``model`` on each feed (exposed as extra graph outputs)."""
-    proto = ir.serde.serialize_model(model)
-    present = {o.name for o in proto.graph.output}
-    elem = {v.name: v.dtype for n in model.graph for v in (*n.inputs, *n.outputs)
-            if v is not None and v.dtype is not None}
-    for name in dict.fromkeys(names):
-        if name not in present:
-            dtype = elem.get(name, ir.DataType.FLOAT)
-            proto.graph.output.append(helper.make_tensor_value_info(name, int(dtype), None))
-    session = make_session(proto.SerializeToString(), level="basic")
-    for feed in feeds:
-        yield dict(zip(names, session.run(names, feed), strict=True))
-
-
 def _affected(model: ir.Model, cg: ChannelGraph, plan: Plan) -> dict[str, int]:
     """Consumers whose input changed (read fewer channels, or downstream of one), with their wave."""
     consumers = {c.node: c for c in cg.consumers}
@@ -133,7 +116,7 @@ def _measure_targets(original: ir.Model, layers: list[_Layer], feeds: Sequence[d
     nodes = {n.name: n for n in original.graph}
     names = [nodes[lay.consumer.node].outputs[0].name for lay in layers]
     rng = np.random.default_rng(seed)
-    for outs in _activations(original, names, feeds):
+    for outs in capture_values(original, names, feeds):
         for lay, name in zip(layers, names, strict=True):
             y = _out_rows(outs[name], lay.conv)[:, lay.out_order].astype(np.float64)
             lay.y_sum = y.sum(0) if lay.y_sum is None else lay.y_sum + y.sum(0)
@@ -264,7 +247,7 @@ def recover(model: ir.Model, original: ir.Model, cg: ChannelGraph, plan: Plan, o
         members = [lay for lay in layers if waves[lay.consumer.node] == wave]
         names = [nodes[lay.consumer.node].inputs[0].name for lay in members]
         inputs = [_Inputs() for _ in members]
-        for i, outs in enumerate(_activations(model, names, feeds)):
+        for i, outs in enumerate(capture_values(model, names, feeds)):
             for lay, name, acc in zip(members, names, inputs, strict=True):
                 acc.add(_rows_of(outs[name], lay.conv), lay.rows[i])
         for lay, acc in zip(members, inputs, strict=True):

@@ -7,13 +7,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from edgec.compiler.errors import ConfigError, UnsupportedOpError
+from edgec.compiler.errors import CalibrationError, ConfigError, UnsupportedOpError
 from edgec.passes._channel_export import Selection, apply_plan, choose_orders, selections
 from edgec.passes._channel_graph import analyze
-from edgec.passes._prune_plan import Plan, make_plan
+from edgec.passes._prune_heads import prune_attention_heads
+from edgec.passes._prune_plan import Plan, input_mean_squares, make_plan
 from edgec.passes._prune_recovery import METHODS as RECOVERIES
 from edgec.passes._prune_recovery import recover
 from edgec.passes._prune_types import ChannelGraph
@@ -22,7 +24,8 @@ from edgec.passes.base import EdgecPass, Tolerance, register_pass
 logger = logging.getLogger(__name__)
 
 MODES = ("constrained", "unconstrained")
-IMPORTANCES = ("l1", "l2", "bn")
+IMPORTANCES = ("l1", "l2", "bn", "activation")
+ALLOCATIONS = ("budgeted", "per-consumer", "global")
 
 
 def _check_ratio(value: Any, option: str) -> None:
@@ -47,8 +50,17 @@ class PruneChannelsConfig:
     """Options of prune-channels.
 
     ``ratio`` is the fraction of input channels each consumer (Conv/Gemm/MatMul) drops; ``layers``
-    overrides it per consumer node name. ``mode`` picks one mask per channel group (constrained)
-    or one per consumer (unconstrained). ``importance``: weight L1/L2 norm, or BatchNorm scale.
+    overrides it per consumer node name (0 keeps that consumer whole). ``mode`` picks one mask per
+    channel group (constrained) or one per consumer (unconstrained). ``allocation``: ``budgeted``
+    (unconstrained only) gives each group the MACs the constrained mask would spend and chooses the
+    reads within them (``_prune_budget``); ``per-consumer`` has every consumer read its own ratio's
+    worth, producers computing the union (UPSCALE as published: more MACs than constrained at the
+    same ratio); ``global`` (either mode) spends the uniform constrained plan's MACs where they keep
+    the most output energy across the whole model, so per-layer ratios differ. ``importance``:
+    weight L1/L2 norm, BatchNorm scale, or ``activation`` (weight column norm times the input's RMS
+    on calibration data).
+    ``heads`` is the fraction of each attention block's heads to drop (at least one is kept; see
+    ``_prune_heads``), ranked on calibration data with ``activation`` importance, else by weights.
     ``recovery`` fixes the pruned layers from calibration data (see ``_prune_recovery``): ``bias``
     matches each layer's output mean, ``lstsq`` refits its kept weights too, ridge-regularized by
     ``ridge`` (relative to the input covariance's mean eigenvalue).
@@ -56,7 +68,9 @@ class PruneChannelsConfig:
 
     ratio: float = 0.3
     layers: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    heads: float = 0.0
     mode: str = "unconstrained"
+    allocation: str = "budgeted"
     importance: str = "l2"
     reorder: bool = True
     recovery: str = "none"
@@ -64,12 +78,16 @@ class PruneChannelsConfig:
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
+        _check_ratio(self.heads, "heads")
         if not isinstance(self.layers, Mapping):
             raise ConfigError(f"prune-channels: layers must be a table of node name = ratio, got {self.layers!r}")
         for name, value in self.layers.items():
             _check_ratio(value, f"layers.{name}")
         if self.mode not in MODES:
             raise ConfigError(f"prune-channels: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"prune-channels: allocation must be one of {', '.join(ALLOCATIONS)}, "
+                              f"got {self.allocation!r}")
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"prune-channels: importance must be one of {', '.join(IMPORTANCES)}, "
                               f"got {self.importance!r}")
@@ -94,7 +112,8 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
     """
 
     config_cls = PruneChannelsConfig
-    search_space = {"ratio": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6), "mode": MODES, "recovery": RECOVERIES}
+    search_space = {"ratio": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6), "heads": (0.0, 0.25, 0.5), "mode": MODES,
+                    "recovery": RECOVERIES, "importance": ("l2", "activation"), "allocation": ALLOCATIONS}
     # Lossy by design: the pipeline records cosine on calibration data but never fails on it (a
     # random-init model pruned hard can reach a negative cosine); accuracy is the search's job.
     tolerance = Tolerance(lossy=True)
@@ -103,15 +122,17 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         common.ShapeInferencePass()(model)
         _name_nodes(model)
+        heads_removed = self._prune_heads(model)
         cg = analyze(model)
         self._check_layers(model, cg)
         self._report_frozen(cg)
         cfg = self.config
         plan = make_plan(model, cg, lambda node: cfg.layers.get(node, cfg.ratio), cfg.mode, cfg.importance,
-                         self.ctx.target.channel_multiple)
+                         self.ctx.target.channel_multiple, self._input_mean_squares(model, cg),
+                         allocation=cfg.allocation)
         if not plan.prunes_anything(cg):
             self.record(mode=cfg.mode, channels_before=sum(cg.space_sizes), channels_after=sum(cg.space_sizes))
-            return ir.passes.PassResult(model, modified=False)
+            return ir.passes.PassResult(model, modified=heads_removed > 0)
         kinds = tuple(self.ctx.target.channel_selection)
         before = selections(model, cg, plan, choose_orders(cg, plan, reorder=False), kinds)
         orders = choose_orders(cg, plan, reorder=cfg.reorder)
@@ -125,6 +146,31 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
                 self.skip(node, f"recovery: {reason}")
             self.record(recovery=cfg.recovery, recovered_layers=fixed, calibration_feeds=len(self.ctx.calibration))
         return ir.passes.PassResult(model, modified=True)
+
+    def _prune_heads(self, model: ir.Model) -> int:
+        """Drop the ``heads`` fraction of each attention block's heads; returns how many were removed."""
+        if self.config.heads == 0.0:
+            return 0
+        feeds = None
+        if self.config.importance == "activation":  # else weight norms, whatever the channel importance
+            if not self.ctx.calibration:
+                raise CalibrationError("prune-channels: importance = activation needs calibration data (--calib)")
+            feeds = self.ctx.calibration
+        result = prune_attention_heads(model, self.config.heads, feeds)
+        for node, reason in result.skipped:
+            self.skip(node, reason)
+        self.record(attention_blocks=result.blocks, heads_before=result.heads_before,
+                    heads_after=result.heads_after, head_importance=result.importance)
+        if result.heads_after != result.heads_before:
+            common.ShapeInferencePass()(model)  # the channel analysis reads the new widths
+        return result.heads_before - result.heads_after
+
+    def _input_mean_squares(self, model: ir.Model, cg: ChannelGraph) -> dict[str, np.ndarray] | None:
+        if self.config.importance != "activation":
+            return None
+        if not self.ctx.calibration:
+            raise CalibrationError("prune-channels: importance = activation needs calibration data (--calib)")
+        return input_mean_squares(model, cg, self.ctx.calibration)
 
     def _original(self, model: ir.Model) -> ir.Model | None:
         """A copy of the unpruned model for recovery, or None when recovery is off or has no data."""
@@ -159,6 +205,8 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
             kinds[sel.kind] = kinds.get(sel.kind, 0) + 1
         self.record(
             mode=self.config.mode,
+            allocation=self.config.allocation,
+            importance=self.config.importance,
             ratio=self.config.ratio,
             groups=len(groups),
             frozen_groups=len(cg.frozen_groups()),

@@ -12,7 +12,7 @@ import onnx_ir.passes.common as common
 import pytest
 
 from edgec.compiler.context import BuildContext
-from edgec.compiler.errors import ConfigError, UnsupportedOpError
+from edgec.compiler.errors import CalibrationError, ConfigError, UnsupportedOpError
 from edgec.compiler.pipeline import run_pipeline
 from edgec.models.zoo import get_zoo_model
 from edgec.passes._channel_export import apply_plan, choose_orders
@@ -25,6 +25,9 @@ from edgec.targets.registry import get_target
 ZOO = ["resnet18", "resnet50", "mobilenetv2", "mobilenetv3-large", "densenet121", "efficientnet-b0",
        "bert-like", "digits-cnn", "mnist-resnet", "minilm"]
 MODES = ["constrained", "unconstrained"]
+# (mode, allocation) of every plan kind: unconstrained reads chosen per group's MAC budget or per consumer.
+PLANS = [("constrained", "budgeted"), ("unconstrained", "budgeted"), ("unconstrained", "per-consumer"),
+         ("constrained", "global"), ("unconstrained", "global")]
 # Zeroed channels contribute exact zeros; only summation order differs after pruning.
 ZERO_RTOL = 1e-5
 
@@ -47,11 +50,12 @@ def _outputs(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[s
     return [run(session, f) for f in feeds]
 
 
-def _prune_zeroed(name: str, mode: str, ratio: float, kinds: tuple[str, ...], naive: bool = False):
+def _prune_zeroed(name: str, mode: str, ratio: float, kinds: tuple[str, ...], naive: bool = False,
+                  allocation: str = "per-consumer"):
     """Outputs of the model with the plan's channels zeroed, and of the same model pruned by that plan."""
     model = _ir(name)
     cg = analyze(model)
-    plan = make_plan(model, cg, lambda _: ratio, mode, "l2", 16)
+    plan = make_plan(model, cg, lambda _: ratio, mode, "l2", 16, allocation=allocation)
     zero_pruned(model, cg, plan)
     feeds = get_zoo_model(name).calibration(2)
     zeroed = _outputs(model, feeds)
@@ -59,12 +63,12 @@ def _prune_zeroed(name: str, mode: str, ratio: float, kinds: tuple[str, ...], na
     return zeroed, _outputs(model, feeds), selections
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("mode", "allocation"), PLANS)
 @pytest.mark.parametrize("name", ZOO)
-def test_pruning_zeroed_channels_changes_nothing(name, mode):
-    zeroed, pruned, selections = _prune_zeroed(name, mode, 0.5, ("slice", "gather"))
+def test_pruning_zeroed_channels_changes_nothing(name, mode, allocation):
+    zeroed, pruned, selections = _prune_zeroed(name, mode, 0.5, ("slice", "gather"), allocation=allocation)
     for err in compare_outputs(zeroed, pruned):
-        assert err.max_rel <= ZERO_RTOL, (name, mode, err)
+        assert err.max_rel <= ZERO_RTOL, (name, mode, allocation, err)
     if mode == "constrained":
         assert {s.kind for s in selections} == {"none"}
     assert any(s.channels < s.of for s in selections), "the plan pruned nothing"
@@ -109,7 +113,7 @@ def test_thirty_percent_passes_checker_and_ort(name, mode):
 
 
 def test_reordering_turns_gathers_into_slices():
-    record = _pipeline("resnet50", ratio=0.5, mode="unconstrained")
+    record = _pipeline("resnet50", ratio=0.5, mode="unconstrained", allocation="per-consumer")
     stats = record.stats
     assert stats["gather_bytes_after"] < stats["gather_bytes_before"] / 1.5, stats
     assert stats["selections"].get("slice", 0) > 0
@@ -121,7 +125,8 @@ def test_frozen_groups_name_the_node():
     record = run_pipeline(proto, [create_pass("prune-channels", ctx, {"ratio": 0.5})], ctx).records[0]
     where = {s["where"] for s in record.skips}
     assert "node_view (Reshape)" in where  # attention heads: Q/K/V reshaped into heads
-    assert "node_add_4 (Add)" in where  # the residual stream of a LayerNorm-ed hidden state
+    # The hidden state a LayerNorm normalizes keeps its channels (consumers may still read fewer).
+    assert "node_layer_norm (LayerNormalization): output channels not tracked" in where
     assert record.after["flops"] < record.before["flops"]  # the FFN hidden dim is pruned
 
 
@@ -141,6 +146,22 @@ def test_ratio_outside_range_is_refused(ratio):
         create_pass("prune-channels", ctx, {"ratio": ratio})
     with pytest.raises(ConfigError, match="layers.conv1"):
         create_pass("prune-channels", ctx, {"layers": {"conv1": ratio}})
+    with pytest.raises(ConfigError, match="heads"):
+        create_pass("prune-channels", ctx, {"heads": ratio})
+
+
+def test_heads_option_prunes_attention_through_the_pass():
+    record = _pipeline("bert-like", ratio=0.0, heads=0.25)
+    assert record.modified
+    assert (record.stats["heads_before"], record.stats["heads_after"]) == (72, 54)
+    assert record.after["flops"] < record.before["flops"]
+
+
+def test_activation_importance_needs_calibration():
+    ctx = BuildContext(get_target("cpu-x86"))
+    with pytest.raises(CalibrationError, match="importance = activation needs calibration"):
+        run_pipeline(onnx.load_from_string(_proto("digits-cnn")),
+                     [create_pass("prune-channels", ctx, {"importance": "activation"})], ctx)
 
 
 def test_unknown_layer_name_is_refused():
