@@ -11,6 +11,11 @@ target runs: one Slice for a contiguous range, else Gather, else Slice+Concat of
 
 Every producer computes its group's live channels in the chosen order (its weight rows permuted),
 so outputs never need a scatter. Copies per inference are what the selections materialize.
+
+Split and Slice nodes on a channel axis keep their place: the analysis cut their input's layout at
+their offsets, so each output is a run of whole spaces, and their split sizes or slice bounds are
+rewritten to the pruned widths. Grouped Convs keep their group count (every group keeps the same
+local channels); depthwise Conv/ConvTranspose get the new channel count as their group.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from edgec.passes._channel_graph import static_shape
+from edgec.passes._channel_graph import channel_range, slice_bounds, static_shape
 from edgec.passes._prune_plan import Plan, positions
-from edgec.passes._prune_types import ChannelGraph, Consumer, Layout
+from edgec.passes._prune_types import ChannelGraph, Consumer, Layout, ParamUse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,15 +168,16 @@ def apply_plan(model: ir.Model, cg: ChannelGraph, plan: Plan, orders: dict[int, 
     chosen = selections(model, cg, plan, orders, kinds, naive)
     w = _Writer(model, cg, plan, orders)
     for prod in cg.producers:
-        node, order = w.nodes[prod.node], orders[cg.group(prod.space)]
+        node, order = w.nodes[prod.node], value_perm(cg, Layout(0, prod.spaces), orders)
         w.take(node, 1, prod.w_axis, order)
         if prod.bias is not None:
             w.take(node, 2, -1, order)
     for use in cg.params:
         node = w.nodes[use.node]
-        w.take(node, use.input_index, use.axis, value_perm(cg, cg.layouts[use.value], orders))
-        if node.op_type == "Conv" and use.input_index == 1:
-            node.attributes["group"] = ir.AttrInt64("group", len(orders[cg.group(cg.layouts[use.value].pieces[0])]))
+        layout = use.layout or cg.layouts[use.value]
+        if _is_depthwise_weight(node, use):
+            node.attributes["group"] = ir.AttrInt64("group", len(value_perm(cg, layout, orders)))
+        w.take(node, use.input_index, use.axis, value_perm(cg, layout, orders))
     for c, sel in zip(cg.consumers, chosen, strict=True):
         new_pos, perm = _read_positions(cg, c, plan, orders)
         inner = c.layout.inner
@@ -181,12 +187,20 @@ def apply_plan(model: ir.Model, cg: ChannelGraph, plan: Plan, orders: dict[int, 
             _insert_selection(w, w.nodes[c.node], c, new_pos, sel.kind)
     w.flush()
     _fix_reshapes(w)
+    _fix_sections(w)
     for node in model.graph:
         for out in node.outputs:
             if not out.is_graph_output():
                 out.shape = None  # stale after pruning; ORT and the checker infer them again
     common.RemoveUnusedNodesPass()(model)
     return chosen
+
+
+def _is_depthwise_weight(node: ir.Node, use: ParamUse) -> bool:
+    """A depthwise Conv/ConvTranspose's weight (one input channel per group): its group count follows."""
+    weight = node.inputs[use.input_index].const_value
+    return (node.op_type in ("Conv", "ConvTranspose") and use.input_index == 1 and use.axis == 0
+            and use.layout is None and weight is not None and weight.shape[1] == 1)
 
 
 def _runs(new_pos: np.ndarray) -> list[tuple[int, int]]:
@@ -220,8 +234,48 @@ def _fix_reshapes(w: _Writer) -> None:
     for name in w.cg.reshapes:
         node = w.nodes[name]
         layout = w.cg.layouts[node.outputs[0].name]
-        shape = node.inputs[1].const_value.numpy().copy()
+        shape = ir.convenience.get_const_tensor(node.inputs[1]).numpy().copy()
         if shape[layout.axis] in (-1, 0):
             continue
         shape[layout.axis] = len(value_perm(w.cg, layout, w.orders)) * layout.inner
         node.replace_input_with(1, w.const(node.inputs[1].name or "shape", shape))
+
+
+def _new_width(w: _Writer, layout: Layout) -> int:
+    return len(value_perm(w.cg, layout, w.orders))
+
+
+def _fix_sections(w: _Writer) -> None:
+    """Split sizes and Slice bounds on a channel axis count the pruned channels now: rewrite them."""
+    for name in w.cg.sections:
+        node = w.nodes[name]
+        if node.op_type == "Split":
+            _fix_split(w, node, [_new_width(w, w.cg.layouts[out.name]) for out in node.outputs])
+        else:
+            _fix_slice(w, node)
+
+
+def _fix_split(w: _Writer, node: ir.Node, sizes: list[int]) -> None:
+    split = np.array(sizes, dtype=np.int64)
+    if "split" in node.attributes or w.model.opset_imports.get("", 18) < 13:
+        node.attributes["split"] = ir.AttrInt64s("split", sizes)
+        return
+    node.attributes.pop("num_outputs", None)  # opset 18 equal parts: the parts may differ now
+    if len(node.inputs) < 2:
+        node.resize_inputs(2)
+    node.replace_input_with(1, w.const(node.inputs[1].name if node.inputs[1] is not None else "split", split))
+
+
+def _fix_slice(w: _Writer, node: ir.Node) -> None:
+    source = w.cg.layouts[node.inputs[0].name]
+    shape = static_shape(node.inputs[0])  # still the original shape: shapes are cleared after the rewrite
+    bounds = slice_bounds(node)
+    start, _, _ = channel_range(bounds, source.axis, shape)
+    new_start = _new_width(w, Layout(source.axis, source.pieces[: w.cg.offsets(source).index(start)]))
+    new_end = new_start + _new_width(w, w.cg.layouts[node.outputs[0].name])
+    index = [a % len(shape) for a in bounds[2]].index(source.axis)
+    dtype = ir.convenience.get_const_tensor(node.inputs[1]).numpy().dtype  # an initializer or a Constant node
+    starts, ends = np.array(bounds[0], dtype=dtype), np.array(bounds[1], dtype=dtype)
+    starts[index], ends[index] = new_start, new_end
+    node.replace_input_with(1, w.const(node.inputs[1].name or "starts", starts))
+    node.replace_input_with(2, w.const(node.inputs[2].name or "ends", ends))

@@ -1,14 +1,29 @@
 """Channel dependency analysis on the IR: which tensors share a channel index, who makes and who reads it.
 
-Every output channel set of a weight op (Conv, Gemm, MatMul with a constant weight) is a *space*.
-Per-channel ops (activations, BatchNormalization, pooling, depthwise Conv, elementwise ops with
-broadcast constants) carry their input's layout to their output; an elementwise op between two
-tensors (residual Add, squeeze-excitation Mul) joins their spaces into one *group*, whose members
-must keep the same channels in the same order. Concat on the channel axis concatenates layouts
-without joining them. Flatten/Reshape into a feature axis keeps the channel and counts the features
-per channel (``inner``). An op whose channel mapping is unknown freezes the groups it reads, with
-the node named in ``frozen``. Tensors that no weight op produced (graph inputs, embeddings) carry no
-layout and are never touched.
+Every output channel set of a weight op (Conv, ConvTranspose, Gemm, MatMul with a constant weight)
+is a *space*. Per-channel ops (activations, BatchNormalization, pooling, depthwise Conv and
+ConvTranspose, elementwise ops with broadcast constants) carry their input's layout to their output;
+an elementwise op between two tensors (residual Add, squeeze-excitation Mul) joins their spaces into
+one *group*, whose members must keep the same channels in the same order. Concat on the channel axis
+concatenates layouts without joining them. Flatten/Reshape into a feature axis keeps the channel and
+counts the features per channel (``inner``). An op whose channel mapping is unknown freezes the
+groups it reads, with the node named in ``frozen``. Tensors that no weight op produced (graph
+inputs, embeddings) carry no layout and are never touched.
+
+Split and Slice on the channel axis cut their input's layout at their offsets (``ChannelGraph.cut``
+divides a space met in the middle, with every space joined to it); each output is the run of pieces
+between two cuts, and the export rewrites the split sizes or slice bounds to the pruned widths.
+
+A grouped Conv (1 < group < C_in) keeps its group count and prunes the same channels in every
+group: its input is cut into ``group`` equal chunks, and the pieces of chunk k are joined to those
+of chunk 0, so each group keeps the same local channel positions (hence the same count). The weight
+then loses the same input columns (axis 1, a parameter over chunk 0's layout) in every group. When
+input and output channels per group are equal, output channel k*m + a is tied to input channel
+k*m + a: the conv is a per-channel op, like a depthwise one, whose weight rows follow the input's
+layout. Otherwise its output is a new space cut into ``group`` joined chunks, produced by the conv.
+Joining is stricter than needed (groups could keep different positions), but it is simple and exact.
+A grouped ConvTranspose is handled the same way, its weight's rows indexing the input's channels
+and its columns the output channels within a group.
 """
 
 from __future__ import annotations
@@ -49,6 +64,12 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
+def _shape_const(value: ir.Value | None) -> np.ndarray | None:
+    """An integer input (split sizes, slice bounds) from an initializer or a Constant node, else None."""
+    tensor = None if value is None else ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
 def _attr(node: ir.Node, name: str, default):
     attr = node.attributes.get(name)
     return default if attr is None else attr.value
@@ -64,8 +85,10 @@ class _Analyzer:
     def __init__(self, graph: ir.Graph) -> None:
         self.graph = graph
         self.cg = ChannelGraph()
+        self.why: str | None = None  # why the last handler refused its node, when it says
         self.handlers: dict[str, Callable[[ir.Node], bool]] = {
-            "Conv": self._conv, "Gemm": self._gemm, "MatMul": self._matmul,
+            "Conv": self._conv, "ConvTranspose": self._conv_transpose, "Gemm": self._gemm, "MatMul": self._matmul,
+            "Split": self._split, "Slice": self._slice,
             "BatchNormalization": self._batchnorm, "Concat": self._concat, "Flatten": self._flatten,
             "Reshape": self._reshape, "Transpose": self._transpose, "Softmax": self._softmax,
             "LogSoftmax": self._softmax, "LayerNormalization": self._layernorm,
@@ -80,6 +103,7 @@ class _Analyzer:
 
     def run(self) -> ChannelGraph:
         for node in self.graph:
+            self.why = None
             if not self._handle(node):
                 self._unknown(node)
         for out in self.graph.outputs:
@@ -93,7 +117,7 @@ class _Analyzer:
                                                      node.attributes.values()):
             return False
         ins = [self.layout(v) for v in node.inputs]
-        if not any(ins) and node.op_type not in ("Conv", "Gemm", "MatMul"):
+        if not any(ins) and node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             return True  # nothing channel-tracked flows through: leave it alone
         if node.op_type in self.handlers:
             return self.handlers[node.op_type](node)
@@ -108,10 +132,16 @@ class _Analyzer:
         return False
 
     def _unknown(self, node: ir.Node) -> None:
+        reason = _label(node) if self.why is None else f"{_label(node)}: {self.why}"
         for value in node.inputs:
             layout = self.layout(value)
             if layout is not None:
-                self.cg.freeze(layout, _label(node))
+                self.cg.freeze(layout, reason)
+
+    def _refuse(self, why: str) -> bool:
+        """Refuse the node, with the reason its frozen groups report."""
+        self.why = why
+        return False
 
     def _unary(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
@@ -138,26 +168,110 @@ class _Analyzer:
 
     def _conv(self, node: ir.Node) -> bool:
         weight = _const(node.inputs[1])
-        if weight is None or (len(node.inputs) > 2 and node.inputs[2] is not None
-                              and _const(node.inputs[2]) is None):
+        if weight is None or not self._const_bias(node):
             return False
         groups = _attr(node, "group", 1)
         layout = self._input_layout(node, 1) if groups == 1 else self.layout(node.inputs[0])
-        bias = node.inputs[2].name if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        bias = self._bias(node)
+        if layout is not None and (layout.axis != 1 or layout.inner != 1):
+            return False
         if groups == 1:
             if layout is not None:
-                if layout.axis != 1 or layout.inner != 1:
-                    return False
                 self._consumer(node, layout, 1)
             self._producer(node, weight.shape[0], 0, bias, axis=1)
             return True
         if layout is not None and weight.shape[1] == 1 and groups == weight.shape[0] == self.cg.width(layout):
-            # Depthwise: output channel c reads input channel c only, so it is a per-channel op.
-            self.cg.params.append(ParamUse(node.name, 1, 0, node.outputs[0].name))
-            if bias is not None:
-                self.cg.params.append(ParamUse(node.name, 2, 0, node.outputs[0].name))
-            return self._per_channel(node, 1)
-        return False
+            return self._depthwise(node, bias)
+        if weight.shape[0] % groups == 0 and (layout is None or weight.shape[1] * groups == self.cg.width(layout)):
+            return self._grouped(node, groups, layout is not None, bias)
+        return self._refuse(f"group = {groups} does not match the weight {list(weight.shape)}")
+
+    def _const_bias(self, node: ir.Node) -> bool:
+        return len(node.inputs) < 3 or node.inputs[2] is None or _const(node.inputs[2]) is not None
+
+    def _bias(self, node: ir.Node) -> str | None:
+        return node.inputs[2].name if len(node.inputs) > 2 and node.inputs[2] is not None else None
+
+    def _depthwise(self, node: ir.Node, bias: str | None) -> bool:
+        # Output channel c reads input channel c only, so it is a per-channel op.
+        self.cg.params.append(ParamUse(node.name, 1, 0, node.outputs[0].name))
+        if bias is not None:
+            self.cg.params.append(ParamUse(node.name, 2, 0, node.outputs[0].name))
+        return self._per_channel(node, 1)
+
+    def _grouped(self, node: ir.Node, groups: int, tracked: bool, bias: str | None) -> bool:
+        """A grouped Conv: the same channels of every group are kept (see the module docstring)."""
+        out, weight = node.outputs[0], node.inputs[1].const_value
+        if tracked:
+            layout = self._chunked(node.inputs[0].name, groups)
+            chunk = Layout(1, layout.pieces[: len(layout.pieces) // groups])
+            self.cg.params.append(ParamUse(node.name, 1, 1, out.name, layout=chunk))
+            if weight.shape[0] == self.cg.width(layout):  # as many outputs as inputs per group: per channel
+                return self._depthwise(node, bias)
+        self._producer(node, weight.shape[0], 0, bias, axis=1)
+        self._chunked(out.name, groups)
+        return True
+
+    def _chunked(self, name: str, groups: int) -> Layout:
+        """Cut a value's layout into ``groups`` equal chunks with the same pieces, joined chunk to chunk.
+
+        Cutting one space also cuts the spaces joined to it, which may sit elsewhere in this layout,
+        so the cuts repeat until every chunk has the same piece boundaries.
+        """
+        while True:
+            layout = self.cg.layouts[name]
+            size = self.cg.width(layout) // groups
+            local = {at % size for at in self.cg.offsets(layout)}
+            self.cg.cut(layout, sorted(k * size + at for k in range(groups) for at in local))
+            if len(self.cg.layouts[name].pieces) == len(layout.pieces):
+                break
+        per_chunk = len(layout.pieces) // groups
+        for k in range(1, groups):
+            for i in range(per_chunk):
+                self.cg.join(layout.pieces[i], layout.pieces[k * per_chunk + i])
+        return layout
+
+    def _conv_transpose(self, node: ir.Node) -> bool:
+        """ConvTranspose: weight (C_in, C_out / group, k...): input channels on axis 0, outputs on axis 1."""
+        weight = _const(node.inputs[1])
+        if weight is None or not self._const_bias(node):
+            return False
+        groups = _attr(node, "group", 1)
+        layout = self._input_layout(node, 1) if groups == 1 else self.layout(node.inputs[0])
+        if layout is not None and (layout.axis != 1 or layout.inner != 1):
+            return False
+        if groups == 1:
+            if layout is not None:
+                self._consumer(node, layout, 0)
+            self._producer(node, weight.shape[1], 1, self._bias(node), axis=1)
+            return True
+        if layout is not None and weight.shape[1] == 1 and groups == weight.shape[0] == self.cg.width(layout):
+            return self._depthwise(node, self._bias(node))
+        if weight.shape[0] % groups == 0 and (layout is None or weight.shape[0] == self.cg.width(layout)):
+            return self._grouped_transpose(node, groups, layout is not None, self._bias(node))
+        return self._refuse(f"group = {groups} does not match the weight {list(weight.shape)}")
+
+    def _grouped_transpose(self, node: ir.Node, groups: int, tracked: bool, bias: str | None) -> bool:
+        """A grouped ConvTranspose: weight rows are input channels, columns the outputs within a group.
+
+        As for a grouped Conv, inputs and outputs are cut into ``group`` joined chunks; every
+        weight slice is then a parameter (rows over the input's layout, columns over chunk 0 of the
+        output's), and an output with as many channels as the input is tied to it channel by channel.
+        """
+        out, weight = node.outputs[0], node.inputs[1].const_value
+        layout = self._chunked(node.inputs[0].name, groups) if tracked else None
+        if layout is not None:
+            self.cg.params.append(ParamUse(node.name, 1, 0, out.name, layout=layout))
+        if layout is not None and weight.shape[1] * groups == self.cg.width(layout):
+            self.set(out, layout)
+        else:
+            self.set(out, Layout(1, (self.cg.new_space(weight.shape[1] * groups),)))
+            layout = self._chunked(out.name, groups)
+        chunk = Layout(1, layout.pieces[: len(layout.pieces) // groups])
+        self.cg.params.append(ParamUse(node.name, 1, 1, out.name, layout=chunk))
+        if bias is not None:
+            self.cg.params.append(ParamUse(node.name, 2, 0, out.name))
+        return True
 
     def _input_layout(self, node: ir.Node, axis: int) -> Layout | None:
         """The layout of a weight op's input; a computed tensor nobody tracked gets a frozen space of its own.
@@ -185,7 +299,9 @@ class _Analyzer:
         weight = node.inputs[1]
         out_shape = static_shape(node.outputs[0]) or []
         macs = int(math.prod(out_shape) * math.prod(weight.shape[1:] if w_axis == 1 else [1]))
-        if node.op_type != "Conv":
+        if node.op_type == "ConvTranspose":  # every input element meets every filter tap once
+            macs = int(math.prod(static_shape(node.inputs[0]) or []) * math.prod(weight.shape[1:]))
+        elif node.op_type != "Conv":
             macs = int(math.prod(out_shape) * self.cg.width(layout) * layout.inner)
         self.cg.consumers.append(Consumer(node.name, node.inputs[0].name, weight.name, w_axis, layout, macs))
 
@@ -236,17 +352,27 @@ class _Analyzer:
         if len(axes) != 1 or any(lay.inner != 1 for _, lay in tracked):
             return False
         axis = axes.pop()
-        if len(tracked) > 1 and any(len(lay.pieces) > 1 for _, lay in tracked):
-            return False  # joining concatenated layouts piece by piece is not worth the complexity
         if any(self.cg.width(lay) != self.cg.width(first) for _, lay in tracked):
             return False
         for index, value in enumerate(node.inputs):
             if self.layout(value) is None and not self._broadcast_operand(node, index, value, rank, axis):
                 return False
-        for _, lay in tracked[1:]:
-            self.cg.join(first.pieces[0], lay.pieces[0])
+        first = self._align([v.name for v, _ in tracked])
+        for value, _ in tracked[1:]:
+            for a, b in zip(first.pieces, self.cg.layouts[value.name].pieces, strict=True):
+                self.cg.join(a, b)
         self.set(node.outputs[0], first.moved(axis))
         return True
+
+    def _align(self, names: list[str]) -> Layout:
+        """Cut the layouts of equally wide values until their pieces line up; returns the first one."""
+        while True:
+            count = sum(len(self.cg.layouts[n].pieces) for n in names)
+            cuts = sorted({at for n in names for at in self.cg.offsets(self.cg.layouts[n])})
+            for n in names:
+                self.cg.cut(self.cg.layouts[n], cuts)
+            if sum(len(self.cg.layouts[n].pieces) for n in names) == count:
+                return self.cg.layouts[names[0]]
 
     def _broadcast_operand(self, node: ir.Node, index: int, value: ir.Value, rank: int, axis: int) -> bool:
         """An untracked operand is fine if it has size 1 on the channel axis or is a constant there."""
@@ -266,7 +392,7 @@ class _Analyzer:
         in_shape = static_shape(node.inputs[0])
         axes = _attr(node, "axes", None)
         if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-            const = _const(node.inputs[1])
+            const = _shape_const(node.inputs[1])
             axes = None if const is None else const.tolist()
         if layout is None or in_shape is None or axes is None or layout.inner != 1:
             return False
@@ -296,6 +422,43 @@ class _Analyzer:
         self.set(node.outputs[0], Layout(axis, tuple(pieces)))
         return True
 
+    def _split(self, node: ir.Node) -> bool:
+        layout, shape = self.layout(node.inputs[0]), static_shape(node.inputs[0])
+        if layout is None or shape is None:
+            return False
+        axis = _attr(node, "axis", 0) % len(shape)
+        if axis != layout.axis:  # splits another axis: every part keeps the channels
+            for out in node.outputs:
+                self.set(out, layout)
+            return True
+        sizes = _split_sizes(node, shape[axis])
+        if layout.inner != 1 or sizes is None:
+            return self._refuse("split sizes not constant" if sizes is None else "split inside flattened features")
+        bounds = np.cumsum([0, *sizes]).tolist()
+        layout = self.cg.cut(layout, bounds[1:-1])
+        for out, start, end in zip(node.outputs, bounds[:-1], bounds[1:], strict=True):
+            self.set(out, self.cg.between(layout, start, end))
+        self.cg.sections.append(node.name)
+        return True
+
+    def _slice(self, node: ir.Node) -> bool:
+        layout, shape = self.layout(node.inputs[0]), static_shape(node.inputs[0])
+        bounds = slice_bounds(node)
+        if layout is None or shape is None or any(self.layout(v) for v in node.inputs[1:]):
+            return False
+        if bounds is None:
+            return self._refuse("slice bounds not constant")
+        if layout.axis not in [a % len(shape) for a in bounds[2]]:  # slices other axes only
+            self.set(node.outputs[0], layout)
+            return True
+        start, end, step = channel_range(bounds, layout.axis, shape)
+        if layout.inner != 1 or step != 1 or end <= start:
+            return self._refuse("strided, empty or feature-level slice of channels")
+        layout = self.cg.cut(layout, [start, end])
+        self.set(node.outputs[0], self.cg.between(layout, start, end))
+        self.cg.sections.append(node.name)
+        return True
+
     def _flatten(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
         shape = static_shape(node.inputs[0])
@@ -307,7 +470,7 @@ class _Analyzer:
     def _reshape(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
         shape, out = static_shape(node.inputs[0]), static_shape(node.outputs[0])
-        if layout is None or shape is None or out is None or _const(node.inputs[1]) is None:
+        if layout is None or shape is None or out is None or _shape_const(node.inputs[1]) is None:
             return False
         axis = layout.axis
         if out == shape:
@@ -344,6 +507,44 @@ class _Analyzer:
             return False
         self.set(node.outputs[0], layout)
         return True
+
+
+def _split_sizes(node: ir.Node, total: int) -> list[int] | None:
+    """The sizes of a Split's outputs: its ``split`` input or attribute, else equal parts (the last smaller)."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        const = _shape_const(node.inputs[1])
+        return None if const is None else [int(x) for x in const.tolist()]
+    if node.attributes.get("split") is not None:
+        return [int(x) for x in node.attributes["split"].value]
+    parts = len(node.outputs)
+    size = -(-total // parts)
+    return [min(size, total - k * size) for k in range(parts)]
+
+
+def slice_bounds(node: ir.Node) -> tuple[list[int], list[int], list[int], list[int]] | None:
+    """(starts, ends, axes, steps) of a Slice with constant bounds, else None."""
+    consts = [_shape_const(v) for v in node.inputs[1:5]]
+    if len(consts) < 2 or consts[0] is None or consts[1] is None:
+        return None
+    if any(v is not None and c is None for v, c in zip(node.inputs[3:5], consts[2:], strict=False)):
+        return None
+    starts, ends = consts[0].tolist(), consts[1].tolist()
+    axes = consts[2].tolist() if len(consts) > 2 and consts[2] is not None else list(range(len(starts)))
+    steps = consts[3].tolist() if len(consts) > 3 and consts[3] is not None else [1] * len(starts)
+    return starts, ends, axes, steps
+
+
+def channel_range(bounds: tuple[list[int], list[int], list[int], list[int]], axis: int,
+                  shape: list[int]) -> tuple[int, int, int]:
+    """(start, end, step) a Slice takes on ``axis``, clamped as ONNX does (for step 1)."""
+    starts, ends, axes, steps = bounds
+    i = [a % len(shape) for a in axes].index(axis)
+    dim = shape[axis]
+
+    def clamp(x: int) -> int:
+        return min(max(x + dim if x < 0 else x, 0), dim)
+
+    return clamp(starts[i]), clamp(ends[i]), steps[i]
 
 
 def analyze(model: ir.Model) -> ChannelGraph:

@@ -21,8 +21,9 @@ space: it is kept whenever it holds at least as much importance, so on the impor
 the unconstrained plan is never worse than the constrained one at equal MACs, and a group with a
 single consumer gets the constrained choice exactly.
 
-Frozen groups (channels that must stay whole and in order) have every channel live and P = 0:
-only the reads are chosen, each consumer reading its most important channels within the budget.
+Frozen groups (channels that must stay whole and in order, such as a hidden state under a LayerNorm)
+keep every channel live. The constrained mask reads them whole, so a budgeted plan does too; the
+global allocation (below) and UPSCALE's per-consumer masks may let their consumers read fewer.
 
 ``solve_global`` prices MACs once for the whole model instead of per group, so layers lose channels
 where they cost the least importance per MAC saved (the budget is what the uniform constrained plan
@@ -240,22 +241,22 @@ def own_reads(size: int, readers: list[Reader], frozen: bool, multiple: int) -> 
 def solve_group(size: int, channel_cost: float, readers: list[Reader], frozen: bool, multiple: int,
                 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Live channels (sorted indices) and, per reader, the candidate reads it keeps (sorted indices)."""
-    shared_keep = size if frozen else max(r.keep for r in readers)
-    budget = (0.0 if frozen else channel_cost * shared_keep) + sum(r.cost * r.keep for r in readers)
-    cost_p = 0.0 if frozen else channel_cost
+    if frozen:  # the constrained mask reads a frozen group whole: so does its budget
+        return np.arange(size), [np.arange(len(r.values)) for r in readers]
+    shared_keep = max(r.keep for r in readers)
+    budget = channel_cost * shared_keep + sum(r.cost * r.keep for r in readers)
     lo, hi = 0.0, max(float((r.values / max(r.cost, 1e-12)).max(initial=0)) for r in readers) * 2 + 1e-12
     for _ in range(BISECTION_STEPS):
         mid = (lo + hi) / 2
-        if _cost(*_at_price(mid, size, cost_p, readers, frozen), readers, cost_p) <= budget:
+        if _cost(*_at_price(mid, size, channel_cost, readers, False), readers, channel_cost) <= budget:
             hi = mid
         else:
             lo = mid
-    live, reads = _at_price(hi, size, cost_p, readers, frozen)
-    _fill(live, reads, readers, cost_p, budget - _cost(live, reads, readers, cost_p))
-    if not frozen:
-        shared_live, shared_reads = _shared(size, readers, shared_keep)
-        if _value(shared_reads, readers) >= _value(reads, readers) - 1e-9 * abs(_value(reads, readers)):
-            live, reads = shared_live, shared_reads
+    live, reads = _at_price(hi, size, channel_cost, readers, False)
+    _fill(live, reads, readers, channel_cost, budget - _cost(live, reads, readers, channel_cost))
+    shared_live, shared_reads = _shared(size, readers, shared_keep)
+    if _value(shared_reads, readers) >= _value(reads, readers) - 1e-9 * abs(_value(reads, readers)):
+        live, reads = shared_live, shared_reads
     _round_reads(live, reads, readers, multiple)
-    _pad_live(live, reads, readers, multiple, frozen)
+    _pad_live(live, reads, readers, multiple, False)
     return np.flatnonzero(live), [np.flatnonzero(sel) for sel in reads]

@@ -6,6 +6,8 @@ Constrained mode gives one mask per group: every consumer reads the live channel
 mode (UPSCALE) lets each consumer keep its own best channels; a group then stays live wherever some
 consumer reads it, and each group spends the MACs the constrained mask would (``_prune_budget``).
 Frozen groups keep every channel live; in unconstrained mode their consumers may still read fewer.
+A group repeated within one tensor (the chunks of a grouped Conv, two gated halves of a Split) gets
+one shared mask in every mode, and its channel multiple is divided by the repeats.
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ def channel_scales(model: ir.Model, cg: ChannelGraph, importance: str) -> dict[i
     scales = {g: np.zeros(cg.space_sizes[g]) for g in groups}
     p = 1 if importance == "l1" else 2
     for prod in cg.producers:
-        g = cg.group(prod.space)
-        scales[g] += _unit(_norms(_weight(model, prod.weight), prod.w_axis, 1, p))
+        norms = _unit(_norms(_weight(model, prod.weight), prod.w_axis, 1, p))
+        bounds = cg.offsets(Layout(0, prod.spaces))
+        for space, start, end in zip(prod.spaces, bounds, bounds[1:], strict=False):
+            scales[cg.group(space)] += norms[start:end]
     if importance == "bn":
         bn_scales = _bn_scales(model, cg)
         for g, s in bn_scales.items():
@@ -166,13 +170,31 @@ def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float
             group_ratio[g] = min(group_ratio.get(g, 1.0), ratio_of(c.node))
     if allocation == "global":
         return _global_plan(model, cg, ratio_of, scores, multiple, shared=mode == "constrained")
+    multiples = group_multiples(cg, multiple)
     if mode == "constrained":
         live = {g: np.arange(cg.space_sizes[g]) if g in frozen or g not in group_ratio else
-                _top(group_score[g], round_keep(cg.space_sizes[g], group_ratio[g], multiple))
+                _top(group_score[g], round_keep(cg.space_sizes[g], group_ratio[g], multiples[g]))
                 for g in scales}
         reads = {c.node: _reads_of_live(cg, c, live) for c in cg.consumers}
         return Plan(live, reads)
     return _unconstrained_plan(model, cg, ratio_of, scores, multiple, allocation == "budgeted")
+
+
+def group_multiples(cg: ChannelGraph, multiple: int) -> dict[int, int]:
+    """Group -> the channel multiple its live count is rounded to.
+
+    A group repeated k times in one tensor (the chunks of a grouped Conv, halves joined by a gate)
+    makes it k times as wide, so multiple / k (at least 1) keeps that tensor aligned.
+    """
+    copies = dict.fromkeys(cg.groups(), 1)
+    for layout in cg.layouts.values():
+        count: dict[int, int] = {}
+        for space in layout.pieces:
+            g = cg.group(space)
+            count[g] = count.get(g, 0) + 1
+        for g, k in count.items():
+            copies[g] = max(copies[g], k)
+    return {g: max(1, multiple // k) for g, k in copies.items()}
 
 
 def channel_macs(model: ir.Model, cg: ChannelGraph) -> dict[int, float]:
@@ -189,10 +211,12 @@ def channel_macs(model: ir.Model, cg: ChannelGraph) -> dict[int, float]:
             macs[g] = macs.get(g, 0.0) + math.prod(out) / rows * weight.size / rows
 
     for prod in cg.producers:
-        add(prod.node, cg.space_sizes[prod.space], prod.space)
+        for space in prod.spaces:
+            add(prod.node, cg.width(Layout(0, prod.spaces)), space)
     for use in cg.params:
         layout = cg.layouts[use.value]
-        if nodes[use.node].op_type == "Conv" and use.input_index == 1 and len(layout.pieces) == 1:
+        if nodes[use.node].op_type in ("Conv", "ConvTranspose") and use.input_index == 1 and use.axis == 0 \
+                and use.layout is None and len(layout.pieces) == 1:
             add(use.node, cg.space_sizes[layout.pieces[0]], layout.pieces[0])
     return macs
 
@@ -245,16 +269,42 @@ def _unconstrained_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[s
                         scores: dict[str, np.ndarray], multiple: int, budgeted: bool) -> Plan:
     """Per group, ``_prune_budget.solve_group`` (budgeted) or each consumer's own best reads."""
     ids, problems, where = _group_problems(model, cg, ratio_of, scores, multiple, energy=False)
-    solve = (lambda p: solve_group(p.size, p.channel_cost, p.readers, p.frozen, multiple)) if budgeted else \
-        (lambda p: own_reads(p.size, p.readers, p.frozen, multiple))
-    return _assemble(cg, ids, where, [solve(p) for p in problems])
+    multiples = group_multiples(cg, multiple)
+    solve = (lambda g, p: solve_group(p.size, p.channel_cost, p.readers, p.frozen, multiples[g])) if budgeted \
+        else (lambda g, p: own_reads(p.size, p.readers, p.frozen, multiples[g]))
+    solutions = [_shared_choice(p, min(ratio_of(node) for node, _ in items), multiples[g]) if _repeated(p)
+                 else solve(g, p) for g, p, items in zip(ids, problems, where, strict=True)]
+    return _assemble(cg, ids, where, solutions)
+
+
+def _repeated(problem: GroupProblem) -> bool:
+    """Whether some consumer reads a channel of the group more than once (grouped-Conv chunks, gated halves).
+
+    The budgets count reads as channels, so such a group gets one shared mask at its consumers'
+    ratios, as in constrained mode, whatever the allocation.
+    """
+    return any(len(np.unique(r.channels)) < len(r.channels) for r in problem.readers)
+
+
+def _shared_choice(problem: GroupProblem, ratio: float, multiple: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The constrained choice for one group: its best channels by summed reader value, read by all."""
+    score = np.zeros(problem.size)
+    for r in problem.readers:
+        np.add.at(score, r.channels, r.values)
+    pinned = problem.frozen or any(r.pinned for r in problem.readers)
+    live = _top(score, problem.size if pinned else round_keep(problem.size, ratio, multiple))
+    return live, [np.flatnonzero(np.isin(r.channels, live)) for r in problem.readers]
 
 
 def _global_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float],
                  scores: dict[str, np.ndarray], multiple: int, shared: bool) -> Plan:
     """One MAC price for the whole model (``_prune_budget.solve_global``), shared masks or not."""
     ids, problems, where = _group_problems(model, cg, ratio_of, scores, multiple, energy=True)
-    return _assemble(cg, ids, where, solve_global(problems, shared, multiple))
+    multiples = group_multiples(cg, multiple)
+    solutions = [_shared_choice(p, min(ratio_of(node) for node, _ in items), multiples[g]) if _repeated(p) else sol
+                 for g, p, items, sol in zip(ids, problems, where, solve_global(problems, shared, multiple),
+                                             strict=True)]
+    return _assemble(cg, ids, where, solutions)
 
 
 def _reads_of_live(cg: ChannelGraph, consumer: Consumer, live: dict[int, np.ndarray]) -> np.ndarray:
@@ -269,14 +319,26 @@ def zero_pruned(model: ir.Model, cg: ChannelGraph, plan: Plan) -> None:
     The result has the original structure; pruning it with the same plan must not change its outputs.
     """
     for prod in cg.producers:
-        dead = np.setdiff1d(np.arange(cg.space_sizes[prod.space]), plan.live[cg.group(prod.space)])
+        dead = _dead(cg, plan, Layout(0, prod.spaces))
         _zero(model, prod.weight, prod.w_axis, dead)
         if prod.bias is not None:
             _zero(model, prod.bias, -1, dead)
+    nodes = {n.name: n for n in model.graph}
+    for use in cg.params:
+        if use.layout is not None:  # a grouped Conv sums over these channels: dead ones must add nothing
+            _zero(model, nodes[use.node].inputs[use.input_index].name, use.axis, _dead(cg, plan, use.layout))
     for c in cg.consumers:
         unread = np.setdiff1d(np.arange(cg.width(c.layout)), plan.reads[c.node])
         features = (unread[:, None] * c.layout.inner + np.arange(c.layout.inner)).ravel()
         _zero(model, c.weight, c.w_axis, features)
+
+
+def _dead(cg: ChannelGraph, plan: Plan, layout: Layout) -> np.ndarray:
+    """Positions in a layout of the channels the plan drops."""
+    bounds = cg.offsets(layout)
+    parts = [start + np.setdiff1d(np.arange(cg.space_sizes[s]), plan.live[cg.group(s)])
+             for s, start in zip(layout.pieces, bounds, strict=False)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _zero(model: ir.Model, name: str, axis: int, index: np.ndarray) -> None:

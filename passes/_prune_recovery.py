@@ -27,8 +27,9 @@ import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edgec.passes._activations import capture_values
+from edgec.passes._channel_export import value_perm
 from edgec.passes._prune_plan import Plan
-from edgec.passes._prune_types import ChannelGraph, Consumer
+from edgec.passes._prune_types import ChannelGraph, Consumer, Layout
 
 METHODS = ("none", "bias", "lstsq")
 MAX_ROWS = 256  # patch rows per feed and layer kept for the regression (the means use every row)
@@ -57,8 +58,13 @@ def _geometry(node: ir.Node) -> tuple[tuple[tuple[int, ...], ...] | None, str | 
     if node.op_type == "Gemm":
         attr = node.attributes.get("beta")
         return None, "Gemm with beta = 0" if attr is not None and attr.value == 0 else None
+    if node.op_type == "ConvTranspose":
+        return None, "ConvTranspose is not refit"
     if node.op_type != "Conv":
         return None, None
+    attr = node.attributes.get("group")
+    if attr is not None and attr.value != 1:
+        return None, "grouped Conv is not refit"
     kernel = tuple(node.inputs[1].const_value.shape[2:])
     pad_attr = node.attributes.get("auto_pad")
     if len(kernel) != 2 or (pad_attr is not None and pad_attr.value not in ("NOTSET", "VALID")):
@@ -107,7 +113,7 @@ def _affected(model: ir.Model, cg: ChannelGraph, plan: Plan) -> dict[str, int]:
 
 def _dead_outputs(cg: ChannelGraph, plan: Plan, node: str) -> bool:
     prod = next(p for p in cg.producers if p.node == node)
-    return len(plan.live[cg.group(prod.space)]) < cg.space_sizes[prod.space]
+    return any(len(plan.live[cg.group(s)]) < cg.space_sizes[s] for s in prod.spaces)
 
 
 def _measure_targets(original: ir.Model, layers: list[_Layer], feeds: Sequence[dict[str, np.ndarray]],
@@ -238,7 +244,7 @@ def recover(model: ir.Model, original: ir.Model, cg: ChannelGraph, plan: Plan, o
             skipped.append((c.node, reason))
             continue
         prod = next(p for p in cg.producers if p.node == c.node)
-        layers.append(_Layer(c, orders[cg.group(prod.space)], conv))
+        layers.append(_Layer(c, value_perm(cg, Layout(0, prod.spaces), orders), conv))
     if not layers:
         return 0, skipped
     _measure_targets(original, layers, feeds, seed)

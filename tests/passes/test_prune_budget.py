@@ -14,7 +14,7 @@ from edgec.compiler.pipeline import run_pipeline
 from edgec.models.zoo import get_zoo_model
 from edgec.passes._channel_export import apply_plan, choose_orders
 from edgec.passes._channel_graph import analyze
-from edgec.passes._prune_budget import Reader, solve_group
+from edgec.passes._prune_budget import GroupProblem, Reader, own_reads, solve_global, solve_group
 from edgec.passes._prune_plan import input_mean_squares, make_plan
 from edgec.passes.base import create_pass
 from edgec.targets.registry import get_target
@@ -54,14 +54,18 @@ def test_single_reader_group_is_the_constrained_choice():
     assert np.array_equal(live, expected) and np.array_equal(read, expected)
 
 
-def test_frozen_group_keeps_every_channel_and_prunes_reads():
+def test_frozen_group_is_read_whole_when_budgeted_and_partly_otherwise():
     rng = np.random.default_rng(1)
     readers = _readers(rng, 32, 3, 16)
     live, reads = solve_group(32, 5.0, readers, frozen=True, multiple=8)
+    assert np.array_equal(live, np.arange(32)) and all(len(sel) == 32 for sel in reads)
+    live, reads = own_reads(32, readers, frozen=True, multiple=8)
+    assert np.array_equal(live, np.arange(32)) and [len(sel) for sel in reads] == [16, 16, 16]
+    (live, reads), = solve_global([GroupProblem(32, 5.0, readers, frozen=True)], shared=False, multiple=8)
     assert np.array_equal(live, np.arange(32))
     assert all(len(sel) % 8 == 0 and len(sel) > 0 for sel in reads)
-    # the reads move between consumers, but the total stays within what 16 reads each would cost
-    assert sum(r.cost * len(sel) for r, sel in zip(readers, reads, strict=True)) <= sum(r.cost * 16 for r in readers)
+    # the reads move between consumers, but the total stays within what reading all would cost
+    assert sum(r.cost * len(sel) for r, sel in zip(readers, reads, strict=True)) <= sum(r.cost * 32 for r in readers)
 
 
 def _flops(name: str, mode: str, allocation: str, ratio: float) -> float:
