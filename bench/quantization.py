@@ -4,7 +4,9 @@ Size, latency ratio to fp32 (1 thread, variants interleaved round-robin, medians
 on held-out feeds; task metric for trained models. Writes (or replaces) the ``## Quantization``
 section of bench/RESULTS.md and bench/plots/quantization.png.
 
-    .venv/bin/python bench/quantization.py [--models a,b] [--rounds 6] [--runs 3] [--no-write]
+    .venv/bin/python bench/quantization.py [--models a,b] [--rounds 6] [--runs 3] [--no-write] [--merge]
+
+``--merge`` re-measures only ``--models`` and keeps the other models' rows and notes from RESULTS.md.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
+import re
 import sys
 import tempfile
 
 import numpy as np
 import onnx
-from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
+from _results import RESULTS, write_section  # noqa: E402  (bench/ is on sys.path when run)
 from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
 
 from edgec.compiler.context import BuildContext
@@ -135,6 +138,41 @@ def render(rows: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
+def _parse_row(line: str) -> dict:
+    model, variant, mb, ms, ratio, cosine, metric = (c.strip() for c in line.strip().strip("|").split("|"))
+    name, _, value = metric.rpartition(" ")
+    return {"model": model, "variant": variant, "mb": float(mb), "ms": None if ms == "-" else float(ms),
+            "ratio": None if ratio == "-" else float(ratio.rstrip("x")), "cosine": float(cosine),
+            "metric": None if metric == "-" else (name, float(value))}
+
+
+def previous(path: pathlib.Path = RESULTS) -> tuple[list[dict], dict[str, str], list[str]]:
+    """The rows, placement notes and "Produced by" commands of the section now in RESULTS.md."""
+    text = path.read_text() if path.exists() else ""
+    found = re.search(r"^## Quantization\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    if not found:
+        return [], {}, []
+    body = found.group(1)
+    rows = [_parse_row(line) for line in body.splitlines()
+            if line.startswith("| ") and not line.startswith("| model") and not line.startswith("|---")]
+    notes = dict(re.findall(r"^- ([\w.-]+): (.*)$", body, re.M))
+    commands = re.findall(r"^(\.venv/bin/python bench/quantization\.py.*)$", body, re.M)
+    return rows, notes, commands
+
+
+def merged(new_rows: list[dict], new_notes: dict[str, str], command: str) -> tuple[list[dict], str]:
+    """Fresh rows replace the old rows of their models, in the old order; the commands list both runs."""
+    old_rows, old_notes, old_commands = previous()
+    fresh = {r["model"] for r in new_rows}
+    order = list(dict.fromkeys([*(r["model"] for r in old_rows), *fresh]))
+    rows = [r for m in order for r in (new_rows if m in fresh else old_rows) if r["model"] == m]
+    notes = {m: new_notes.get(m, old_notes.get(m)) for m in order if m in new_notes or m in old_notes}
+    PLACEMENTS.clear()
+    PLACEMENTS.update(notes)
+    commands = [c for c in old_commands if "--merge" not in c] + [command]
+    return rows, "\n".join(commands)
+
+
 def plot(rows: list[dict], path: pathlib.Path = PLOT) -> None:
     """Grouped bars: int8 latency ratio per model, edgec vs ORT static/dynamic."""
     import matplotlib
@@ -166,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' rows from RESULTS.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
@@ -174,8 +213,10 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models.split(","):
             log.info("benchmarking %s", name)
             rows += bench_model(name, args.rounds, args.runs, pathlib.Path(scratch))
-    command = ".venv/bin/python bench/quantization.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    section = render(rows, command.strip())
+    command = (".venv/bin/python bench/quantization.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    if args.merge:
+        rows, command = merged(rows, dict(PLACEMENTS), command)
+    section = render(rows, command)
     log.info("%s", section)
     if not args.no_write:
         write_section(section)

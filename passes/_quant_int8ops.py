@@ -8,6 +8,12 @@ EfficientNet gained nothing from int8. Two steps, both exact up to int8 rounding
 
   - before quantization (float): ReduceMean over H,W -> GlobalAveragePool (exact);
     HardSwish(x) -> x * HardSigmoid(x) (exact), so the product becomes a QLinearMul;
+    SiLU x * Sigmoid(x) -> com.microsoft QuickGelu(x, alpha=1) (exact), where the target's first EP
+    runs QuickGelu. This one goes the other way: it keeps SiLU in float, because ORT's int8 SiLU
+    is two passes of scalar code (QLinearSigmoid's lookup table, then QLinearMul) and cost 0.54 ms
+    on a 96x112x112 tensor here, while DQ -> QuickGelu (one vectorized pass) -> Q cost 0.35 ms.
+    ORT moves its NHWC Transposes through DQ, QuickGelu and Q, so no layout change is added.
+    EfficientNet-B0 int8 went from 0.80x to about 0.74x fp32 with it;
   - after quantization (QDQ): DQ -> HardSigmoid -> Q becomes DQ -> Add(beta/alpha) -> Q, whose
     saturation does the clip, and the consumers' DQ scale takes the factor alpha:
     clip(alpha*x + beta, 0, 1) = alpha * clip(x + beta/alpha, 0, 1/alpha). QLinearAdd then runs it.
@@ -29,6 +35,8 @@ from edgec.passes._quant_common import consumers
 logger = logging.getLogger(__name__)
 
 QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
+MS_DOMAIN = "com.microsoft"
+FLOAT_CONTRIB_OPS = frozenset({"QuickGelu"})
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):  # noqa: ANN001, ANN202 - onnx attribute values
@@ -63,28 +71,80 @@ def _spatial_mean(node: onnx.NodeProto, constants: dict, proto: onnx.ModelProto)
             helper.make_node("Flatten", [pooled], list(node.output), f"{node.name}/Flatten", axis=1)]
 
 
-def prepare_float(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """The float rewrites (see module doc); ``proto`` should carry inferred shapes. Returns counts."""
+def _silu_gates(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """``{Mul name: its Sigmoid}`` for each Mul(x, Sigmoid(x)) whose Sigmoid feeds nothing else."""
+    users = consumers(graph)
+    sigmoids = {n.output[0]: n for n in graph.node if n.op_type == "Sigmoid" and n.domain in ("", "ai.onnx")}
+    gates = {}
+    for node in graph.node:
+        if node.op_type != "Mul" or len(node.input) != 2:
+            continue
+        for gate, other in (node.input, reversed(node.input)):
+            sigmoid = sigmoids.get(gate)
+            if sigmoid is not None and sigmoid.input[0] == other and len(users[gate]) == 1:
+                gates[node.name] = sigmoid
+                break
+    return gates
+
+
+def _float_rewrite(node: onnx.NodeProto, constants: dict, proto: onnx.ModelProto,
+                   silu: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto] | None:
+    """The nodes replacing ``node`` (see module doc), or None to keep it."""
+    if node.name in silu:
+        return [helper.make_node("QuickGelu", [silu[node.name].input[0]], list(node.output), node.name,
+                                 domain=MS_DOMAIN, alpha=1.0)]
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "ReduceMean":
+        return _spatial_mean(node, constants, proto)
+    if node.op_type == "HardSwish":
+        gate = f"{node.output[0]}/gate"
+        return [helper.make_node("HardSigmoid", [node.input[0]], [gate], f"{node.name}/HardSigmoid",
+                                 alpha=1.0 / 6.0, beta=0.5),
+                helper.make_node("Mul", [node.input[0], gate], list(node.output), node.name)]
+    return None
+
+
+def prepare_float(proto: onnx.ModelProto, quick_gelu: bool = False) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The float rewrites (see module doc); ``proto`` should carry inferred shapes and named nodes.
+
+    ``quick_gelu``: fold SiLU into com.microsoft QuickGelu (only where the target runs it).
+    Returns the model and counts by rewritten op ("SiLU" for the folded pairs).
+    """
     constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     counts: collections.Counter[str] = collections.Counter()
+    silu = _silu_gates(proto.graph) if quick_gelu else {}
+    folded = {s.output[0] for s in silu.values()}  # the Sigmoids that QuickGelu absorbs
     nodes = []
     for node in proto.graph.node:
-        new = None
-        if node.op_type == "ReduceMean" and node.domain in ("", "ai.onnx"):
-            new = _spatial_mean(node, constants, proto)
-        elif node.op_type == "HardSwish" and node.domain in ("", "ai.onnx"):
-            gate = f"{node.output[0]}/gate"
-            new = [helper.make_node("HardSigmoid", [node.input[0]], [gate], f"{node.name}/HardSigmoid",
-                                    alpha=1.0 / 6.0, beta=0.5),
-                   helper.make_node("Mul", [node.input[0], gate], list(node.output), node.name)]
+        if node.op_type == "Sigmoid" and node.output[0] in folded:
+            continue
+        new = _float_rewrite(node, constants, proto, silu)
         if new is None:
             nodes.append(node)
         else:
-            counts[node.op_type] += 1
+            counts["SiLU" if node.name in silu else node.op_type] += 1
             nodes.extend(new)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
+    if silu and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return proto, dict(counts)
+
+
+def declare_contrib_outputs(proto: onnx.ModelProto) -> None:
+    """Give outputs of com.microsoft float ops a float value_info when they have none.
+
+    onnx's shape inference does not know contrib ops, and ORT's quantizer only calibrates and
+    quantizes tensors whose type it knows: without this, a QuickGelu output would stay unquantized
+    and the int8 conv reading it would fail to get a bias scale.
+    """
+    known = {v.name for v in [*proto.graph.value_info, *proto.graph.output]}
+    for node in proto.graph.node:
+        if node.domain == MS_DOMAIN and node.op_type in FLOAT_CONTRIB_OPS:
+            for name in node.output:
+                if name and name not in known:
+                    proto.graph.value_info.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
 
 
 def _scalar(graph: onnx.GraphProto, array: np.ndarray, name: str) -> str:

@@ -26,7 +26,8 @@ from onnx import numpy_helper
 
 logger = logging.getLogger(__name__)
 
-UNARY = frozenset({"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Clip", "LeakyRelu", "Identity", "Tanh"})
+UNARY = frozenset({"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Clip", "LeakyRelu", "Identity", "Tanh",
+                   "QuickGelu"})
 BINARY = frozenset({"Add", "Mul"})
 
 

@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 
 # The op types whose weights carry most of a model: the nodes worth ranking one at a time.
 WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul", "ConvTranspose", "Attention"})
-PRECISIONS = ("int8", "fp32")
 
 
 def outputs_on(proto: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[dict]:
@@ -105,7 +104,3 @@ def plot_ranking(ranked: Sequence[tuple[str, float]], path: Path, title: str, to
     plt.close(fig)
     return path
 
-
-def precision_space(proto: onnx.ModelProto, precisions: Sequence[str] = PRECISIONS) -> dict[str, list[str]]:
-    """Per-node precision choices for the search: every weighted node, each precision the pass offers."""
-    return {n.name: list(precisions) for n in proto.graph.node if n.op_type in WEIGHTED_OPS}

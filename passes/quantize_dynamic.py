@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import onnx
@@ -22,8 +23,9 @@ DYNAMIC_OPS = ("MatMul", "Attention", "Gather")
 REFUSED_OPS = ("Conv", "ConvTranspose")
 
 
-def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel: bool) -> onnx.ModelProto:
-    """quantize_dynamic restricted to MatMul/Attention; Conv and Gemm are left float with a note each."""
+def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel: bool,
+                     exclude: Sequence[str] = ()) -> onnx.ModelProto:
+    """quantize_dynamic on MatMul/Attention nodes not in ``exclude``; Conv and Gemm are left float with a note each."""
     require_format(pass_.ctx, INT8_DYNAMIC, pass_.name)
     for node in proto.graph.node:
         if node.op_type in REFUSED_OPS:
@@ -37,7 +39,7 @@ def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel:
         # Graphs with contrib ops (fused Attention, SkipLayerNorm) defeat ORT's type inference for
         # some weights; DefaultTensorType tells it they are float, as its error message suggests.
         quantize_dynamic(str(src), str(out), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
-                         weight_type=QuantType.QInt8,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         quantized = onnx.load(str(out))
     count = sum(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in quantized.graph.node)

@@ -42,7 +42,8 @@ class QuantizeInt8Config:
     """Options of quantize-int8. ``max_drop`` is the accuracy budget (primary metric, absolute;
     0.005 = half a point of accuracy), or 1 - cosine to fp32 when the model has no task metric.
     ``int8_rewrites`` turns on the exact float rewrites that let ORT keep mobile CNNs int8
-    (HardSwish/HardSigmoid/ReduceMean, depthwise widths padded to the target's channel multiple)."""
+    (HardSwish/HardSigmoid/ReduceMean, depthwise widths padded to the target's channel multiple), and
+    the one that keeps SiLU float as a single QuickGelu where the target's first EP runs it."""
 
     method: Literal["auto", "static", "dynamic"] = "auto"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -80,7 +81,8 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = to_proto(model)
         if self._use_dynamic(proto):
-            replace_model(model, dynamic_quantize(self, proto, per_channel=self.config.per_channel))
+            replace_model(model, dynamic_quantize(self, proto, per_channel=self.config.per_channel,
+                                                  exclude=self.config.exclude_nodes))
             self.record(method="dynamic")
             return ir.passes.PassResult(model, modified=True)
         require_format(self.ctx, INT8_QDQ, self.name)
@@ -147,8 +149,10 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         name_nodes(pre)
         if not self.config.int8_rewrites:
             return pre
-        pre, counts = int8ops.prepare_float(pre)
+        quick_gelu = "QuickGelu" in self.ctx.target.execution_providers[0].contrib_ops
+        pre, counts = int8ops.prepare_float(pre, quick_gelu=quick_gelu)
         pre, notes = pad_depthwise(pre, self.ctx.target.channel_multiple)
+        int8ops.declare_contrib_outputs(pre)  # after padding, which drops the inferred shapes
         padded = {k: v for k, v in notes.items() if "->" in v}
         for node, note in notes.items():
             if node not in padded:
@@ -170,12 +174,25 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         candidates = {"all": [], **placement.prefix_candidates(pre)}
         models = {name: build(excl).SerializeToString() for name, excl in candidates.items()}
         best, ratios = placement.fastest(models, fp32.SerializeToString(), feeds[0])
+        if best != "float":
+            best = self._settle_tie(models, ratios, fp32, feeds)
         self.record(placement=best, placement_latency_ratio={k: round(v, 3) for k, v in ratios.items()})
         if best == "float":
             self.skip("placement", f"no int8 placement beat fp32 on this host (best int8: "
                                    f"{min(v for k, v in ratios.items() if k != 'float'):.2f}x); kept float")
             return None
         return candidates[best]
+
+    def _settle_tie(self, models: dict[str, bytes], ratios: dict[str, float], fp32: onnx.ModelProto,
+                    feeds: list) -> str:
+        """The most accurate of the int8 placements that timed as fast as the fastest (see _quant_placement)."""
+        tied = placement.near_fastest(ratios)
+        if len(tied) == 1:
+            return tied[0]
+        reference = sens.outputs_on(fp32, feeds)
+        errors = {k: sens.output_error(reference, onnx.load_from_string(models[k]), feeds) for k in tied}
+        self.record(placement_tie_error={k: round(v, 5) for k, v in errors.items()})
+        return placement.settle_tie(ratios, errors)
 
     def _recover(self, pre: onnx.ModelProto, fp32: onnx.ModelProto, feeds: list, build,
                  base_exclude: list[str]) -> onnx.ModelProto:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import onnx
 import pytest
 
@@ -149,3 +150,61 @@ def test_fp32_winning_the_race_keeps_the_model_float(monkeypatch):
     feeds = zoo.calibration(2, "eval")
     for err in compare_outputs(_outputs(proto, feeds), _outputs(result.model, feeds)):
         assert err.max_abs == 0.0
+
+
+SILU_NET = """
+<ir_version: 8, opset_import: ["" : 17]>
+silu (float[1, 16, 14, 14] x) => (float[1, 16, 14, 14] y) <float[32, 16, 1, 1] w1, float[16, 32, 1, 1] w2> {
+    h = Conv(x, w1)
+    g = Sigmoid(h)
+    s = Mul(h, g)
+    y = Conv(s, w2)
+}
+"""
+
+
+def _silu_net() -> tuple[onnx.ModelProto, list]:
+    model = onnx.parser.parse_model(SILU_NET)
+    rng = np.random.default_rng(0)
+    for name, shape in (("w1", (32, 16, 1, 1)), ("w2", (16, 32, 1, 1))):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(
+            (rng.standard_normal(shape) / 4).astype(np.float32), name))
+    feeds = [{"x": rng.standard_normal((1, 16, 14, 14)).astype(np.float32)} for _ in range(8)]
+    return model, feeds
+
+
+def test_silu_folds_into_quickgelu_exactly():
+    model, feeds = _silu_net()
+    name_nodes(model)
+    rewritten, counts = prepare_float(onnx.load_from_string(model.SerializeToString()), quick_gelu=True)
+    assert counts == {"SiLU": 1}
+    assert [n.op_type for n in rewritten.graph.node] == ["Conv", "QuickGelu", "Conv"]
+    for err in compare_outputs(_outputs(model, feeds), _outputs(rewritten, feeds)):
+        assert err.max_rel < 1e-5, err
+
+
+@pytest.mark.parametrize(("target", "float_silu"), [("cpu-x86", True), ("android-arm64", False)])
+def test_silu_stays_float_only_where_the_first_ep_runs_quickgelu(target, float_silu):
+    # cpu-x86: DQ -> QuickGelu -> Q (one vectorized float pass) beats ORT's int8 SiLU (a QLinearSigmoid
+    # lookup table plus a QLinearMul); NNAPI (android's first EP) has no QuickGelu, so SiLU stays int8 there.
+    model, feeds = _silu_net()
+    ctx = BuildContext(get_target(target), feeds)
+    result = run_pipeline(model, [create_pass("quantize-int8", ctx, {"placement": "all"})], ctx)
+    record = result.records[0]
+    assert record.stats["rewritten_for_int8"] == ({"SiLU": 1} if float_silu else {})
+    ran = _ops(optimized_graph(result.model.SerializeToString()))
+    assert ran["QLinearConv"] == 2
+    if float_silu:
+        # ORT moves its NHWC Transposes through DQ/QuickGelu/Q: only the two at the graph's edges remain
+        assert ran["QuickGelu"] == 1 and "QLinearSigmoid" not in ran and ran["Transpose"] == 2, ran
+    else:
+        assert ran["QLinearSigmoid"] == 1 and ran["QLinearMul"] == 1, ran
+    assert record.min_cosine > 0.99
+
+
+def test_placement_ties_go_to_the_most_accurate():
+    ratios = {"float": 1.0, "all": 0.86, "float-prefix:a": 0.748, "float-prefix:b": 0.762, "float-prefix:c": 0.78}
+    assert placement.near_fastest(ratios, margin=0.025) == ["float-prefix:a", "float-prefix:b"]
+    errors = {"float-prefix:a": 0.015, "float-prefix:b": 0.007}
+    assert placement.settle_tie(ratios, errors) == "float-prefix:b"
+    assert placement.settle_tie(ratios, {"float-prefix:a": 0.01, "float-prefix:b": 0.01}) == "float-prefix:a"
