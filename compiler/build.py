@@ -12,11 +12,17 @@ from typing import Any
 import onnx
 
 from edgec.compiler.calibration import ImagePreprocess, load_calibration
-from edgec.compiler.config import BuildConfig
+from edgec.compiler.config import DEFAULT_PASSES, BuildConfig
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import BundleError, ConfigError, UnsupportedOpError
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.pipeline import PassRecord, PipelineResult, run_pipeline
+from edgec.compiler.search import report as search_report
+from edgec.compiler.search.evaluate import make_scorer
+from edgec.compiler.search.objective import Objective
+from edgec.compiler.search.orchestrate import DEFAULT_BUDGET, SearchResult, SearchSettings, run_search
+from edgec.compiler.search.space import SEARCH_PASSES, build_space
+from edgec.compiler.search.strategy import STRATEGIES
 from edgec.passes.base import EdgecPass, available_passes, create_pass
 from edgec.runtime.bundle import write_bundle
 from edgec.runtime.session import compare_outputs
@@ -108,8 +114,48 @@ def _plan_passes(cfg: BuildConfig, ctx: BuildContext) -> list[EdgecPass[Any]]:
     return passes
 
 
+def _search_pipeline(cfg: BuildConfig) -> tuple[str, ...]:
+    """The passes a search varies: the user's, or edgec's search pipeline when none were named."""
+    return SEARCH_PASSES if cfg.passes == DEFAULT_PASSES else cfg.passes
+
+
+def _search(cfg: BuildConfig, proto: onnx.ModelProto, zoo: Any, feeds: list[Any], target: TargetProfile,
+            on_phase: Callable[[str], None]) -> tuple[BuildConfig, SearchResult]:
+    """Run the search; the config that builds its choice (passes and pass options), and the search result."""
+    settings = search_settings(cfg)
+    if not feeds:
+        raise ConfigError("the search needs calibration data to build and score candidates (--calib)")
+    if cfg.pass_options:
+        raise ConfigError(f"{cfg.config_path}: [pass-options] cannot be combined with a search; "
+                          "the search chooses them")
+    space = build_space(_search_pipeline(cfg), proto, target)
+    scorer = make_scorer(proto.SerializeToString(), feeds, cfg.metric,
+                         zoo.name if zoo is not None and zoo.trained else None)
+    result = run_search(proto, space, settings, target=target, calibration=feeds, scorer=scorer,
+                                    on_progress=on_phase)
+    passes, options = space.pipeline(result.chosen.candidate)
+    chosen_cfg = dataclasses.replace(cfg, passes=passes, pass_options=options, max_drop=None)
+    return chosen_cfg, result
+
+
+def search_settings(cfg: BuildConfig) -> SearchSettings:
+    """The search's settings from the config; out-of-range values name their option."""
+    if cfg.latency_ms is None and cfg.max_drop is None:
+        raise ConfigError("--budget: a search needs a goal: --latency-ms, --max-drop, or both")
+    if cfg.latency_ms is not None and not cfg.latency_ms > 0:
+        raise ConfigError(f"--latency-ms: expected a positive number of milliseconds, got {cfg.latency_ms!r}")
+    if cfg.budget is not None and (isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int) or cfg.budget < 1):
+        raise ConfigError(f"--budget: expected a whole number of candidates >= 1, got {cfg.budget!r}")
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
+    if cfg.device_file is not None and not Path(cfg.device_file).is_file():
+        raise ConfigError(f"--device-file {cfg.device_file}: no such file")
+    return SearchSettings(Objective(cfg.latency_ms, cfg.max_drop), cfg.budget or DEFAULT_BUDGET, cfg.strategy,
+                          cfg.scheduler, device_file=cfg.device_file, seed=cfg.seed)
+
+
 def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None) -> BuildResult:
-    """Build a bundle as ``cfg`` says. Raises EdgecError for user mistakes; writes nothing then."""
+    """Build a bundle as ``cfg`` says (searching first when it asks). Raises EdgecError; writes nothing then."""
     target = get_target(cfg.target)
     _check_output(cfg)
     on_phase("loading model")
@@ -121,14 +167,25 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                              image_config=image, tokenizer_dir=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else None,
                              n=cfg.calib_samples, seed=cfg.seed)
     check_target_ops(loaded.proto, target)
+    search = None
+    if cfg.searches:
+        cfg, search = _search(cfg, loaded.proto, zoo, calib.feeds, target, on_phase)
     ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed,
                        evaluate=zoo.evaluate if zoo is not None and zoo.trained else None)
     result = run_pipeline(loaded.proto, _plan_passes(cfg, ctx), ctx, on_pass=lambda n: on_phase(f"pass {n}"))
     warnings = [*calib.warnings, *check_target_ops(result.model, target)]
     on_phase("measuring")
     metrics = _measure(loaded.proto, result, ctx)
+    sidecars: dict[str, Any] = {}
+    if search is not None:
+        on_phase("measuring the chosen candidate")
+        metrics["search"], sidecars = search_report.summarise(cfg, search, loaded.proto, result.model, target,
+                                                              calib.feeds[0])
+        warnings += search.warnings
     on_phase("writing bundle")
     bundle = write_bundle(cfg.output, model=result.model, target=target, sample_inputs=calib.feeds[0],
                           pass_records=[r.to_json() for r in result.records], metrics=metrics,
                           fmt=cfg.fmt, force=cfg.force)
+    if search is not None:  # after the bundle: they describe it, and must not exist without it
+        search_report.write_sidecars(cfg, search, sidecars)
     return BuildResult(bundle, target.name, result.records, metrics, loaded.notes, warnings)

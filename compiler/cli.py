@@ -5,6 +5,7 @@ Exit codes: 0 ok, 2 user error (one line naming the culprit), 1 internal error (
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -71,24 +72,62 @@ def cli(verbose: bool) -> None:
 @click.option("--force", is_flag=True, default=None, help="Replace an existing output.")
 @click.option("--seed", type=int, help="Seed for random calibration data and search.")
 @click.option("--max-drop", type=click.FloatRange(0, 1), help="Accuracy budget for lossy passes: largest drop of "
-              "the task metric (or of output cosine) they may cause; they keep sensitive nodes precise to meet it.")
+              "the task metric (or of output cosine) they may cause; they keep sensitive nodes precise to meet it. "
+              "With no --passes: search for the fastest model within this drop.")
+@click.option("--latency-ms", type=click.FloatRange(0, min_open=True), help="Search for the most accurate model "
+              "that runs within this many ms on the target (with --max-drop: also within that drop).")
+@click.option("--budget", type=click.IntRange(1), help="Search: candidate builds at most (default 24); with "
+              "--max-drop alone, searches for the fastest model within the drop.")
+@click.option("--strategy", type=click.Choice(["guided", "random"]), help="Search strategy (default guided).")
+@click.option("--scheduler", help="Search: build candidates on a dask cluster at tcp://HOST:PORT (the dist extra).")
+@click.option("--metric", help="Search: accuracy as package.module:function(model_bytes, feeds) -> float.")
+@click.option("--device-file", help="Search: predict latency from this device file (edgec profile --export-device).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @handle_errors
 def build(model: str | None, config_path: Path | None, as_json: bool, quiet: bool, **flags: Any) -> None:
-    """Compile MODEL (ONNX file, package.module:factory, HF folder or zoo:NAME) into a bundle."""
+    """Compile MODEL (ONNX file, package.module:factory, HF folder or zoo:NAME) into a bundle.
+
+    With --latency-ms (or --max-drop and no --passes) edgec searches pruning, depth and precision
+    choices for the best model under the constraint, writes it, and next to it OUT.search-choice.toml
+    (rebuild with --config) and OUT.pareto.png.
+    """
     from edgec.compiler.build import run_build
     from edgec.compiler.config import make_build_config, parse_pass_list
 
     if flags["passes"] is not None:
         flags["passes"] = parse_pass_list(flags["passes"])
     cfg = make_build_config({"model": model, **flags}, config_path)
-    with report.progress(err_console, enabled=not (quiet or as_json)) as on_phase:
+    # Third-party calibrators print progress; stdout carries only our report (and must stay valid --json).
+    with report.progress(err_console, enabled=not (quiet or as_json)) as on_phase, \
+            contextlib.redirect_stdout(sys.stderr):
         result = run_build(cfg, on_phase)
     if as_json:
         _emit_json(report.build_json(result))
     elif not quiet:
         report.print_build(out_console, result)
+        if "search" in result.metrics:
+            _print_search(out_console, result.metrics["search"])
+
+
+def _print_search(console: Console, search: dict[str, Any]) -> None:
+    """The Pareto front of a search, the chosen candidate, and where its files are."""
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front ({search['evaluations']} candidates, {search['strategy']}; "
+                        f"accuracy: {escape(search['metric'])})")
+    for col in ("", "candidate", "latency ms", "accuracy", "drop"):
+        table.add_column(col, justify="right" if col in ("latency ms", "accuracy", "drop") else "left")
+    for row in search["pareto"]:
+        table.add_row("*" if row["chosen"] else "", escape(row["candidate"]), f"{row['latency_ms']:.4g}",
+                      f"{row['accuracy']:.4f}", f"{row['drop']:+.4f}")
+    console.print(table)
+    chosen, latency = search["chosen"], search["chosen"]["latency_ms"]
+    console.print(f"chosen: {escape(chosen['candidate'])} ({escape(', '.join(chosen['passes']))}): latency "
+                  f"{latency['predicted']:.4g} ms predicted ({escape(search['latency_source'])}), "
+                  f"{latency['measured']:.4g} ms measured on this host; accuracy {chosen['accuracy']:.4f}")
+    files = search["files"]
+    console.print(f"search files next to the bundle: {escape(files['choice'])}, {escape(files['plot'])}")
 
 
 @cli.command()

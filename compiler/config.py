@@ -14,6 +14,13 @@ Each CLI flag maps to exactly one field. A flag given on the command line wins o
     size = [224, 224]
     mean = [0.485, 0.456, 0.406]
     std = [0.229, 0.224, 0.225]
+    [search]                     # hardware-aware search (edgec.compiler.search), as the CLI flags
+    latency-ms = 2.5             # most accurate model within this latency on the target
+    budget = 24                  # candidate builds at most
+    strategy = "guided"          # or "random"
+    scheduler = "tcp://host:8786"
+    metric = "pkg.module:function"
+    device-file = "phone.json"   # latency from this device file instead of measuring
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from edgec.compiler.errors import ConfigError
 
 DEFAULT_PASSES = ("cleanup", "fuse")
 _TOP_KEYS = {"model", "target", "passes", "pass-options", "calibration", "input-shapes", "format", "seed",
-             "max-drop"}
+             "max-drop", "search"}
 _CALIB_KEYS = {"source", "samples", "image", "tokenizer"}
 _IMAGE_KEYS = {"size", "mean", "std", "layout", "channels"}
+_SEARCH_KEYS = {"latency-ms": "latency_ms", "budget": "budget", "strategy": "strategy", "scheduler": "scheduler",
+                "metric": "metric", "device-file": "device_file"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +59,19 @@ class BuildConfig:
     force: bool = False
     seed: int = 0
     max_drop: float | None = None
+    latency_ms: float | None = None
+    budget: int | None = None
+    strategy: str = "guided"
+    scheduler: str | None = None
+    metric: str | None = None
+    device_file: str | None = None
     config_path: Path | None = None
+
+    @property
+    def searches(self) -> bool:
+        """Whether this build searches: a latency target or budget, or --max-drop with no pass of its own."""
+        return (self.latency_ms is not None or self.budget is not None
+                or self.max_drop is not None and self.passes == DEFAULT_PASSES)
 
 
 def parse_pass_list(value: str, source: str = "--passes") -> tuple[str, ...]:
@@ -83,6 +104,8 @@ def config_file_fields(path: Path) -> dict[str, Any]:
     calib = data.get("calibration", {})
     _check_keys(calib, _CALIB_KEYS, f"{path} [calibration]")
     _check_keys(calib.get("image", {}), _IMAGE_KEYS, f"{path} [calibration.image]")
+    search = data.get("search", {})
+    _check_keys(search, set(_SEARCH_KEYS), f"{path} [search]")
     passes = data.get("passes")
     if passes is not None and not (isinstance(passes, list) and all(isinstance(p, str) for p in passes)):
         raise ConfigError(f"{path}: 'passes' must be a list of pass names")
@@ -99,6 +122,7 @@ def config_file_fields(path: Path) -> dict[str, Any]:
         "fmt": data.get("format"),
         "seed": data.get("seed"),
         "max_drop": data.get("max-drop"),
+        **{field: search.get(key) for key, field in _SEARCH_KEYS.items()},
     }
     return {k: v for k, v in fields.items() if v is not None}
 

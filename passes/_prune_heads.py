@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from edgec.passes._activations import capture_values
+
 Factor = tuple[str, int]  # (kind, size); kind in C, H, d, x; size-1 factors are never stored
 Axis = tuple[Factor, ...]
 Layout = tuple[Axis, ...]
@@ -431,29 +433,14 @@ def activation_importance(block: AttentionBlock, contexts: Sequence[np.ndarray])
 def head_importance(model: ir.Model, blocks: Sequence[AttentionBlock],
                     feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """Scores per block name, one per head (higher = more important): activation-based with feeds, else weights."""
-    if not feeds:
+    if not feeds or not blocks:
         return {b.name: weight_importance(b) for b in blocks}
-    contexts = _run_contexts(model, [b.context.name for b in blocks], feeds)
+    names = [b.context.name for b in blocks]
+    contexts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for values in capture_values(model, names, feeds):
+        for name in names:
+            contexts[name].append(values[name])
     return {b.name: activation_importance(b, contexts[b.context.name]) for b in blocks}
-
-
-def _run_contexts(model: ir.Model, names: list[str], feeds: Sequence[Mapping[str, np.ndarray]],
-                  ) -> dict[str, list[np.ndarray]]:
-    """The named intermediate tensors on each feed, from one ORT session over a copy with them as outputs."""
-    import onnx
-
-    from edgec.runtime.session import make_session
-
-    proto = ir.serde.serialize_model(model)
-    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
-    session = make_session(proto.SerializeToString(), level="disabled")
-    inputs = {i.name for i in session.get_inputs()}
-    found: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feed in feeds:
-        for name, array in zip(names, session.run(names, {k: v for k, v in feed.items() if k in inputs}),
-                               strict=True):
-            found[name].append(array)
-    return found
 
 
 def heads_to_keep(scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, list[int]]:

@@ -157,6 +157,11 @@ def test_heads_option_prunes_attention_through_the_pass():
     assert record.after["flops"] < record.before["flops"]
 
 
+def test_heads_option_on_a_cnn_prunes_only_channels():
+    record = _pipeline("mnist-resnet", ratio=0.3, heads=0.5, importance="activation")
+    assert record.modified and (record.stats["attention_blocks"], record.stats["heads_before"]) == (0, 0)
+
+
 def test_activation_importance_needs_calibration():
     ctx = BuildContext(get_target("cpu-x86"))
     with pytest.raises(CalibrationError, match="importance = activation needs calibration"):

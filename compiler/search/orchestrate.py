@@ -1,0 +1,252 @@
+"""Run a hardware-aware search: ask the strategy, build in parallel, time in the parent, repeat.
+
+One round: the strategy proposes as many candidates as there are workers; the executor (a process
+pool, or dask with ``--scheduler``) builds and scores them in parallel; the parent then times the
+returned models one after another, interleaved with the original model (``measure_latencies``),
+never two timings at once, so candidates do not compete for the cores they are judged on. Each
+candidate's latency is its measured ratio to the original in the same round times the original's
+latency, the median over every round so far: load on a shared machine that comes and goes between
+rounds moves candidate and reference alike and cancels in the ratio, and no single burst sets the
+scale (at the end every evaluation is rescaled to the final median before the choice is made).
+Non-host targets with a device file are priced by that device's ``LatencyModel`` instead (no
+timing); without one they are timed here, with a warning.
+
+The search ends when the budget (evaluations, not seconds: the cost of a build varies by orders of
+magnitude between models) is spent or the strategy has nothing left to try, and returns every
+evaluation; the caller builds the chosen one into the bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import onnx
+
+from edgec.compiler.context import Feeds
+from edgec.compiler.errors import EdgecError
+from edgec.compiler.search.evaluate import INTERNAL_ERROR, CandidateOutcome, CandidateTask, Scorer, build_and_score
+from edgec.compiler.search.executor import make_executor
+from edgec.compiler.search.measure import measure_latencies
+from edgec.compiler.search.objective import Evaluation, Objective
+from edgec.compiler.search.pareto import describe
+from edgec.compiler.search.space import SearchSpace
+from edgec.compiler.search.strategy import STRATEGIES
+from edgec.targets.profile import TargetProfile
+
+log = logging.getLogger(__name__)
+DEFAULT_BUDGET = 24
+DEFAULT_WORKERS = 2
+
+
+class SearchError(EdgecError):
+    """No candidate meets the latency target or accuracy budget (exit 2, with the closest found)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """What to search for and with what (one field per CLI flag)."""
+
+    objective: Objective
+    budget: int = DEFAULT_BUDGET
+    strategy: str = "guided"
+    scheduler: str | None = None
+    workers: int = DEFAULT_WORKERS
+    device_file: str | None = None
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Every evaluation, the chosen one, and the references they were judged against."""
+
+    evaluations: list[Evaluation]
+    chosen: Evaluation
+    objective: Objective
+    strategy: str
+    budget: int
+    baseline_ms: float
+    baseline_accuracy: float
+    latency: HostLatency | PredictedLatency
+    metric: str
+    wall_s: float
+    warnings: list[str]
+
+    @property
+    def latency_source(self) -> str:
+        """How candidate latency was obtained."""
+        return self.latency.label
+
+
+class HostLatency:
+    """Measured latency on this host, normalised by the original model timed in the same round."""
+
+    def __init__(self, original: bytes, feeds: Feeds, target: TargetProfile) -> None:
+        self.original, self.feeds = original, feeds
+        self.options = {"threads": target.intra_op_num_threads, "level": target.graph_optimization_level}
+        self.original_ms = [measure_latencies([original], feeds, min_rounds=8, **self.options)[0].median_ms]
+        self.label = f"measured on this host ({target.intra_op_num_threads} thread(s))"
+
+    @property
+    def baseline_ms(self) -> float:
+        """The original's latency: the median of its medians over every round."""
+        return statistics.median(self.original_ms)
+
+    def ratios(self, models: Sequence[bytes]) -> list[float]:
+        """Each model's latency over the original's, timed in the same interleaved rounds."""
+        if not models:
+            return []
+        base, *rest = measure_latencies([self.original, *models], self.feeds, **self.options)
+        self.original_ms.append(base.median_ms)
+        return [m.median_ms / base.median_ms for m in rest]
+
+
+class PredictedLatency:
+    """Latency predicted from a device file (``edgec profile --export-device``)."""
+
+    def __init__(self, original: bytes, device_file: str) -> None:
+        from edgec.compiler.search.latency_model import LatencyModel
+        from edgec.runtime.devices.sweep import load_device_file
+
+        self.model = LatencyModel(load_device_file(device_file))
+        self.baseline_ms = self._predict(original)
+        self.label = f"predicted for device {self.model.device} from {device_file}"
+
+    def _predict(self, model: bytes) -> float:
+        return self.model.predict(onnx.load_from_string(model)).total_ms
+
+    def ratios(self, models: Sequence[bytes]) -> list[float]:
+        """Each model's predicted latency over the original's."""
+        return [self._predict(m) / self.baseline_ms for m in models]
+
+
+def latency_source(original: bytes, feeds: Feeds, target: TargetProfile, device_file: str | None,
+                   warnings: list[str]) -> HostLatency | PredictedLatency:
+    """The target's latency: measured for host targets, predicted from a device file, else measured here."""
+    if device_file is not None:
+        return PredictedLatency(original, device_file)
+    if not target.host_measurable:
+        warnings.append(f"target {target.name} is not this host and no --device-file was given: "
+                        "the search used this host's latency")
+    return HostLatency(original, feeds, target)
+
+
+@dataclasses.dataclass
+class _Progress:
+    budget: int
+    report: Callable[[str], None]
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    done: int = 0
+    best: str = "none yet"
+
+    def update(self, stage: str = "") -> None:
+        elapsed = time.perf_counter() - self.start
+        eta = f", ETA {elapsed / self.done * (self.budget - self.done):.0f} s" if self.done else ""
+        self.report(f"search: {self.done}/{self.budget} candidates, best {self.best}{eta}{stage}")
+
+
+def _evaluate_round(candidates: list[dict], space: SearchSpace, context: dict, executor, latency,
+                    scorer: Scorer, baseline_accuracy: float, progress: _Progress,
+                    seen: dict[str, float]) -> list[Evaluation]:
+    tasks = []
+    for i, candidate in enumerate(candidates):
+        passes, options = space.pipeline(candidate)
+        tasks.append(CandidateTask(i, passes=passes, options=options, scorer=scorer, **context))
+    built = itertools.count(1)
+    outcomes: list[CandidateOutcome] = executor.map(
+        build_and_score, tasks,
+        on_result=lambda _i, _r: progress.update(f" (built {next(built)} of {len(tasks)} this round)"))
+    progress.update(" (timing)")
+    digests = _time(outcomes, latency, seen)
+    return [Evaluation(candidates[o.index], seen[digests[o.index]] * latency.baseline_ms if o.index in digests
+                       else None, o.accuracy, None if o.accuracy is None else baseline_accuracy - o.accuracy,
+                       o.build_s, o.error, digests.get(o.index, ""))
+            for o in outcomes]
+
+
+def _time(outcomes: Sequence[CandidateOutcome], latency: HostLatency | PredictedLatency,
+          seen: dict[str, float]) -> dict[int, str]:
+    """Time the built models new to ``seen`` (digest -> ratio to the original); each outcome's digest.
+
+    A model byte-identical to one timed before keeps that time.
+
+    Different knob values often build the same model (a ratio too small to drop one channel
+    multiple, a recovery option on an unpruned net); timing it again would only hand the strategy
+    noise dressed as a difference.
+    """
+    digests = {o.index: hashlib.sha256(o.model).hexdigest() for o in outcomes if o.model is not None}
+    fresh: dict[str, bytes] = {}
+    for o in outcomes:
+        if o.model is not None and digests[o.index] not in seen:
+            fresh[digests[o.index]] = o.model
+    seen.update(zip(fresh, latency.ratios(list(fresh.values())), strict=True))
+    return digests
+
+
+def _unreachable(objective: Objective, evaluations: list[Evaluation], target: str) -> SearchError:
+    done = [e for e in evaluations if e.ok]
+    if not done:
+        first = next((e.error for e in evaluations if e.error), "no candidate was built")
+        return SearchError(f"search: no candidate could be built ({first})")
+    if objective.latency_ms is not None and not any(objective.fits_latency(e) for e in done):
+        fastest = min(done, key=lambda e: e.ms)
+        return SearchError(f"--latency-ms {objective.latency_ms:g}: unreachable on {target}; the fastest "
+                           f"candidate found runs in {fastest.latency_ms:.4g} ms ({describe(fastest.candidate)}, "
+                           f"{len(evaluations)} candidates tried)")
+    pool = [e for e in done if objective.fits_latency(e)]
+    closest = min(pool, key=lambda e: e.lost)
+    where = f" within {objective.latency_ms:g} ms" if objective.latency_ms is not None else ""
+    return SearchError(f"--max-drop {objective.max_drop:g}: no candidate{where} is within it; the smallest "
+                       f"drop found is {closest.drop:.4g} at {closest.latency_ms:.4g} ms "
+                       f"({describe(closest.candidate)})")
+
+
+def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSettings, *, target: TargetProfile,
+               calibration: Sequence[Feeds], scorer: Scorer,
+               on_progress: Callable[[str], None] = lambda _: None) -> SearchResult:
+    """Search ``space`` for the best candidate under ``settings.objective``; raises SearchError if none fits."""
+    original_bytes = original.SerializeToString()
+    warnings: list[str] = []
+    progress = _Progress(settings.budget, on_progress)
+    progress.update(" (timing the original)")
+    latency = latency_source(original_bytes, calibration[0], target, settings.device_file, warnings)
+    baseline_accuracy = scorer.score(original_bytes)
+    strategy = STRATEGIES[settings.strategy](space, settings.objective, settings.budget, settings.seed)
+    context = {"model": original_bytes, "target": target.name, "calibration": tuple(calibration),
+               "seed": settings.seed}
+    evaluations: list[Evaluation] = []
+    timed: dict[str, float] = {hashlib.sha256(original_bytes).hexdigest(): 1.0}
+    executor = make_executor(settings.scheduler, settings.workers)
+    try:
+        while len(evaluations) < settings.budget:
+            batch = strategy.ask(min(settings.workers, settings.budget - len(evaluations)))
+            if not batch:
+                break
+            results = _evaluate_round(batch, space, context, executor, latency, scorer, baseline_accuracy,
+                                      progress, timed)
+            strategy.tell(results)
+            evaluations += results
+            progress.done = len(evaluations)
+            best = settings.objective.best(evaluations)
+            if best is not None:
+                progress.best = f"{best.accuracy:.4g} at {best.latency_ms:.3g} ms"
+            progress.update()
+    finally:
+        executor.close()
+    internal = [e for e in evaluations if e.error.startswith(INTERNAL_ERROR)]
+    if internal:
+        warnings.append(f"{len(internal)} candidate(s) failed with an internal error (a bug; logged), e.g. "
+                        f"{describe(internal[0].candidate)}: {internal[0].error.removeprefix(INTERNAL_ERROR)}")
+    evaluations = [dataclasses.replace(e, latency_ms=timed[e.model_digest] * latency.baseline_ms) if e.ok else e
+                   for e in evaluations]  # the final, steadiest reference for every candidate
+    chosen = settings.objective.best(evaluations)
+    if chosen is None:
+        raise _unreachable(settings.objective, evaluations, target.name)
+    return SearchResult(evaluations, chosen, settings.objective, settings.strategy, settings.budget,
+                        latency.baseline_ms, baseline_accuracy, latency, scorer.label,
+                        time.perf_counter() - progress.start, warnings)

@@ -1,0 +1,349 @@
+"""Search strategies over a ``SearchSpace``: latency-landing branch and bound, and random search.
+
+Both speak ask/tell: ``ask(n)`` returns up to ``n`` candidates to build next (an empty list ends the
+search), ``tell`` hands back their evaluations. Evaluations are expensive (a verified build, a
+metric run, a latency measurement: seconds to tens of seconds each on ResNet-50), so the budget is
+counted in evaluations and the guided strategy spends them where the objective is decided.
+
+Guided ("land"): the method of ZipLM and Once-for-All, cut to what a build budget allows.
+
+1. **Anchors.** The knobs split into discrete *combinations* (precision x blocks dropped, and the
+   categoricals) and the continuous channel ratio. Each combination is built once at ratio 0: its
+   slowest and, since pruning only removes information, its most accurate point.
+2. **Landing.** Within a combination latency falls monotonically with the ratio, so the most
+   accurate point under a target T is the smallest ratio that meets it. The strategy brackets that
+   ratio and steps by regula falsi on the model latency(r) = a + b(1 - r)^2 (convolution work falls
+   with the square of the kept width, ``a`` is the part pruning cannot touch), aiming at 0.95 T,
+   each step clamped inside the bracket and snapped to a ratio where some layer's channel count
+   (rounded to the target's multiple) actually changes, so no probe rebuilds a model already built.
+   It stops once a point lands in [0.90 T, 0.98 T] (the margin absorbs the noise of measuring the
+   chosen bundle again), no distinct model is left inside the bracket, or the combination has had
+   its probes. One to three builds usually land a combination.
+3. **Branch and bound across combinations.** Because accuracy falls with the ratio too, a
+   combination's anchor accuracy bounds everything in it, and a probe that is still too slow bounds
+   every ratio above it. Combinations are landed best bound first and dropped as soon as their
+   bound cannot beat the best feasible candidate found (the incumbent, less ``objective.TIE``);
+   anchors take at most half the budget (depth levels coarse to fine); a budget of tens of builds
+   then covers spaces with more combinations than it could build one by one.
+4. **Greedy refinement.** Categoricals (recovery, mask mode, calibration method, ...) start from a
+   prior (``space.PRIOR``); with budget left, each is changed one at a time at the incumbent and the
+   changed combination is landed again from the incumbent's ratio (a mode change moves latency),
+   coordinate ascent until nothing improves or the budget ends.
+
+With ``--max-drop`` alone the roles swap: landing bisects the largest ratio whose drop stays within
+D (accuracy is not smooth enough in the ratio to interpolate), combinations whose anchor already
+drops too much are infeasible at any ratio, and the objective is the lowest latency. With both, the
+latency landing runs and a landed point over the drop ends its combination.
+
+Random search draws every knob uniformly from its declared choices, at the same budget: the
+baseline the guided strategy must beat (``bench/search.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from edgec.compiler.search.objective import TIE, WINDOW, Evaluation, Objective
+from edgec.compiler.search.space import PRECISION, Candidate, Knob, SearchSpace, candidate_key
+
+RATIO = "prune-channels.ratio"
+DEPTH = "prune-depth.num_blocks"
+AIM = 0.95  # where in the window landing steps aim
+LANDED = 0.98  # a landing stops within [0.90 T, 0.98 T]; 0.99 T is feasible but one noisy remeasure from over
+FIXED_SHARE = 0.15  # prior share of latency pruning cannot remove, before two points are measured
+RATIO_RESOLUTION = 0.01  # below this the channel counts (rounded to the target's multiple) stop changing
+MAX_PROBES = 5
+
+
+class Strategy(Protocol):
+    """Proposes candidates and learns from their evaluations."""
+
+    def ask(self, n: int) -> list[Candidate]:
+        """Up to ``n`` new candidates; an empty list ends the search."""
+        ...
+
+    def tell(self, evaluations: Sequence[Evaluation]) -> None:
+        """Evaluations of the candidates last asked for."""
+        ...
+
+
+def _with_ratio(combo: Candidate, ratio: float) -> Candidate:
+    return {**combo, RATIO: ratio} if RATIO in combo else dict(combo)
+
+
+def _fit_ratio(points: Sequence[tuple[float, float]], aim: float) -> float | None:
+    """Ratio where a + b(1-r)^2 reaches ``aim``: through two points, or one and the prior fixed share."""
+    if len(points) >= 2:
+        (r1, l1), (r2, l2) = points[0], points[1]
+        denom = (1 - r1) ** 2 - (1 - r2) ** 2
+        if abs(denom) < 1e-12 or (l1 - l2) / denom <= 0:
+            return None
+        b = (l1 - l2) / denom
+        a = l1 - b * (1 - r1) ** 2
+    else:
+        r1, l1 = points[0]
+        full = l1 / (FIXED_SHARE + (1 - FIXED_SHARE) * (1 - r1) ** 2)
+        a, b = FIXED_SHARE * full, (1 - FIXED_SHARE) * full
+    share = (aim - a) / b
+    return 1.0 - math.sqrt(share) if share > 0 else None
+
+
+def _spread(values: Sequence[Any]) -> list[Any]:
+    """``values`` reordered: first, last, then midpoints of the widest gaps (coarse to fine)."""
+    if len(values) <= 2:
+        return list(values)
+    order, spans = [0, len(values) - 1], [(0, len(values) - 1)]
+    while spans:
+        lo, hi = spans.pop(0)
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            order.append(mid)
+            spans += [(lo, mid), (mid, hi)]
+    return [values[i] for i in order]
+
+
+class _Lander:
+    """Lands the channel ratio of one combination on the objective's boundary."""
+
+    def __init__(self, combo: Candidate, knob: Knob | None, objective: Objective, first: float, order: float):
+        self.combo, self.knob, self.objective = combo, knob, objective
+        self.first, self.order = first, order
+        self.points: list[tuple[float, Evaluation]] = []
+        self.done = False
+
+    def add(self, ratio: float, evaluation: Evaluation) -> None:
+        """Record a probe; failures end the combination (its pass refuses this model)."""
+        self.points.append((ratio, evaluation))
+        if not evaluation.ok:
+            self.done = True
+
+    def bound(self) -> float | None:
+        """Upper bound on the accuracy of any feasible point left in this combination."""
+        slow = [(r, e.score) for r, e in self.points if e.ok and not self.objective.fits_latency(e)]
+        return max(slow)[1] if slow else None
+
+    def next_ratio(self) -> float | None:
+        """The next ratio to probe, or None when this combination is settled."""
+        if self.done or len(self.points) >= MAX_PROBES:
+            return None
+        if not self.points:
+            return self.first
+        if self.knob is None:
+            return None
+        step = self._latency_step() if self.objective.latency_ms is not None else self._drop_step()
+        if step is None or any(abs(step - r) < 1e-9 for r, _ in self.points):
+            self.done = True
+            return None
+        return round(step, 3)
+
+    def _snap(self, guess: float, lo: float, hi: float) -> float | None:
+        """A ratio strictly inside (lo, hi) near ``guess`` that builds a model neither end built, or None.
+
+        With the knob's breakpoints known, this is the breakpoint at or below ``guess`` (the model
+        ``guess`` itself would build); None once no breakpoint is left inside: the bracket has converged.
+        """
+        assert self.knob is not None
+        points = (float(self.knob.low), *self.knob.breakpoints)  # the lowest value builds a model too
+        if len(points) == 1:
+            return min(max(guess, lo + RATIO_RESOLUTION), hi - RATIO_RESOLUTION) if hi - lo >= 2 * RATIO_RESOLUTION \
+                else None
+        inside = [b for b in points if lo + 1e-9 < b < hi - 1e-9]
+        below = [b for b in inside if b <= guess + 1e-9]
+        return (max(below) if below else min(inside)) if inside else None
+
+    def _latency_step(self) -> float | None:
+        target = self.objective.latency_ms
+        assert target is not None and self.knob is not None
+        if any(WINDOW * target <= e.ms <= LANDED * target and self.objective.fits_drop(e) for _, e in self.points):
+            return None  # landed, with a margin below T for the noise of the final measurement
+        if any(not self.objective.fits_latency(e) and not self.objective.fits_drop(e) for _, e in self.points):
+            return None  # too slow and already over the drop: more pruning only loses more
+        fast = [(r, e.ms) for r, e in self.points if self.objective.fits_latency(e)]
+        slow = [(r, e.ms) for r, e in self.points if e.ok and not self.objective.fits_latency(e)]
+        lo, hi = max(slow, default=None), min(fast, default=None)
+        low, high = float(self.knob.low), float(self.knob.high)
+        if hi is None:  # everything so far too slow: aim beyond, up to the largest ratio
+            top = max(r for r, _ in slow)
+            guess = _fit_ratio(sorted(slow)[-2:], AIM * target)
+            if guess is None:  # equal latencies at two ratios: no slope to follow, halve the rest
+                guess = (top + high) / 2
+            return self._snap(min(guess, high), top, high + 1e-6)
+        if lo is None:  # fast but under the window: a smaller ratio is more accurate
+            lo = (low - 1e-6, math.inf)
+        guess = _fit_ratio([lo, hi], AIM * target) if math.isfinite(lo[1]) else None
+        width = hi[0] - lo[0]
+        if guess is None:
+            guess = (lo[0] + hi[0]) / 2
+        # Regula falsi, kept off the bracket's ends so a flat stretch of latency cannot stall it.
+        return self._snap(min(max(guess, lo[0] + 0.2 * width), hi[0] - 0.2 * width), lo[0], hi[0])
+
+    def _drop_step(self) -> float | None:
+        assert self.knob is not None
+        good = [r for r, e in self.points if self.objective.fits_drop(e)]
+        bad = [r for r, e in self.points if not self.objective.fits_drop(e)]
+        low, high = float(self.knob.low), float(self.knob.high)
+        lo, hi = max(good, default=None), min(bad, default=None)
+        if lo is None:  # over the drop already at the smallest ratio probed: try less pruning
+            return low if min(bad) > low + 1e-9 else None
+        if hi is None:  # within the drop so far: try the most pruning first
+            return self._snap(high, lo, high + 1e-6)
+        return self._snap((lo + hi) / 2, lo, hi)
+
+
+class GuidedStrategy:
+    """Anchors, landing by regula falsi, branch and bound across combinations, greedy refinement."""
+
+    def __init__(self, space: SearchSpace, objective: Objective, budget: int, seed: int = 0) -> None:
+        self.space, self.objective, self.budget = space, objective, budget
+        self.ratio_knob = space.knob(RATIO)
+        self.results: dict[Any, Evaluation] = {}
+        self.landers: list[_Lander] = []
+        self.pending: dict[Any, list[tuple[_Lander, float]]] = {}
+        self.refined: set[Any] = set()
+        self._anchors_asked = False
+
+    # -- combinations -------------------------------------------------------------------------
+    def _combo_key(self, combo: Candidate) -> Any:
+        return candidate_key({k: v for k, v in combo.items() if k != RATIO})
+
+    def _anchor_combos(self) -> list[Candidate]:
+        """Precision x blocks dropped at ratio 0, at most half the budget.
+
+        Depth levels go in the order 0, the most, then halving the gaps, each with every precision:
+        a short budget keeps the whole-width anchors (the ones channel pruning lands from) and the
+        extremes, and loses the levels in between first.
+        """
+        precision, depth = self.space.knob(PRECISION), self.space.knob(DEPTH)
+        precisions = precision.choices if precision is not None else (None,)
+        levels = _spread(sorted(depth.choices)) if depth is not None else [None]
+        base = self.space.default()
+        combos = []
+        for level, value in itertools.product(levels, precisions):
+            combo = dict(base)
+            if precision is not None:
+                combo[PRECISION] = value
+            if depth is not None:
+                combo[DEPTH] = level
+            combos.append(self.space.canonical(combo))
+        return combos[:max(1, self.budget // 2)]
+
+    def _new_lander(self, combo: Candidate, first: float, order: float) -> None:
+        key = self._combo_key(combo)
+        if any(self._combo_key(lander.combo) == key for lander in self.landers):
+            return
+        self.landers.append(_Lander(combo, self.ratio_knob, self.objective, first, order))
+
+    # -- ask / tell ---------------------------------------------------------------------------
+    def ask(self, n: int) -> list[Candidate]:
+        """Next probes: landings by priority, then refinements of the incumbent."""
+        if not self._anchors_asked:
+            self._anchors_asked = True
+            for i, combo in enumerate(self._anchor_combos()):
+                self._new_lander(combo, 0.0, order=-1e9 + i)
+        batch: list[Candidate] = []
+        while True:  # refine once every landing has settled; each refinement opens new landers or ends
+            self._fill(batch, n)
+            if batch or not self._refine():
+                return batch
+
+    def _fill(self, batch: list[Candidate], n: int) -> None:
+        busy = {id(lander) for entries in self.pending.values() for lander, _ in entries}
+        for lander in sorted(self.landers, key=self._priority):
+            if len(batch) >= n:
+                return
+            if id(lander) in busy or lander.done or self._pruned(lander):
+                continue
+            while (ratio := lander.next_ratio()) is not None:
+                candidate = self.space.canonical(_with_ratio(lander.combo, ratio))
+                key = candidate_key(candidate)
+                if key in self.results:
+                    lander.add(ratio, self.results[key])
+                    continue
+                self.pending.setdefault(key, []).append((lander, ratio))
+                if len(self.pending[key]) == 1:
+                    batch.append(candidate)
+                break
+
+    def _priority(self, lander: _Lander) -> tuple[float, float, float]:
+        """Unprobed combinations first (their bound is unknown), then best bound first."""
+        anchor = next((e for r, e in lander.points if e.ok), None)
+        if anchor is None:
+            return (0.0, lander.order, 0.0)
+        if self.objective.latency_ms is not None:
+            return (1.0, -anchor.score, lander.order)
+        return (1.0, anchor.ms, lander.order)
+
+    def _pruned(self, lander: _Lander) -> bool:
+        """Branch and bound: this combination cannot beat the incumbent any more."""
+        incumbent = self.objective.best(list(self.results.values()))
+        evaluated = [e for _, e in lander.points if e.ok]
+        if incumbent is None or not evaluated:
+            return False
+        if self.objective.latency_ms is not None:
+            bound = lander.bound()
+            return bound is not None and bound < incumbent.score - TIE
+        # Feasible ratios lie below every over-the-drop probe, so they run no faster than the slowest of those.
+        over = [e.ms for _, e in lander.points if e.ok and not self.objective.fits_drop(e)]
+        return bool(over) and max(over) >= incumbent.ms
+
+    def _refine(self) -> bool:
+        """Open landers for one-knob changes of the incumbent's categoricals; False if none is new."""
+        evaluations = [e for e in self.results.values() if e.ok]
+        incumbent = self.objective.best(evaluations) or (min(evaluations, key=lambda e: e.ms)
+                                                         if evaluations else None)
+        if incumbent is None or self._combo_key(incumbent.candidate) in self.refined:
+            return False
+        self.refined.add(self._combo_key(incumbent.candidate))
+        ratio = incumbent.candidate.get(RATIO, 0.0)
+        opened = False
+        for knob in self.space.knobs:
+            if knob.ordered or knob.key == PRECISION or not self.space.applicable(knob, incumbent.candidate):
+                continue
+            for value in knob.choices:
+                if value == incumbent.candidate[knob.key]:
+                    continue
+                combo = self.space.canonical({**incumbent.candidate, knob.key: value})
+                before = len(self.landers)
+                self._new_lander(combo, ratio, order=len(self.landers))
+                opened = opened or len(self.landers) > before
+        return opened
+
+    def tell(self, evaluations: Sequence[Evaluation]) -> None:
+        """Record results and hand each to the landers that asked for it."""
+        for evaluation in evaluations:
+            key = candidate_key(evaluation.candidate)
+            self.results[key] = evaluation
+            for lander, ratio in self.pending.pop(key, []):
+                lander.add(ratio, evaluation)
+
+
+class RandomStrategy:
+    """Uniform draws over the declared choices, never the same candidate twice."""
+
+    def __init__(self, space: SearchSpace, objective: Objective, budget: int, seed: int = 0) -> None:
+        self.space, self.objective = space, objective
+        self._rng = random.Random(seed)
+        self._seen: set[Any] = set()
+
+    def ask(self, n: int) -> list[Candidate]:
+        """Up to ``n`` unseen uniform samples (fewer once the space runs dry)."""
+        batch: list[Candidate] = []
+        for _ in range(50 * n):
+            if len(batch) >= n:
+                break
+            candidate = self.space.sample(self._rng)
+            key = candidate_key(candidate)
+            if key not in self._seen:
+                self._seen.add(key)
+                batch.append(candidate)
+        return batch
+
+    def tell(self, evaluations: Sequence[Evaluation]) -> None:
+        """Random search learns nothing."""
+
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {"guided": GuidedStrategy, "random": RandomStrategy}
