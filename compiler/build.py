@@ -188,4 +188,22 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                           fmt=cfg.fmt, force=cfg.force)
     if search is not None:  # after the bundle: they describe it, and must not exist without it
         search_report.write_sidecars(cfg, search, sidecars)
-    return BuildResult(bundle, target.name, result.records, metrics, loaded.notes, warnings)
+    notes = [*loaded.notes, *(f"sensitivity plot: {path}" for path in _sensitivity_plots(cfg.output, result.records))]
+    return BuildResult(bundle, target.name, result.records, metrics, notes, warnings)
+
+
+def _sensitivity_plots(output: str | Path, records: list[PassRecord]) -> list[Path]:
+    """A bar chart next to the bundle per pass that ranked its nodes by sensitivity: ``OUT.<pass>-sensitivity.png``.
+
+    The ranking itself is in the pass's record in the manifest; the plot is for people.
+    """
+    from edgec.passes._quant_sensitivity import plot_ranking
+
+    out = Path(output)
+    paths = []
+    for record in records:
+        ranked = [(item["node"], item["error"]) for item in record.stats.get("sensitivity", [])]
+        if ranked:
+            path = out.with_name(f"{out.name}.{record.name}-sensitivity.png")
+            paths.append(plot_ranking(ranked, path, f"{record.name}: output error with one node quantized"))
+    return paths

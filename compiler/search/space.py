@@ -52,8 +52,10 @@ ORDERED = {("prune-channels", "ratio"), ("prune-depth", "num_blocks")}
 TIMING_DEPENDENT = {("quantize-int8", "placement"): "auto"}
 # The search's starting values where the pass default is not the best known choice:
 # bench/RESULTS.md (channel pruning: accuracy) finds lstsq recovery best at every FLOP level of the
-# trained zoo, and constrained masks as accurate as unconstrained ones and faster on NCHWc CPUs.
-PRIOR = {("prune-channels", "recovery"): "lstsq", ("prune-channels", "mode"): "constrained"}
+# trained zoo and activation importance ahead of weight norms; constrained masks are within noise of
+# unconstrained ones there and need no selection copies at inference.
+PRIOR = {("prune-channels", "recovery"): "lstsq", ("prune-channels", "mode"): "constrained",
+         ("prune-channels", "importance"): "activation"}
 RATIO_DECIMALS = 3
 # Passes that change nothing while all these knobs are zero: a candidate leaves them out of its pipeline.
 IDLE_WHEN = {"prune-channels": ("ratio",), "prune-depth": ("num_blocks",)}
