@@ -140,8 +140,12 @@ def _search(cfg: BuildConfig, proto: onnx.ModelProto, zoo: Any, feeds: list[Any]
 
 def search_settings(cfg: BuildConfig) -> SearchSettings:
     """The search's settings from the config; out-of-range values name their option."""
-    if cfg.latency_ms is None and cfg.max_drop is None:
-        raise ConfigError("--budget: a search needs a goal: --latency-ms, --max-drop, or both")
+    if cfg.latency_ms is not None and cfg.latency_ratio is not None:
+        raise ConfigError("--latency-ratio: give either --latency-ms or --latency-ratio, not both")
+    if cfg.latency_ratio is not None and not 0 < cfg.latency_ratio < 1:
+        raise ConfigError(f"--latency-ratio: expected a fraction between 0 and 1, got {cfg.latency_ratio!r}")
+    if cfg.latency_ms is None and cfg.latency_ratio is None and cfg.max_drop is None:
+        raise ConfigError("--budget: a search needs a goal: --latency-ms, --latency-ratio, --max-drop, or both")
     if cfg.latency_ms is not None and not cfg.latency_ms > 0:
         raise ConfigError(f"--latency-ms: expected a positive number of milliseconds, got {cfg.latency_ms!r}")
     if cfg.budget is not None and (isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int) or cfg.budget < 1):
@@ -151,7 +155,7 @@ def search_settings(cfg: BuildConfig) -> SearchSettings:
     if cfg.device_file is not None and not Path(cfg.device_file).is_file():
         raise ConfigError(f"--device-file {cfg.device_file}: no such file")
     return SearchSettings(Objective(cfg.latency_ms, cfg.max_drop), cfg.budget or DEFAULT_BUDGET, cfg.strategy,
-                          cfg.scheduler, device_file=cfg.device_file, seed=cfg.seed)
+                          cfg.scheduler, device_file=cfg.device_file, seed=cfg.seed, latency_ratio=cfg.latency_ratio)
 
 
 def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None) -> BuildResult:

@@ -76,6 +76,9 @@ def cli(verbose: bool) -> None:
               "With no --passes: search for the fastest model within this drop.")
 @click.option("--latency-ms", type=click.FloatRange(0, min_open=True), help="Search for the most accurate model "
               "that runs within this many ms on the target (with --max-drop: also within that drop).")
+@click.option("--latency-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Search for the most accurate model within this fraction of the input model's latency, both "
+              "timed in the same interleaved rounds (robust to a busy host; e.g. 0.5 for twice as fast).")
 @click.option("--budget", type=click.IntRange(1), help="Search: candidate builds at most (default 24); with "
               "--max-drop alone, searches for the fastest model within the drop.")
 @click.option("--strategy", type=click.Choice(["guided", "random"]), help="Search strategy (default guided).")

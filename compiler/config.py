@@ -16,6 +16,7 @@ Each CLI flag maps to exactly one field. A flag given on the command line wins o
     std = [0.229, 0.224, 0.225]
     [search]                     # hardware-aware search (edgec.compiler.search), as the CLI flags
     latency-ms = 2.5             # most accurate model within this latency on the target
+    # latency-ratio = 0.5        # or: within this fraction of the original's latency, timed alongside it
     budget = 24                  # candidate builds at most
     strategy = "guided"          # or "random"
     scheduler = "tcp://host:8786"
@@ -37,8 +38,8 @@ _TOP_KEYS = {"model", "target", "passes", "pass-options", "calibration", "input-
              "max-drop", "search"}
 _CALIB_KEYS = {"source", "samples", "image", "tokenizer"}
 _IMAGE_KEYS = {"size", "mean", "std", "layout", "channels"}
-_SEARCH_KEYS = {"latency-ms": "latency_ms", "budget": "budget", "strategy": "strategy", "scheduler": "scheduler",
-                "metric": "metric", "device-file": "device_file"}
+_SEARCH_KEYS = {"latency-ms": "latency_ms", "latency-ratio": "latency_ratio", "budget": "budget",
+                "strategy": "strategy", "scheduler": "scheduler", "metric": "metric", "device-file": "device_file"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class BuildConfig:
     seed: int = 0
     max_drop: float | None = None
     latency_ms: float | None = None
+    latency_ratio: float | None = None
     budget: int | None = None
     strategy: str = "guided"
     scheduler: str | None = None
@@ -70,7 +72,7 @@ class BuildConfig:
     @property
     def searches(self) -> bool:
         """Whether this build searches: a latency target or budget, or --max-drop with no pass of its own."""
-        return (self.latency_ms is not None or self.budget is not None
+        return (self.latency_ms is not None or self.latency_ratio is not None or self.budget is not None
                 or self.max_drop is not None and self.passes == DEFAULT_PASSES)
 
 

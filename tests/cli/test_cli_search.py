@@ -130,7 +130,22 @@ def test_bad_search_options_are_user_errors(runner, tmp_path):
     assert result.exit_code == 2 and "'annealing' is not one of 'guided', 'random'" in result.stderr
     result = _search(runner, "zoo:digits-cnn", out, "--budget", "4")
     assert result.exit_code == 2 and "--budget: a search needs a goal" in result.stderr
+    result = _search(runner, "zoo:digits-cnn", out, "--latency-ms", "1", "--latency-ratio", "0.5")
+    assert result.exit_code == 2 and "either --latency-ms or --latency-ratio" in result.stderr
+    result = _search(runner, "zoo:digits-cnn", out, "--latency-ratio", "1.5")
+    assert result.exit_code == 2 and "--latency-ratio" in result.stderr
     assert not out.exists()
+
+
+def test_latency_ratio_lands_on_a_share_of_the_original(runner, tmp_path):
+    out = tmp_path / "b"
+    result = _search(runner, "zoo:mnist-resnet", out, "--latency-ratio", "0.6", "--budget", 12)
+    assert result.exit_code == 0, result.stderr
+    search = json.loads(result.stdout)["metrics"]["search"]
+    assert search["objective"]["latency_ms"] > 0  # 0.6 x the original as timed during the search
+    assert search["chosen"]["in_window"], search["chosen"]
+    measured = _ratio_to_original("mnist-resnet", out / "model.onnx") / 0.6
+    assert 0.90 - NOISE <= measured <= 1.00 + NOISE, measured
 
 
 def test_device_file_prices_candidates_for_a_non_host_target(runner, tmp_path):
