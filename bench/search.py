@@ -54,10 +54,10 @@ FRONT_TARGETS = (0.8, 0.55, 0.35)
 CALIB = {"minilm": 32}
 SINGLE = {  # technique -> list of (pass list, pass options) to sweep
     "int8 only": [(("cleanup", "fuse", "quantize-int8"), {"quantize-int8": {"placement": "all"}})],
-    "channels only": [(("cleanup", "fuse", "prune-channels"),
+    "channels only": [(("cleanup", "prune-channels", "fuse"),
                        {"prune-channels": {"ratio": r, "recovery": "lstsq", "importance": "activation"}})
                       for r in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)],
-    "depth only": [(("cleanup", "fuse", "prune-depth"), {"prune-depth": {"num_blocks": n}}) for n in (1, 2, 3, 4)],
+    "depth only": [(("cleanup", "prune-depth", "fuse"), {"prune-depth": {"num_blocks": n}}) for n in (1, 2, 3, 4)],
 }
 
 

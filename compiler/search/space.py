@@ -43,8 +43,10 @@ from edgec.targets.profile import TargetProfile
 Candidate = dict[str, Any]
 PRECISION = "precision"
 PRECISION_SLOT = "<precision>"  # where the quantization pass of a candidate runs
-# The pipeline `edgec build --latency-ms/--max-drop` searches when no --passes are given.
-SEARCH_PASSES = ("cleanup", "fuse", "prune-depth", "prune-channels", "quantize-int8")
+# The pipeline `edgec build --latency-ms/--max-drop` searches when no --passes are given. Pruning runs
+# before fusion: fused attention (com.microsoft.Attention) hides a transformer's blocks from
+# prune-depth and its heads and hidden projections from prune-channels.
+SEARCH_PASSES = ("cleanup", "prune-depth", "prune-channels", "fuse", "quantize-int8")
 QUANT_PASSES = {"quantize-int8": "int8", "quantize-dynamic": "int8-dynamic"}
 CONTINUOUS = {("prune-channels", "ratio")}
 ORDERED = {("prune-channels", "ratio"), ("prune-depth", "num_blocks")}
