@@ -13,13 +13,12 @@ candidates within TIE_MARGIN of it are a tie on a shared host, and a tie goes to
 from __future__ import annotations
 
 import collections
-import time
 
 import numpy as np
 import onnx
 
 from edgec.compiler.context import Feeds
-from edgec.runtime.session import make_session
+from edgec.runtime.timing import interleaved_samples
 
 MAX_PREFIX_CANDIDATES = 6
 # Cuts are tried only in the first part of the network: late layers always gain from int8.
@@ -77,17 +76,7 @@ def fastest(models: dict[str, bytes], fp32: bytes, feed: Feeds, rounds: int = 30
     load inflate medians unevenly between candidates, while the quartile tracks the kernels' cost.
     """
     names = ["float", *models]
-    sessions = [make_session(m, level="all", threads=1) for m in [fp32, *models.values()]]
-    for session in sessions:
-        for _ in range(2):
-            session.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
-        for session, bucket in zip(sessions, times, strict=True):
-            for _ in range(runs):
-                start = time.perf_counter()
-                session.run(None, feed)
-                bucket.append(time.perf_counter() - start)
+    times = interleaved_samples([fp32, *models.values()], feed, rounds=rounds, runs=runs, warmup=2)
     quartiles = [float(np.percentile(t, 25)) for t in times]
     ratios = {name: q / quartiles[0] for name, q in zip(names, quartiles, strict=True)}
     return min(ratios, key=ratios.__getitem__), ratios

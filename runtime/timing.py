@@ -12,9 +12,9 @@ from edgec.runtime.session import make_session
 Feeds = dict[str, np.ndarray]
 
 
-def interleaved_medians(models: Sequence[bytes | str], feeds: Feeds, *, rounds: int = 10, runs: int = 5,
-                        warmup: int = 3, threads: int = 1, level: str = "all") -> list[float]:
-    """Median latency in ms of each model, timed in ``rounds`` round-robin rounds of ``runs`` calls."""
+def interleaved_samples(models: Sequence[bytes | str], feeds: Feeds, *, rounds: int = 10, runs: int = 5,
+                        warmup: int = 3, threads: int = 1, level: str = "all") -> list[list[float]]:
+    """Every call's latency in ms per model, timed in ``rounds`` round-robin rounds of ``runs`` calls."""
     sessions = [make_session(m, level=level, threads=threads) for m in models]
     for session in sessions:
         for _ in range(warmup):
@@ -26,4 +26,12 @@ def interleaved_medians(models: Sequence[bytes | str], feeds: Feeds, *, rounds: 
                 start = time.perf_counter()
                 session.run(None, feeds)
                 bucket.append((time.perf_counter() - start) * 1e3)
-    return [float(np.median(t)) for t in times]
+    return times
+
+
+def interleaved_medians(models: Sequence[bytes | str], feeds: Feeds, *, rounds: int = 10, runs: int = 5,
+                        warmup: int = 3, threads: int = 1, level: str = "all") -> list[float]:
+    """Median latency in ms of each model, timed in ``rounds`` round-robin rounds of ``runs`` calls."""
+    samples = interleaved_samples(models, feeds, rounds=rounds, runs=runs, warmup=warmup, threads=threads,
+                                  level=level)
+    return [float(np.median(t)) for t in samples]
