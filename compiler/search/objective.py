@@ -1,8 +1,9 @@
 """What a search optimises: an evaluated candidate, and the objective that ranks evaluations.
 
-Under ``--latency-ms T`` the best candidate is the most accurate one that runs within T; between
-equally accurate ones (within ``TIE``), one within [0.90 T, T] (the target was asked for, so the
-search uses it), then the more accurate, then the faster. Under ``--max-drop D`` alone it is the
+Under ``--latency-ms T`` the best candidate is the most accurate one that runs within T, less a
+headroom for timing noise (``HEADROOM``); between equally accurate ones (within ``TIE``), one within
+[0.90 T, 0.98 T] (the target was asked for, so the search uses it), then the more accurate, then the
+faster. Under ``--max-drop D`` alone it is the
 fastest one whose accuracy drop is at most D, then the more accurate. Given both, both constrain
 and accuracy ranks. Failed candidates are never feasible.
 """
@@ -14,7 +15,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-WINDOW = 0.90  # a landed latency is within [WINDOW * T, T]
+WINDOW = 0.90  # a landed latency is within [WINDOW * T, HEADROOM * T]
+# A candidate fits a target T when it was measured within 0.98 T: the user times the bundle again,
+# and on this shared 2-core host a second median of the same model moves by up to ~1.5% (bench/search.py
+# re-measures every choice); one measured at 0.995 T would be over T about half the time.
+HEADROOM = 0.98
 # Accuracy differences below this are noise, not preference: a tenth of one held-out example in a
 # thousand, or the fifth digit of an output cosine (pruned random-init nets differ in the tenth).
 TIE = 1e-4
@@ -61,8 +66,8 @@ class Objective:
     max_drop: float | None = None
 
     def fits_latency(self, e: Evaluation) -> bool:
-        """Meets the latency target (or there is none)."""
-        return e.ok and (self.latency_ms is None or e.ms <= self.latency_ms)
+        """Meets the latency target with its headroom (or there is no target)."""
+        return e.ok and (self.latency_ms is None or e.ms <= HEADROOM * self.latency_ms)
 
     def fits_drop(self, e: Evaluation) -> bool:
         """Within the accuracy drop (or there is none)."""
@@ -73,8 +78,8 @@ class Objective:
         return self.fits_latency(e) and self.fits_drop(e)
 
     def in_window(self, e: Evaluation) -> bool:
-        """Latency within [0.90, 1.00] of the target."""
-        return self.latency_ms is not None and e.ok and WINDOW * self.latency_ms <= e.ms <= self.latency_ms
+        """Latency within [0.90, 0.98] of the target."""
+        return self.latency_ms is not None and e.ok and WINDOW * self.latency_ms <= e.ms <= HEADROOM * self.latency_ms
 
     def rank(self, e: Evaluation) -> tuple[float, ...]:
         """Sort key, larger is better: accuracy first under a latency target, speed first otherwise."""

@@ -39,7 +39,7 @@ def front_rows(front: Sequence[Evaluation], chosen: Evaluation | None) -> list[d
     """Plain rows for the manifest and the CLI table; the chosen one is always listed.
 
     (It can sit just off the front: under a latency target an equally accurate candidate that is
-    faster but under the [0.90, 1.00] window ranks below one in the window.)
+    faster but under the [0.90, 0.98] window ranks below one in the window.)
     """
     if chosen is not None and chosen.ok and all(e is not chosen for e in front):
         front = sorted([*front, chosen], key=lambda e: e.ms)

@@ -13,19 +13,24 @@ Guided ("land"): the method of ZipLM and Once-for-All, cut to what a build budge
 2. **Landing.** Within a combination latency falls monotonically with the ratio, so the most
    accurate point under a target T is the smallest ratio that meets it. The strategy brackets that
    ratio and steps by regula falsi on the model latency(r) = a + b(1 - r)^2 (convolution work falls
-   with the square of the kept width, ``a`` is the part pruning cannot touch), aiming at 0.95 T,
-   each step clamped inside the bracket and snapped to a ratio where some layer's channel count
-   (rounded to the target's multiple) actually changes, so no probe rebuilds a model already built.
-   It stops once a point lands in [0.90 T, 0.98 T] (the margin absorbs the noise of measuring the
-   chosen bundle again), no distinct model is left inside the bracket, or the combination has had
-   its probes. One to three builds usually land a combination.
+   with the square of the kept width, ``a`` is the part pruning cannot touch), aiming at 0.94 T,
+   Illinois-weighted after two steps on the same side, each step clamped inside the bracket and
+   snapped to a ratio where some layer's channel count (rounded to the target's multiple) actually
+   changes, so no probe rebuilds a model already built. It stops once a point lands in
+   [0.90 T, 0.98 T] (``objective.HEADROOM``: the margin absorbs the noise of measuring the chosen
+   bundle again), no distinct model is left inside the bracket, or the combination has had its
+   probes. One to three builds usually land a combination.
 3. **Branch and bound across combinations.** Because accuracy falls with the ratio too, a
    combination's anchor accuracy bounds everything in it, and a probe that is still too slow bounds
    every ratio above it. Combinations are landed best bound first and dropped as soon as their
    bound cannot beat the best feasible candidate found (the incumbent, less ``objective.TIE``);
    anchors take at most half the budget (depth levels coarse to fine); a budget of tens of builds
-   then covers spaces with more combinations than it could build one by one.
-4. **Greedy refinement.** Categoricals (recovery, mask mode, calibration method, ...) start from a
+   then covers spaces with more combinations than it could build one by one. Once one landing has
+   probed the largest ratio, a combination whose anchor would need more saving than pruning gave
+   there (less a slack) is dropped without a probe.
+4. **Skipped depth levels.** A depth level the anchors skipped is opened where the objective changes
+   between two anchored levels (too slow so far at one, feasible at the next): depth bisection.
+5. **Greedy refinement.** Categoricals (recovery, mask mode, calibration method, ...) start from a
    prior (``space.PRIOR``); with budget left, each is changed one at a time at the incumbent and the
    changed combination is landed again from the incumbent's ratio (a mode change moves latency),
    coordinate ascent until nothing improves or the budget ends.
@@ -47,16 +52,16 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from edgec.compiler.search.objective import TIE, WINDOW, Evaluation, Objective
+from edgec.compiler.search.objective import HEADROOM, TIE, WINDOW, Evaluation, Objective
 from edgec.compiler.search.space import PRECISION, Candidate, Knob, SearchSpace, candidate_key
 
 RATIO = "prune-channels.ratio"
 DEPTH = "prune-depth.num_blocks"
-AIM = 0.95  # where in the window landing steps aim
-LANDED = 0.98  # a landing stops within [0.90 T, 0.98 T]; 0.99 T is feasible but one noisy remeasure from over
+AIM = 0.94  # where landing steps aim: the middle of the window [0.90 T, 0.98 T]
 FIXED_SHARE = 0.15  # prior share of latency pruning cannot remove, before two points are measured
 RATIO_RESOLUTION = 0.01  # below this the channel counts (rounded to the target's multiple) stop changing
-MAX_PROBES = 5
+MAX_PROBES = 6  # per combination: the anchor and up to five landing steps
+REACH_SLACK = 0.9  # pruning may reach 10% further in one combination than it did in another
 
 
 class Strategy(Protocol):
@@ -158,7 +163,7 @@ class _Lander:
     def _latency_step(self) -> float | None:
         target = self.objective.latency_ms
         assert target is not None and self.knob is not None
-        if any(WINDOW * target <= e.ms <= LANDED * target and self.objective.fits_drop(e) for _, e in self.points):
+        if any(WINDOW * target <= e.ms <= HEADROOM * target and self.objective.fits_drop(e) for _, e in self.points):
             return None  # landed, with a margin below T for the noise of the final measurement
         if any(not self.objective.fits_latency(e) and not self.objective.fits_drop(e) for _, e in self.points):
             return None  # too slow and already over the drop: more pruning only loses more
@@ -169,17 +174,37 @@ class _Lander:
         if hi is None:  # everything so far too slow: aim beyond, up to the largest ratio
             top = max(r for r, _ in slow)
             guess = _fit_ratio(sorted(slow)[-2:], AIM * target)
-            if guess is None:  # equal latencies at two ratios: no slope to follow, halve the rest
-                guess = (top + high) / 2
+            if guess is None:  # the fit puts the target out of pruning's reach: the largest ratio decides
+                guess = high
             return self._snap(min(guess, high), top, high + 1e-6)
         if lo is None:  # fast but under the window: a smaller ratio is more accurate
             lo = (low - 1e-6, math.inf)
-        guess = _fit_ratio([lo, hi], AIM * target) if math.isfinite(lo[1]) else None
+        aim = AIM * target
+        retained = self._retained_side()
+        if retained == "slow" and math.isfinite(lo[1]):  # Illinois: halve the stuck end's distance to the aim
+            lo = (lo[0], aim + (lo[1] - aim) / 2)
+        elif retained == "fast":
+            hi = (hi[0], aim + (hi[1] - aim) / 2)
+        guess = _fit_ratio([lo, hi], aim) if math.isfinite(lo[1]) else None
         width = hi[0] - lo[0]
         if guess is None:
             guess = (lo[0] + hi[0]) / 2
         # Regula falsi, kept off the bracket's ends so a flat stretch of latency cannot stall it.
         return self._snap(min(max(guess, lo[0] + 0.2 * width), hi[0] - 0.2 * width), lo[0], hi[0])
+
+    def _retained_side(self) -> str | None:
+        """Which end of the bracket the last two probes left in place ("slow" or "fast"), if one did.
+
+        On a latency curve bent more than the model, interpolation keeps landing on one side and
+        never moves the other end (ResNet-50 at 0.3x: 0.54, then 0.524, both fast, against 0.469
+        slow); the Illinois rule then halves that end's distance to the aim, so the next step crosses.
+        """
+        if len(self.points) < 3:
+            return None
+        last, before = (self.objective.fits_latency(e) for _, e in self.points[-2:])
+        if last != before:
+            return None
+        return "slow" if last else "fast"
 
     def _drop_step(self) -> float | None:
         assert self.knob is not None
@@ -244,10 +269,11 @@ class GuidedStrategy:
             self._anchors_asked = True
             for i, combo in enumerate(self._anchor_combos()):
                 self._new_lander(combo, 0.0, order=-1e9 + i)
+        self._open_depth_levels()
         batch: list[Candidate] = []
-        while True:  # refine once every landing has settled; each refinement opens new landers or ends
+        while True:  # once every landing has settled: skipped depth levels, then refinement, or the end
             self._fill(batch, n)
-            if batch or not self._refine():
+            if batch or not (self._open_depth_levels() or self._refine()):
                 return batch
 
     def _fill(self, batch: list[Candidate], n: int) -> None:
@@ -277,8 +303,77 @@ class GuidedStrategy:
             return (1.0, -anchor.score, lander.order)
         return (1.0, anchor.ms, lander.order)
 
+    def _open_depth_levels(self) -> bool:
+        """Open a depth level the anchors skipped where the objective changes between two anchored ones.
+
+        Accuracy and latency both fall with the blocks dropped, so under a latency target the level
+        to land is the shallowest that can meet it: when one anchored level cannot (every probe too
+        slow) and the next deeper one can, the middle level between them is opened (BERT-like at
+        0.25x: two blocks dropped stays too slow at any ratio, four land far under the target, three
+        is where the most accurate model is). Under ``--max-drop`` alone, mirrored: the deepest
+        level within the drop. False when nothing new was opened.
+        """
+        depth = self.space.knob(DEPTH)
+        if depth is None:
+            return False
+        groups: dict[Any, dict[int, _Lander]] = {}
+        for lander in self.landers:
+            rest = candidate_key({k: v for k, v in lander.combo.items() if k not in (RATIO, DEPTH)})
+            groups.setdefault(rest, {})[lander.combo.get(DEPTH, 0)] = lander
+        opened = False
+        for levels in groups.values():
+            anchored = sorted(levels)
+            for shallow, deep in itertools.pairwise(anchored):
+                skipped = [d for d in sorted(depth.choices) if shallow < d < deep]
+                if skipped and self._objective_changes(levels[shallow], levels[deep]):
+                    combo = {**levels[shallow].combo, DEPTH: skipped[len(skipped) // 2]}
+                    before = len(self.landers)
+                    self._new_lander(self.space.canonical(combo), 0.0, order=len(self.landers))
+                    opened = opened or len(self.landers) > before
+        return opened
+
+    def _objective_changes(self, shallow: _Lander, deep: _Lander) -> bool:
+        """The shallower level has not met the latency target so far and the deeper one has (or the drop, mirrored).
+
+        Checked before the shallower level's landing has settled: the level between is worth its
+        anchor build either way, and waiting would spend the budget on hopeless landings first.
+        """
+        def feasible(lander: _Lander) -> bool:
+            return any(self.objective.feasible(e) for _, e in lander.points)
+
+        if not shallow.points or not deep.points:
+            return False
+        if self.objective.latency_ms is not None:
+            return not feasible(shallow) and feasible(deep)
+        return feasible(shallow) and not feasible(deep)
+
+    def _pruning_reach(self) -> float | None:
+        """The smallest latency fraction pruning reached in any combination: at its largest ratio over its anchor."""
+        assert self.ratio_knob is not None
+        top = float(self.ratio_knob.high) - 2 * RATIO_RESOLUTION
+        fractions = [e.ms / anchor.ms for lander in self.landers if lander.points and lander.points[0][0] == 0.0
+                     and (anchor := lander.points[0][1]).ok
+                     for r, e in lander.points[1:] if e.ok and r >= top]
+        return min(fractions, default=None)
+
+    def _out_of_reach(self, lander: _Lander) -> bool:
+        """The combination's anchor times pruning's reach elsewhere (less ``REACH_SLACK``) still misses the target.
+
+        Pruning saves a similar share of latency at every depth and precision of one model (BERT-like:
+        18% at the largest ratio, int8 or fp32), so a combination that would need more is not landed:
+        without this, every too-slow shallow combination spends two or three builds finding that out.
+        """
+        target = self.objective.latency_ms
+        if target is None or self.ratio_knob is None or not lander.points or lander.points[0][0] != 0.0:
+            return False
+        anchor = lander.points[0][1]
+        reach = self._pruning_reach()
+        return anchor.ok and reach is not None and anchor.ms * reach * REACH_SLACK > HEADROOM * target
+
     def _pruned(self, lander: _Lander) -> bool:
-        """Branch and bound: this combination cannot beat the incumbent any more."""
+        """Branch and bound: this combination cannot beat the incumbent any more, or cannot reach the target."""
+        if self._out_of_reach(lander):
+            return True
         incumbent = self.objective.best(list(self.results.values()))
         evaluated = [e for _, e in lander.points if e.ok]
         if incumbent is None or not evaluated:
