@@ -176,7 +176,11 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
         cfg, search = _search(cfg, loaded.proto, zoo, calib.feeds, target, on_phase)
     ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed,
                        evaluate=zoo.evaluate if zoo is not None and zoo.trained else None)
-    result = run_pipeline(loaded.proto, _plan_passes(cfg, ctx), ctx, on_pass=lambda n: on_phase(f"pass {n}"))
+    # A search's report times the model after each pass, to show where the saving comes from.
+    stages: list[tuple[str, bytes]] = []
+    keep_stage = None if search is None else lambda name, proto: stages.append((name, proto.SerializeToString()))
+    result = run_pipeline(loaded.proto, _plan_passes(cfg, ctx), ctx, on_pass=lambda n: on_phase(f"pass {n}"),
+                          on_model=keep_stage)
     warnings = [*calib.warnings, *check_target_ops(result.model, target)]
     on_phase("measuring")
     metrics = _measure(loaded.proto, result, ctx)
@@ -184,7 +188,7 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     if search is not None:
         on_phase("measuring the chosen candidate")
         metrics["search"], sidecars = search_report.summarise(cfg, search, loaded.proto, result.model, target,
-                                                              calib.feeds[0])
+                                                              calib.feeds[0], stages)
         warnings += search.warnings
     on_phase("writing bundle")
     bundle = write_bundle(cfg.output, model=result.model, target=target, sample_inputs=calib.feeds[0],

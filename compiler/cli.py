@@ -125,12 +125,35 @@ def _print_search(console: Console, search: dict[str, Any]) -> None:
         table.add_row("*" if row["chosen"] else "", escape(row["candidate"]), f"{row['latency_ms']:.4g}",
                       f"{row['accuracy']:.4f}", f"{row['drop']:+.4f}")
     console.print(table)
+    _print_pass_shares(console, search.get("pass_shares", []))
     chosen, latency = search["chosen"], search["chosen"]["latency_ms"]
     console.print(f"chosen: {escape(chosen['candidate'])} ({escape(', '.join(chosen['passes']))}): latency "
                   f"{latency['predicted']:.4g} ms predicted ({escape(search['latency_source'])}), "
                   f"{latency['measured']:.4g} ms measured on this host; accuracy {chosen['accuracy']:.4f}")
     files = search["files"]
     console.print(f"search files next to the bundle: {escape(files['choice'])}, {escape(files['plot'])}")
+
+
+def _print_pass_shares(console: Console, rows: list[dict[str, Any]]) -> None:
+    """Each pass's latency after it and share of the saving (signed; "-" when the saving is noise)."""
+    from rich.table import Table
+
+    if not rows:
+        return
+    table = Table(title="Where the saving comes from", caption="each stage timed, interleaved with the original")
+    for col in ("pass", "ms after", "saved ms", "share"):
+        table.add_column(col, justify="left" if col == "pass" else "right")
+    table.add_row("(original)", f"{rows[0]['ms_after'] + rows[0]['saved_ms']:.4g}", "", "")
+    for row in rows:
+        if not row["changed"]:
+            table.add_row(f"{escape(row['pass'])} (no change)", f"{row['ms_after']:.4g}", "0", "0%")
+            continue
+        share = "-" if row["share"] is None else f"{row['share']:+.0%}"
+        table.add_row(escape(row["pass"]), f"{row['ms_after']:.4g}", f"{row['saved_ms']:+.4g}", share)
+    console.print(table)
+    reasons = {row["reason"] for row in rows if row.get("reason")}
+    for reason in sorted(reasons):
+        console.print(f"no shares: {escape(reason)}")
 
 
 @cli.command()

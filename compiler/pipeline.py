@@ -140,8 +140,13 @@ def run_pass(pass_: EdgecPass[Any], proto: onnx.ModelProto, reference: list[dict
 
 
 def run_pipeline(proto: onnx.ModelProto, passes: Sequence[EdgecPass[Any]], ctx: BuildContext,
-                 on_pass: Callable[[str], None] | None = None) -> PipelineResult:
-    """Run ``passes`` in order, each on a copy of the previous result, verifying each."""
+                 on_pass: Callable[[str], None] | None = None,
+                 on_model: Callable[[str, onnx.ModelProto], None] | None = None) -> PipelineResult:
+    """Run ``passes`` in order, each on a copy of the previous result, verifying each.
+
+    ``on_pass`` hears each pass's name before it runs; ``on_model`` gets its name and verified output
+    after (the pipeline's own proto: a caller that keeps it must copy or serialize it).
+    """
     first = reference = reference_outputs(proto, ctx.calibration[:VERIFY_SAMPLES]) if ctx.calibration else []
     records = []
     for pass_ in passes:
@@ -149,4 +154,6 @@ def run_pipeline(proto: onnx.ModelProto, passes: Sequence[EdgecPass[Any]], ctx: 
             on_pass(pass_.name)
         proto, reference, record = run_pass(pass_, proto, reference, ctx)
         records.append(record)
+        if on_model:
+            on_model(pass_.name, proto)
     return PipelineResult(proto, records, first, reference)

@@ -3,21 +3,28 @@
 The bundle format lists every file it holds (the loader refuses others), so the search's files sit
 next to the bundle, named after it: ``OUT.search-choice.toml`` (``edgec build --config`` on it
 rebuilds the chosen model exactly) and ``OUT.pareto.png``. The manifest's ``metrics.search`` holds
-the summary: objective, budget and evaluations, the Pareto front, and the chosen candidate's
-latency as the search estimated it and as measured again on the final bundle model.
+the summary: objective, budget and evaluations, the Pareto front, the chosen candidate's
+latency as the search estimated it and as measured again on the final bundle model, and each
+pass's share of the saving.
+
+Pass shares: the original and the model after each pass that changed it are timed in one
+interleaved run (``measure_latencies``), so host drift hits every stage alike; a pass's share is
+the latency it removed over the latency the whole pipeline removed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from edgec.compiler.config import BuildConfig
-from edgec.compiler.search.measure import measure_latencies
+from edgec.compiler.search.measure import Measurement, measure_latencies
 from edgec.compiler.search.orchestrate import PredictedLatency, SearchResult
 from edgec.compiler.search.pareto import describe, front_rows, pareto_front, plot_front
 from edgec.compiler.search.space import choice_toml, model_reference
@@ -30,8 +37,96 @@ def sidecar_paths(output: Path) -> dict[str, Path]:
             "plot": output.with_name(f"{output.name}.pareto.png")}
 
 
+# Below this share of the original's latency, the whole saving is within timing noise: no shares.
+MIN_SAVING = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTiming:
+    """The model after one pass: whether the pass changed it, and its latency.
+
+    An unchanged stage is not timed again: ``latency`` is the previous stage's measurement, the same object.
+    """
+
+    name: str
+    changed: bool
+    latency: Measurement
+
+
+def time_stages(original: bytes, stages: Sequence[tuple[str, bytes]], target: TargetProfile,
+                feeds: dict[str, Any]) -> tuple[Measurement, list[StageTiming]]:
+    """Time the original and each distinct stage in one interleaved run, at the target's threads and level."""
+    models, positions, previous = [original], [], original
+    for _, model in stages:
+        if model != previous:
+            models.append(model)
+        positions.append(len(models) - 1)
+        previous = model
+    timed = measure_latencies(models, feeds, threads=target.intra_op_num_threads,
+                              level=target.graph_optimization_level)
+    timings, last = [], 0
+    for (name, _), position in zip(stages, positions, strict=True):
+        timings.append(StageTiming(name, position != last, timed[position]))
+        last = position
+    return timed[0], timings
+
+
+def _no_split_reason(original_ms: float, final_ms: float) -> str | None:
+    """Why the saving cannot be split into shares, or None when it can."""
+    if final_ms > original_ms:
+        return f"the passes made the model slower ({original_ms:.4g} -> {final_ms:.4g} ms): no saving to split"
+    if original_ms - final_ms < MIN_SAVING * original_ms:
+        return (f"the passes saved {original_ms - final_ms:.4g} of {original_ms:.4g} ms, under {MIN_SAVING:.0%}: "
+                "too little to split")
+    return None
+
+
+def share_rows(original: Measurement, timings: Sequence[StageTiming]) -> list[dict[str, Any]]:
+    """One row per pass: latency after it, ms it saved, and its share of the pipeline's saving.
+
+    A share is signed: a pass that slows the model (channel-pruned weights read through a copy, say)
+    has a negative share, and the other passes' shares then add up to more than 1, so all sum to 1. When the
+    pipeline saved less than ``MIN_SAVING`` of the original's latency (or made it slower), the split
+    would divide by noise: every share is None and the row says why. An unchanged pass saved 0.
+    """
+    final_ms = timings[-1].latency.median_ms if timings else original.median_ms
+    total_ms = original.median_ms - final_ms
+    reason = _no_split_reason(original.median_ms, final_ms)
+    rows, previous_ms = [], original.median_ms
+    for stage in timings:
+        ms_after = stage.latency.median_ms
+        saved_ms = previous_ms - ms_after if stage.changed else 0.0
+        row: dict[str, Any] = {"pass": stage.name, "changed": stage.changed, "ms_after": ms_after,
+                               "saved_ms": saved_ms}
+        if not stage.changed:
+            row["share"] = 0.0
+        elif reason is None:
+            row["share"] = saved_ms / total_ms
+        else:
+            row.update(share=None, reason=reason)
+        rows.append(row)
+        previous_ms = ms_after
+    return rows
+
+
+def pass_shares(original: bytes, stages: Sequence[tuple[str, bytes]], target: TargetProfile,
+                feeds: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each pass's share of the latency saving: ``stages`` is (pass name, model bytes after it), in order.
+
+    Shares are signed (a pass that slows the model has a negative one) and None when the total
+    saving is under ``MIN_SAVING`` of the original; see ``share_rows``.
+    """
+    return share_rows(*time_stages(original, stages, target, feeds))
+
+
 def _measured(original: onnx.ModelProto, final: onnx.ModelProto, target: TargetProfile,
-              feeds: dict[str, Any]) -> dict[str, float]:
+              feeds: dict[str, Any]) -> dict[str, Any]:
+    """The bundle model's latency, timed in a pair with the original as the search timed every candidate.
+
+    Not taken from the stage run: more models in a round leave less of each in cache (ResNet-50 ran
+    ~10% slower alternating with one other model than alone), and this figure is compared with the
+    search's estimate.
+    """
     base, chosen = measure_latencies([original.SerializeToString(), final.SerializeToString()], feeds,
                                      threads=target.intra_op_num_threads, level=target.graph_optimization_level)
     return {"median_ms": chosen.median_ms, "original_ms": base.median_ms, "ratio": chosen.median_ms / base.median_ms,
@@ -53,8 +148,13 @@ def choice_text(cfg: BuildConfig, search: SearchResult) -> str:
 
 
 def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto, final: onnx.ModelProto,
-              target: TargetProfile, feeds: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The manifest's ``metrics.search``, and the sidecar contents to write once the bundle exists."""
+              target: TargetProfile, feeds: dict[str, Any],
+              stages: Sequence[tuple[str, bytes]] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest's ``metrics.search``, and the sidecar contents to write once the bundle exists.
+
+    ``stages``: (pass name, model bytes after it) for each pass of the pipeline that built ``final``,
+    in order. Without them the report has no pass shares.
+    """
     chosen = search.chosen
     objective = search.objective
     paths = sidecar_paths(cfg.output)
@@ -71,6 +171,8 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
                                   "measured_on": "host", "measured_ratio_to_original": measured["ratio"]},
                    "in_window": objective.in_window(chosen) if objective.latency_ms is not None else None},
         "pareto": front_rows(pareto_front(search.evaluations), chosen),
+        "pass_shares": pass_shares(original.SerializeToString(), stages, target, feeds) if stages else [],
+        "confirmations": search.confirmations,
         # Every evaluation in the order the strategy asked for it: how the search got there.
         "candidates": [{"candidate": describe(e.candidate), "latency_ms": e.latency_ms, "accuracy": e.accuracy,
                         "build_s": round(e.build_s, 2), "error": e.error or None, "knobs": e.candidate}

@@ -14,6 +14,7 @@ import pytest
 
 from edgec.compiler.cli import cli
 from edgec.compiler.search.measure import measure_latencies
+from edgec.compiler.search.objective import HEADROOM
 from edgec.models.zoo import get_zoo_model
 from edgec.runtime import load
 
@@ -37,14 +38,16 @@ def test_latency_target_is_met_and_the_choice_rebuilds_exactly(runner, tmp_path)
     search = json.loads(result.stdout)["metrics"]["search"]
     assert search["evaluations"] <= 12 and search["objective"]["latency_ms"] == pytest.approx(target, rel=1e-3)
     chosen = search["chosen"]
-    # Feasible by the search's own timing. Whether it lands in [0.90, 1.00] x target, measured again, is a
-    # timing claim: bench/search.py measures it on a quiet host (a test on shared cores would be flaky).
-    assert chosen["latency_ms"]["predicted"] <= target
+    # Feasible by the search's own timing, with its headroom, and timed again before it was accepted. Whether
+    # it lands in [0.90, 1.00] x target, measured once more, is a timing claim: bench/search.py measures it on
+    # a quiet host (a test on shared cores would be flaky).
+    assert chosen["latency_ms"]["predicted"] <= HEADROOM * target
+    assert search["confirmations"] and search["confirmations"][-1]["candidate"] == chosen["candidate"]
     # Accuracy is the zoo's held-out metric; the chosen one is the best feasible in the search.
     front = search["pareto"]
     assert any(row["chosen"] for row in front)
     # (accuracies within 1e-4 tie, and a tie goes to the one in the window: search.objective.TIE)
-    assert chosen["accuracy"] >= max(r["accuracy"] for r in front if r["latency_ms"] <= target) - 1e-4
+    assert chosen["accuracy"] >= max(r["accuracy"] for r in front if r["latency_ms"] <= HEADROOM * target) - 1e-4
     assert (tmp_path / "b.pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load(out).manifest["metrics"]["search"]["chosen"]["passes"] == chosen["passes"]
 
@@ -160,3 +163,29 @@ def test_non_host_target_without_device_file_warns(runner, tmp_path):
     report = json.loads(result.stdout)
     assert any("android-arm64 is not this host and no --device-file" in w for w in report["warnings"])
     assert report["metrics"]["search"]["latency_source"].startswith("measured on this host")
+
+
+def test_report_splits_the_saving_between_the_passes(runner, tmp_path):
+    out = tmp_path / "b"
+    result = runner.invoke(cli, ["build", "zoo:digits-cnn", "--target", "cpu-x86", "-o", str(out),
+                                 "--max-drop", "0.01", "--budget", "4"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert "Where the saving comes from" in result.stdout
+    search = load(out).manifest["metrics"]["search"]
+    rows = search["pass_shares"]
+    # One row per pass of the chosen pipeline, in pipeline order; an unchanged pass was not timed again.
+    assert [r["pass"] for r in rows] == search["chosen"]["passes"]
+    previous_ms = None
+    for row in rows:
+        if not row["changed"]:
+            assert row["share"] == 0.0 and row["saved_ms"] == 0.0
+            assert previous_ms is None or row["ms_after"] == previous_ms
+        previous_ms = row["ms_after"]
+    changed = [r for r in rows if r["changed"]]
+    if changed and all(r["share"] is not None for r in changed):
+        assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=1e-6)
+    else:  # the whole saving was within noise (or a loss): no shares, and a reason
+        assert all(r["share"] is None and "to split" in r["reason"] for r in changed)
+    latency = search["chosen"]["latency_ms"]
+    assert latency["measured"] > 0 and latency["measured_ratio_to_original"] > 0
+    assert search["confirmations"] == []  # only a latency target's choice is timed again
