@@ -49,6 +49,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -58,7 +59,7 @@ from edgec.compiler.search.space import PRECISION, Candidate, Knob, SearchSpace,
 RATIO = "prune-channels.ratio"
 DEPTH = "prune-depth.num_blocks"
 AIM = 0.94  # where landing steps aim: the middle of the window [0.90 T, 0.98 T]
-FIXED_SHARE = 0.15  # prior share of latency pruning cannot remove, before two points are measured
+FIXED_SHARE = 0.15  # prior share of latency pruning cannot remove, before any landing has measured it
 RATIO_RESOLUTION = 0.01  # below this the channel counts (rounded to the target's multiple) stop changing
 MAX_PROBES = 6  # per combination: the anchor and up to five landing steps
 REACH_SLACK = 0.9  # pruning may reach 10% further in one combination than it did in another
@@ -80,8 +81,8 @@ def _with_ratio(combo: Candidate, ratio: float) -> Candidate:
     return {**combo, RATIO: ratio} if RATIO in combo else dict(combo)
 
 
-def _fit_ratio(points: Sequence[tuple[float, float]], aim: float) -> float | None:
-    """Ratio where a + b(1-r)^2 reaches ``aim``: through two points, or one and the prior fixed share."""
+def _fit_ratio(points: Sequence[tuple[float, float]], aim: float, fixed_share: float = FIXED_SHARE) -> float | None:
+    """Ratio where a + b(1-r)^2 reaches ``aim``: through two points, or one and the fixed share ``a / (a + b)``."""
     if len(points) >= 2:
         (r1, l1), (r2, l2) = points[0], points[1]
         denom = (1 - r1) ** 2 - (1 - r2) ** 2
@@ -91,8 +92,8 @@ def _fit_ratio(points: Sequence[tuple[float, float]], aim: float) -> float | Non
         a = l1 - b * (1 - r1) ** 2
     else:
         r1, l1 = points[0]
-        full = l1 / (FIXED_SHARE + (1 - FIXED_SHARE) * (1 - r1) ** 2)
-        a, b = FIXED_SHARE * full, (1 - FIXED_SHARE) * full
+        full = l1 / (fixed_share + (1 - fixed_share) * (1 - r1) ** 2)
+        a, b = fixed_share * full, (1 - fixed_share) * full
     share = (aim - a) / b
     return 1.0 - math.sqrt(share) if share > 0 else None
 
@@ -119,6 +120,7 @@ class _Lander:
         self.first, self.order = first, order
         self.points: list[tuple[float, Evaluation]] = []
         self.done = False
+        self.fixed_share = FIXED_SHARE  # the strategy updates it from other combinations' landings
 
     def add(self, ratio: float, evaluation: Evaluation) -> None:
         """Record a probe; failures end the combination (its pass refuses this model)."""
@@ -173,7 +175,7 @@ class _Lander:
         low, high = float(self.knob.low), float(self.knob.high)
         if hi is None:  # everything so far too slow: aim beyond, up to the largest ratio
             top = max(r for r, _ in slow)
-            guess = _fit_ratio(sorted(slow)[-2:], AIM * target)
+            guess = _fit_ratio(sorted(slow)[-2:], AIM * target, self.fixed_share)
             if guess is None:  # the fit puts the target out of pruning's reach: the largest ratio decides
                 guess = high
             return self._snap(min(guess, high), top, high + 1e-6)
@@ -283,6 +285,7 @@ class GuidedStrategy:
                 return
             if id(lander) in busy or lander.done or self._pruned(lander):
                 continue
+            lander.fixed_share = self._fixed_share()
             while (ratio := lander.next_ratio()) is not None:
                 candidate = self.space.canonical(_with_ratio(lander.combo, ratio))
                 key = candidate_key(candidate)
@@ -346,6 +349,23 @@ class GuidedStrategy:
         if self.objective.latency_ms is not None:
             return not feasible(shallow) and feasible(deep)
         return feasible(shallow) and not feasible(deep)
+
+    def _fixed_share(self) -> float:
+        """The share of latency pruning leaves, a / (a + b), fitted on the landings so far (median); else the prior.
+
+        The prior (15%) suits convolutional nets; BERT-like keeps ~70% (attention and the frozen
+        hidden width), and a first step from the prior there barely moves the latency.
+        """
+        shares = []
+        for lander in self.landers:
+            if not lander.points or lander.points[0][0] != 0.0 or not lander.points[0][1].ok:
+                continue
+            anchor = lander.points[0][1]
+            for ratio, e in lander.points[1:]:
+                kept = (1 - ratio) ** 2
+                if e.ok and kept < 1 - 1e-6:
+                    shares.append(min(max((e.ms / anchor.ms - kept) / (1 - kept), 0.0), 0.95))
+        return statistics.median(shares) if shares else FIXED_SHARE
 
     def _pruning_reach(self) -> float | None:
         """The smallest latency fraction pruning reached in any combination: at its largest ratio over its anchor."""

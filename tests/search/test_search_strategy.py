@@ -128,3 +128,19 @@ def test_a_depth_level_the_anchors_skipped_is_opened_where_the_target_falls():
     evaluations = _drive(space, objective, 16, latency, accuracy)
     best = objective.best(evaluations)
     assert best is not None and best.candidate["prune-depth.num_blocks"] == 3, [e.candidate for e in evaluations]
+
+
+def test_the_share_pruning_cannot_remove_is_learned_from_the_landings():
+    bert = onnx.load(str(get_zoo_model("bert-like").onnx_path()))
+    space = build_space(SEARCH_PASSES, bert, get_target("cpu-x86"))
+
+    def latency(c) -> float:  # 70% of the latency out of pruning's reach, at every depth and precision
+        full = (6 - c["prune-depth.num_blocks"]) * (1.0 if c["precision"] == "fp32" else 0.5)
+        return full * (0.7 + 0.3 * (1.0 - c.get(RATIO, 0.0)) ** 2)
+
+    strategy = GuidedStrategy(space, Objective(latency_ms=2.0), 12)
+    while batch := strategy.ask(2):
+        strategy.tell([Evaluation(c, latency(c), 1.0, 0.0) for c in batch])
+        if len(strategy.results) >= 12:
+            break
+    assert strategy._fixed_share() == pytest.approx(0.7, abs=0.01)
