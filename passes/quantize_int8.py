@@ -53,6 +53,9 @@ class QuantizeInt8Config:
     placement: Literal["auto", "all", "float-islands", "float-islands+depthwise"] = "auto"
     int8_rewrites: bool = True
     exclude_nodes: tuple[str, ...] = ()
+    # The k most sensitive weighted nodes (ranked one at a time, as max_drop's recovery ranks them) stay
+    # float: a per-node precision the search can set without knowing node names.
+    keep_float: int = 0
     max_drop: float | None = None
     max_recovery_steps: int = 8
     sensitivity_plot: str = ""
@@ -76,7 +79,7 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
     # Expected int8 error is ~0.95-0.9999 cosine; a broken graph (wrong ranges, swapped axes) is far lower.
     tolerance = Tolerance(lossy=True, min_cosine=0.9)
     search_space = {"calibration": ("minmax", "entropy", "percentile"), "per_channel": (True, False),
-                    "placement": ("auto", "all")}
+                    "placement": ("auto", "all"), "keep_float": (0, 1, 4)}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = to_proto(model)
@@ -86,6 +89,8 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
             self.record(method="dynamic")
             return ir.passes.PassResult(model, modified=True)
         require_format(self.ctx, INT8_QDQ, self.name)
+        if self.config.keep_float < 0:
+            raise ConfigError(f"pass {self.name!r}: keep_float must be 0 or more, not {self.config.keep_float}")
         feeds = checked_feeds(proto, self.ctx.calibration, self.config.samples, self.name)
         if self.config.per_channel:
             proto, old = ensure_opset(proto, PER_CHANNEL_OPSET, "per-channel int8 weights")
@@ -140,7 +145,7 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
             return proto
         base_exclude = [*self.config.exclude_nodes, *placed]
         self.record(kept_float=len(base_exclude))
-        if self.config.max_drop is None and not self.config.sensitivity_plot:
+        if self.config.max_drop is None and not self.config.sensitivity_plot and not self.config.keep_float:
             return build(base_exclude)
         return self._recover(pre_proto, proto, feeds, build, base_exclude)
 
@@ -205,6 +210,12 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         self.record(sensitivity=[{"node": n, "error": round(e, 6)} for n, e in ranked[:20]])
         if self.config.sensitivity_plot:
             sens.plot_ranking(ranked, Path(self.config.sensitivity_plot), f"int8 sensitivity ({self.name})")
+        if self.config.keep_float:
+            most_sensitive = [n for n, _ in ranked[:self.config.keep_float]]
+            self.record(kept_float_by_sensitivity=most_sensitive)
+            base_exclude = [*base_exclude, *most_sensitive]
+            full = build(base_exclude)
+            ranked = ranked[self.config.keep_float:]
         if self.config.max_drop is None:
             return full
         result = sens.recover(lambda kept: build(base_exclude + kept), ranked, drop_of,

@@ -19,9 +19,11 @@ exactly. Passes at their no-op value (ratio 0, no blocks) are left out of the pi
 result depends on timing on the build host (quantize-int8's ``placement = "auto"``) are removed:
 the search does the timing itself, and a rebuild must not depend on it.
 
-Per-layer knobs (a channel ratio per node via ``prune-channels.layers``, a precision per node) are
-an extension point: a ``Knob`` whose option is a table; the strategies treat unknown knobs as
-categorical and never need to know what a value means.
+Per-node precision enters as a count, not a map: ``quantize-int8.keep_float = k`` keeps the k nodes
+most sensitive to int8 float (ranked on calibration data inside the pass), so a candidate stays
+plain data that rebuilds without naming nodes. A channel ratio per layer and a full per-node
+precision map (``mixed-precision``) would be knobs whose value is a table; the strategies treat
+unknown knobs as categorical and never need to know what a value means.
 """
 
 from __future__ import annotations
