@@ -40,12 +40,36 @@ class Plan:
         return any(len(self.reads[c.node]) < cg.width(c.layout) for c in cg.consumers)
 
 
-def round_keep(n: int, ratio: float, multiple: int) -> int:
-    """Channels to keep of ``n`` at ``ratio`` pruned, rounded up to ``multiple`` (never above n)."""
+ROUNDINGS = ("up", "dithered")
+GOLDEN = 0.6180339887498949
+
+
+def width_phase(n: int) -> float:
+    """The dithered rounding offset of a width-``n`` group: the fractional part of log2(n) times the golden ratio.
+
+    Widths of one network differ (64, 128, ... 2048), and so do their offsets, spread over [0, 1).
+    Not n itself times the ratio: the offset of 2n would be twice that of n, and the two widths
+    would step at the same ratios again.
+    """
+    return (math.log2(max(n, 1)) * GOLDEN) % 1.0
+
+
+def round_keep(n: int, ratio: float, multiple: int, rounding: str = "up") -> int:
+    """Channels to keep of ``n`` at ``ratio`` pruned, rounded to ``multiple`` (never above n, at least one multiple).
+
+    ``up``: at least the ratio's share is kept. ``dithered``: n (1 - ratio) / multiple is rounded
+    down after adding the width's phase, unbiased on average. Rounded up, every width that is a
+    multiple of 128 loses 16 channels at the same ratios (1 - r = k/8): ResNet-50's latency falls
+    13% between ratios 0.368 and 0.375 and nothing lands in between. Dithered, each width steps at
+    its own ratios, so latency falls in small steps and a search can land on a target.
+    """
     if ratio <= 0:
         return n
-    keep = math.ceil(n * (1.0 - ratio) - 1e-9)
-    keep = math.ceil(keep / multiple) * multiple
+    exact = n * (1.0 - ratio)
+    if rounding == "dithered":
+        keep = multiple * math.floor(exact / multiple + width_phase(n))
+    else:
+        keep = math.ceil(math.ceil(exact - 1e-9) / multiple) * multiple
     return min(n, max(keep, min(multiple, n)))
 
 
@@ -147,7 +171,7 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float], mode: str,
               importance: str, multiple: int, input_ms: dict[str, np.ndarray] | None = None,
-              allocation: str = "budgeted") -> Plan:
+              allocation: str = "budgeted", rounding: str = "up") -> Plan:
     """Choose live channels and consumer reads; frozen groups keep every channel live.
 
     ``input_ms`` (consumer input value -> feature mean squares) is needed by ``activation`` importance.
@@ -155,6 +179,8 @@ def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float
     the MACs the constrained mask would spend; ``per-consumer`` has each consumer read its own
     ratio's worth of channels, as UPSCALE publishes it; ``global`` prices MACs once for the whole
     model (either mode), the total matching the uniform constrained plan at the ratios.
+    ``rounding`` (``round_keep``) applies to constrained per-group plans; the budgets of the other
+    allocations round by value to the nearest multiple.
     """
     if importance == "activation" and input_ms is None:
         raise ValueError("activation importance needs the consumers' input mean squares")
@@ -173,7 +199,7 @@ def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float
     multiples = group_multiples(cg, multiple)
     if mode == "constrained":
         live = {g: np.arange(cg.space_sizes[g]) if g in frozen or g not in group_ratio else
-                _top(group_score[g], round_keep(cg.space_sizes[g], group_ratio[g], multiples[g]))
+                _top(group_score[g], round_keep(cg.space_sizes[g], group_ratio[g], multiples[g], rounding))
                 for g in scales}
         reads = {c.node: _reads_of_live(cg, c, live) for c in cg.consumers}
         return Plan(live, reads)

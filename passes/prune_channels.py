@@ -15,7 +15,7 @@ from edgec.compiler.errors import CalibrationError, ConfigError, UnsupportedOpEr
 from edgec.passes._channel_export import Selection, apply_plan, choose_orders, selections
 from edgec.passes._channel_graph import analyze
 from edgec.passes._prune_heads import prune_attention_heads
-from edgec.passes._prune_plan import Plan, input_mean_squares, make_plan
+from edgec.passes._prune_plan import ROUNDINGS, Plan, input_mean_squares, make_plan
 from edgec.passes._prune_recovery import METHODS as RECOVERIES
 from edgec.passes._prune_recovery import recover
 from edgec.passes._prune_types import ChannelGraph
@@ -58,7 +58,9 @@ class PruneChannelsConfig:
     same ratio); ``global`` (either mode) spends the uniform constrained plan's MACs where they keep
     the most output energy across the whole model, so per-layer ratios differ. ``importance``:
     weight L1/L2 norm, BatchNorm scale, or ``activation`` (weight column norm times the input's RMS
-    on calibration data).
+    on calibration data). ``rounding``: how a constrained plan rounds each group's kept count to the
+    target's channel multiple, ``up`` (at least the ratio's share kept) or ``dithered`` (unbiased,
+    each width stepping at its own ratios; the search's choice, see ``_prune_plan.round_keep``).
     ``heads`` is the fraction of each attention block's heads to drop (at least one is kept; see
     ``_prune_heads``), ranked on calibration data with ``activation`` importance, else by weights.
     ``recovery`` fixes the pruned layers from calibration data (see ``_prune_recovery``): ``bias``
@@ -73,6 +75,7 @@ class PruneChannelsConfig:
     allocation: str = "budgeted"
     importance: str = "l2"
     reorder: bool = True
+    rounding: str = "up"
     recovery: str = "none"
     ridge: float = 0.01
 
@@ -91,6 +94,8 @@ class PruneChannelsConfig:
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"prune-channels: importance must be one of {', '.join(IMPORTANCES)}, "
                               f"got {self.importance!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"prune-channels: rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
         if self.recovery not in RECOVERIES:
             raise ConfigError(f"prune-channels: recovery must be one of {', '.join(RECOVERIES)}, "
                               f"got {self.recovery!r}")
@@ -113,7 +118,8 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
 
     config_cls = PruneChannelsConfig
     search_space = {"ratio": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6), "heads": (0.0, 0.25, 0.5), "mode": MODES,
-                    "recovery": RECOVERIES, "importance": ("l2", "activation"), "allocation": ALLOCATIONS}
+                    "recovery": RECOVERIES, "importance": ("l2", "activation"), "allocation": ALLOCATIONS,
+                    "rounding": ("dithered",)}
     # Lossy by design: the pipeline records cosine on calibration data but never fails on it (a
     # random-init model pruned hard can reach a negative cosine); accuracy is the search's job.
     tolerance = Tolerance(lossy=True)
@@ -129,7 +135,7 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
         cfg = self.config
         plan = make_plan(model, cg, lambda node: cfg.layers.get(node, cfg.ratio), cfg.mode, cfg.importance,
                          self.ctx.target.channel_multiple, self._input_mean_squares(model, cg),
-                         allocation=cfg.allocation)
+                         allocation=cfg.allocation, rounding=cfg.rounding)
         if not plan.prunes_anything(cg):
             self.record(mode=cfg.mode, channels_before=sum(cg.space_sizes), channels_after=sum(cg.space_sizes))
             return ir.passes.PassResult(model, modified=heads_removed > 0)

@@ -164,15 +164,19 @@ def removable_blocks(proto: onnx.ModelProto, granularity: str) -> int:
     return sum(b.removable for b in candidates(ir.serde.deserialize_model(proto).graph, granularity))
 
 
-def ratio_breakpoints(proto: onnx.ModelProto, multiple: int, low: float, high: float) -> tuple[float, ...]:
+def ratio_breakpoints(proto: onnx.ModelProto, multiple: int, low: float, high: float,
+                      rounding: str = "up") -> tuple[float, ...]:
     """Uniform ratios in (low, high] at which some Conv/MatMul layer keeps fewer channels in or out.
 
-    prune-channels keeps ceil(n (1 - r)) of n channels rounded up to the target's channel multiple
-    m, so a layer of width n changes only at r = 1 - k m / n; between two such values every ratio
+    Rounded up, prune-channels keeps ceil(n (1 - r)) of n channels rounded up to the target's
+    channel multiple m, so a layer of width n changes only at r = 1 - k m / n; dithered, at
+    r = 1 - (k - phase(n)) m / n (``_prune_plan.round_keep``). Between two such values every ratio
     builds the same model. Rounded up to the candidates' 3 decimals so each one is past its step.
     (Channel groups joined by a Concat or a residual can step elsewhere; the search's model-hash
     check catches the duplicates that follow.)
     """
+    from edgec.passes._prune_plan import width_phase
+
     weights = {i.name: list(i.dims) for i in proto.graph.initializer}
     widths: set[int] = set()
     for node in proto.graph.node:
@@ -180,8 +184,9 @@ def ratio_breakpoints(proto: onnx.ModelProto, multiple: int, low: float, high: f
         if len(dims) >= 2:  # output and input widths: producers and consumers both round their counts
             widths |= {dims[0], dims[1]} if node.op_type == "Conv" else {dims[-1], dims[-2]}
     scale = 10**RATIO_DECIMALS
-    points = {math.ceil((1.0 - k * multiple / n) * scale - 1e-6) / scale
-              for n in widths for k in range(1, (n - 1) // multiple + 1)}
+    phase = {n: width_phase(n) if rounding == "dithered" else 0.0 for n in widths}
+    points = {math.ceil((1.0 - (k - phase[n]) * multiple / n) * scale - 1e-6) / scale
+              for n in widths for k in range(1, n // multiple + 1)}
     return tuple(sorted(p for p in points if low < p <= high))
 
 
@@ -221,7 +226,8 @@ def _pass_knobs(cls: type[EdgecPass[Any]], proto: onnx.ModelProto, target: Targe
         if default not in choices and (cls.name, option) not in CONTINUOUS:
             default = choices[0]
         continuous = (cls.name, option) in CONTINUOUS
-        steps = ratio_breakpoints(proto, max(target.channel_multiple, 1), min(choices), max(choices)) \
+        rounding = cls.search_space.get("rounding", ("up",))[0]  # the one the search builds with
+        steps = ratio_breakpoints(proto, max(target.channel_multiple, 1), min(choices), max(choices), rounding) \
             if continuous else ()
         knobs.append(Knob(cls.name, option, choices, default, (cls.name, option) in ORDERED, continuous, steps))
     return knobs

@@ -51,11 +51,11 @@ def _outputs(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[s
 
 
 def _prune_zeroed(name: str, mode: str, ratio: float, kinds: tuple[str, ...], naive: bool = False,
-                  allocation: str = "per-consumer"):
+                  allocation: str = "per-consumer", rounding: str = "up"):
     """Outputs of the model with the plan's channels zeroed, and of the same model pruned by that plan."""
     model = _ir(name)
     cg = analyze(model)
-    plan = make_plan(model, cg, lambda _: ratio, mode, "l2", 16, allocation=allocation)
+    plan = make_plan(model, cg, lambda _: ratio, mode, "l2", 16, allocation=allocation, rounding=rounding)
     zero_pruned(model, cg, plan)
     feeds = get_zoo_model(name).calibration(2)
     zeroed = _outputs(model, feeds)
@@ -72,6 +72,15 @@ def test_pruning_zeroed_channels_changes_nothing(name, mode, allocation):
     if mode == "constrained":
         assert {s.kind for s in selections} == {"none"}
     assert any(s.channels < s.of for s in selections), "the plan pruned nothing"
+
+
+@pytest.mark.parametrize("name", ["resnet50", "bert-like"])
+def test_dithered_rounding_prunes_exactly_what_it_zeroes(name):
+    zeroed, pruned, selections = _prune_zeroed(name, "constrained", 0.37, ("slice", "gather"), rounding="dithered")
+    for err in compare_outputs(zeroed, pruned):
+        assert err.max_rel <= ZERO_RTOL, (name, err)
+    kept = [s.channels for s in selections if s.channels < s.of]
+    assert kept and all(k % 16 == 0 for k in kept)  # still whole channel multiples for the kernels
 
 
 @pytest.mark.parametrize(("name", "kinds", "naive"), [

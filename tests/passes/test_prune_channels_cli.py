@@ -35,6 +35,7 @@ def test_build_prunes_with_config_options(tmp_path):
     ('mode = "loose"', "mode must be one of"),
     ("ratios = 0.5", "ratios"),
     ('recovery = "magic"', "recovery must be one of"),
+    ('rounding = "down"', "rounding must be one of"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, options, fragment):
     result, out = _build(tmp_path, options)

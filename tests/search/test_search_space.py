@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import onnx
 import pytest
 
 from edgec.compiler.config import config_file_fields
 from edgec.compiler.errors import ConfigError
-from edgec.compiler.search.space import SEARCH_PASSES, build_space, choice_toml, removable_blocks
+from edgec.compiler.search.space import SEARCH_PASSES, build_space, choice_toml, ratio_breakpoints, removable_blocks
 from edgec.compiler.search.strategy import _fit_ratio, _spread
 from edgec.models.zoo import get_zoo_model
+from edgec.passes._prune_plan import round_keep
 from edgec.targets.registry import get_target
 
 
@@ -77,3 +81,40 @@ def test_landing_step_solves_the_quadratic_latency_model():
 def test_anchor_depth_levels_go_coarse_to_fine():
     assert _spread([0, 1, 2, 3, 4]) == [0, 4, 2, 1, 3]
     assert _spread([0, 1]) == [0, 1]
+
+
+@pytest.mark.parametrize("rounding", ["up", "dithered"])
+def test_no_width_changes_between_two_breakpoints(rounding):
+    # The landing snaps to breakpoints on the promise that every ratio between two of them builds the
+    # same model: check it on ResNet-50's widths and two that are not multiples of 16.
+    widths = {64, 128, 256, 512, 1024, 2048, 3, 100}
+    steps = _synthetic_breakpoints(widths, rounding)
+    assert len(steps) > 50
+    for low, high in itertools.pairwise(steps):
+        before_next = high - 0.0010001  # each point is its step rounded up to 3 decimals
+        if before_next >= low:
+            for n in widths:
+                assert round_keep(n, low, 16, rounding) == round_keep(n, before_next, 16, rounding), (n, low)
+
+
+def _synthetic_breakpoints(widths, rounding):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", f"w{n}"], [f"y{n}"]) for n in widths], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)], [],
+        [onnx.helper.make_tensor(f"w{n}", onnx.TensorProto.FLOAT, [n, 1, 1, 1], [0.0] * n) for n in widths])
+    return ratio_breakpoints(onnx.helper.make_model(graph), 16, 0.0, 0.6, rounding)
+
+
+def test_dithered_rounding_spreads_the_steps_of_a_resnet_over_the_ratios():
+    widths = (128, 256, 512, 1024, 2048)  # ResNet-50's widths past the stem
+    # Rounded up, all five widths drop 16 channels at the same ratios; dithered, at most two within 0.001.
+    for rounding, most_at_once in (("up", 5), ("dithered", 2)):
+        steps = {}
+        for r in np.arange(0.001, 0.6, 0.001):
+            changed = sum(round_keep(n, r, 16, rounding) != round_keep(n, r - 0.001, 16, rounding) for n in widths)
+            steps[round(float(r), 3)] = changed
+        assert max(steps.values()) == most_at_once, rounding
+    for n in (3, 64, 100, 2048):
+        assert round_keep(n, 0.0, 16, "dithered") == n
+        for r in (0.1, 0.3, 0.6):
+            assert abs(round_keep(n, r, 16, "dithered") - max(n * (1 - r), min(16, n))) <= 16
