@@ -72,11 +72,13 @@ def digits():
     return proto, feeds, make_scorer(proto.SerializeToString(), feeds, None, zoo.name)
 
 
-def test_the_choice_is_timed_again_before_it_is_accepted(digits):
-    proto, feeds, scorer = digits
+def test_the_choice_is_timed_again_before_it_is_accepted():
+    zoo = get_zoo_model("mnist-resnet")  # 0.1 ms: digits-cnn's 13 us is too close to timer noise for a target
+    proto, feeds = onnx.load(str(zoo.onnx_path())), zoo.calibration(8)
+    scorer = make_scorer(proto.SerializeToString(), feeds, None, zoo.name)
     target = get_target("cpu-x86")
     space = build_space(SEARCH_PASSES, proto, target)
-    settings = SearchSettings(Objective(), budget=6, latency_ratio=0.7)
+    settings = SearchSettings(Objective(), budget=6, latency_ratio=0.8)
     result = run_search(proto, space, settings, target=target, calibration=feeds, scorer=scorer)
     assert result.confirmations, "a measured latency target confirms its choice"
     last = result.confirmations[-1]
