@@ -208,14 +208,14 @@ def _timed_points(case: Case, built: list[tuple[str, bytes]]) -> dict[str, list[
     the same point, not two draws of timing noise.
     """
     original = case.proto.SerializeToString()
-    graphs = {hashlib.sha256(onnx.load_from_string(m).graph.SerializeToString()).hexdigest(): m for _, m in built}
+    digests = [hashlib.sha256(onnx.load_from_string(m).graph.SerializeToString()).hexdigest() for _, m in built]
+    graphs = dict(zip(digests, (m for _, m in built), strict=True))
     times = measure_latencies([original, *graphs.values()], case.feeds[0], min_rounds=8)
     points = {digest: (t.median_ms / times[0].median_ms, case.scorer.score(model))
               for (digest, model), t in zip(graphs.items(), times[1:], strict=True)}
     out: dict[str, list[tuple[float, float]]] = {}
-    for group, model in built:
-        out.setdefault(group, []).append(points[hashlib.sha256(onnx.load_from_string(model).graph
-                                                               .SerializeToString()).hexdigest()])
+    for (group, _), digest in zip(built, digests, strict=True):
+        out.setdefault(group, []).append(points[digest])
     return out
 
 
