@@ -119,15 +119,14 @@ def pass_shares(original: bytes, stages: Sequence[tuple[str, bytes]], target: Ta
     return share_rows(*time_stages(original, stages, target, feeds))
 
 
-def _measured(original: onnx.ModelProto, final: onnx.ModelProto, target: TargetProfile,
-              feeds: dict[str, Any]) -> dict[str, Any]:
+def _measured(original: bytes, final: bytes, target: TargetProfile, feeds: dict[str, Any]) -> dict[str, Any]:
     """The bundle model's latency, timed in a pair with the original as the search timed every candidate.
 
     Not taken from the stage run: more models in a round leave less of each in cache (ResNet-50 ran
     ~10% slower alternating with one other model than alone), and this figure is compared with the
     search's estimate.
     """
-    base, chosen = measure_latencies([original.SerializeToString(), final.SerializeToString()], feeds,
+    base, chosen = measure_latencies([original, final], feeds,
                                      threads=target.intra_op_num_threads, level=target.graph_optimization_level)
     return {"median_ms": chosen.median_ms, "original_ms": base.median_ms, "ratio": chosen.median_ms / base.median_ms,
             "stable": chosen.stable}
@@ -158,7 +157,9 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
     chosen = search.chosen
     objective = search.objective
     paths = sidecar_paths(cfg.output)
-    measured = _measured(original, final, target, feeds)
+    original_bytes = original.SerializeToString()
+    final_bytes = stages[-1][1] if stages else final.SerializeToString()  # the last stage is the bundle model
+    measured = _measured(original_bytes, final_bytes, target, feeds)
     summary = {
         "objective": {"latency_ms": objective.latency_ms, "max_drop": objective.max_drop},
         "strategy": search.strategy, "budget": search.budget, "evaluations": len(search.evaluations),
@@ -171,7 +172,7 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
                                   "measured_on": "host", "measured_ratio_to_original": measured["ratio"]},
                    "in_window": objective.in_window(chosen) if objective.latency_ms is not None else None},
         "pareto": front_rows(pareto_front(search.evaluations), chosen),
-        "pass_shares": pass_shares(original.SerializeToString(), stages, target, feeds) if stages else [],
+        "pass_shares": pass_shares(original_bytes, stages, target, feeds) if stages else [],
         "confirmations": search.confirmations,
         # Every evaluation in the order the strategy asked for it: how the search got there.
         "candidates": [{"candidate": describe(e.candidate), "latency_ms": e.latency_ms, "accuracy": e.accuracy,
