@@ -17,8 +17,9 @@ from typing import Any
 
 WINDOW = 0.90  # a landed latency is within [WINDOW * T, HEADROOM * T]
 # A candidate fits a target T when it was measured within 0.98 T: the user times the bundle again,
-# and on this shared 2-core host a second median of the same model moves by up to ~1.5% (bench/search.py
-# re-measures every choice); one measured at 0.995 T would be over T about half the time.
+# and on this shared 2-core host a second median of the same model moves (bench/search.py re-measures
+# every choice: 0-1% on ResNet-50, 2.4% once on BERT-like); one measured at 0.995 T would be over T
+# about half the time.
 HEADROOM = 0.98
 # Accuracy differences below this are noise, not preference: a tenth of one held-out example in a
 # thousand, or the fifth digit of an output cosine (pruned random-init nets differ in the tenth).
