@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export EDGEC_CACHE ?= $(CURDIR)/.cache/edgec
 
-.PHONY: demo test install node-deps test-deps arm64-check crossruntime-zoo bench-fusion lint clean
+.PHONY: demo test test-timing-chaos test-under-load install node-deps test-deps arm64-check crossruntime-zoo bench-fusion lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,15 @@ demo: $(STAMP)
 
 test: $(STAMP) node-deps test-deps
 	$(BIN)/python -m pytest -q -n 2 tests
+
+# The suite on a simulated noisy host (tests/conftest.py --timing-chaos): a test that fails here asserts
+# something that timing noise decides. Three seeds, about 6 minutes each.
+test-timing-chaos: $(STAMP)
+	for seed in 1 2 3; do $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests --timing-chaos $$seed || exit 1; done
+
+# `make test` RUNS times in a row on a fresh clone of this checkout's HEAD, with a busy loop on every core.
+test-under-load:
+	bash scripts/test_under_load.sh $(or $(RUNS),5)
 
 # arm64 parity: the android-arm64 bundles' model.ort run under qemu-user in an arm64 Debian root
 # (about 5 minutes to set up once, root needed); compared with the host outputs.

@@ -45,7 +45,7 @@ from edgec.targets.profile import TargetProfile
 log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 24
 DEFAULT_WORKERS = 2
-CONFIRMATIONS = 3  # choices re-timed at most before the best confirmed one is taken
+CONFIRMATIONS = 3  # choices re-timed at most; then the best confirmed one that still fits is taken
 CONFIRM_ROUNDS = 12  # interleaved rounds of a confirmation (a search timing runs 5 or more)
 
 
@@ -265,12 +265,15 @@ def _rescaled(evaluations: list[Evaluation], timed: dict[str, float], baseline_m
 
 def _confirmed(evaluations: list[Evaluation], settings: SearchSettings, space: SearchSpace, context: dict,
                executor, latency: HostLatency | PredictedLatency, scorer: Scorer, timed: dict[str, float],
-               models: _ModelCache, confirmations: list[dict]) -> tuple[list[Evaluation], Objective]:
-    """The evaluations rescaled after the chosen candidate is timed again (host latency targets only).
+               models: _ModelCache, confirmations: list[dict], warnings: list[str],
+               ) -> tuple[list[Evaluation], Objective, Evaluation | None]:
+    """The evaluations rescaled, the objective and the choice, after the choice is timed again.
 
-    The confirmation's ratio is averaged with the search's (two independent medians), and if the
-    choice no longer fits, the next best is confirmed in turn, up to ``CONFIRMATIONS`` models. Each
-    confirmation is appended to ``confirmations``.
+    Host latency targets only. The confirmation's ratio is averaged with the search's (two
+    independent medians), and if the choice no longer fits, the next best is confirmed in turn, up
+    to ``CONFIRMATIONS`` models. Once they are spent, the best confirmed model that still fits is
+    taken; an unconfirmed one only when none does, with a warning. Each confirmation is appended to
+    ``confirmations``.
     """
     confirmed: set[str] = set()
     while True:
@@ -278,12 +281,18 @@ def _confirmed(evaluations: list[Evaluation], settings: SearchSettings, space: S
         objective = _objective(settings, latency.baseline_ms)
         chosen = objective.best(evaluations)
         if (chosen is None or objective.latency_ms is None or not isinstance(latency, HostLatency)
-                or chosen.model_digest in confirmed or len(confirmed) >= CONFIRMATIONS):
-            return evaluations, objective
+                or chosen.model_digest in confirmed):
+            return evaluations, objective, chosen
+        if len(confirmed) >= CONFIRMATIONS:
+            held = objective.best([e for e in evaluations if e.model_digest in confirmed])
+            if held is None:
+                warnings.append(f"the choice ({describe(chosen.candidate)}) was not timed again: the "
+                                f"{CONFIRMATIONS} choices before it no longer fitted the target when re-timed")
+            return evaluations, objective, held or chosen
         confirmed.add(chosen.model_digest)
         model = models.get(chosen.model_digest) or _rebuild(chosen, space, context, executor, scorer)
         if model is None:
-            return evaluations, objective
+            return evaluations, objective, chosen
         (again,) = latency.ratios([model], min_rounds=CONFIRM_ROUNDS)
         confirmations.append({"candidate": describe(chosen.candidate), "digest": chosen.model_digest,
                               "search_ratio": timed[chosen.model_digest], "again_ratio": again})
@@ -343,11 +352,10 @@ def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSe
                             f"{describe(internal[0].candidate)}: {internal[0].error.removeprefix(INTERNAL_ERROR)}")
         if objective.latency_ms is not None and isinstance(latency, HostLatency):
             progress.update(" (timing the choice again)")
-        evaluations, objective = _confirmed(evaluations, settings, space, context, executor, latency, scorer,
-                                            timed, models, confirmations)
+        evaluations, objective, chosen = _confirmed(evaluations, settings, space, context, executor, latency,
+                                                    scorer, timed, models, confirmations, warnings)
     finally:
         executor.close()
-    chosen = objective.best(evaluations)
     if chosen is None:
         raise _unreachable(objective, evaluations, target.name)
     return SearchResult(evaluations, chosen, objective, settings.strategy, settings.budget,

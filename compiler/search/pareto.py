@@ -44,7 +44,7 @@ def front_rows(front: Sequence[Evaluation], chosen: Evaluation | None) -> list[d
     if chosen is not None and chosen.ok and all(e is not chosen for e in front):
         front = sorted([*front, chosen], key=lambda e: e.ms)
     return [{"latency_ms": e.latency_ms, "accuracy": e.accuracy, "drop": e.drop, "candidate": describe(e.candidate),
-             "knobs": e.candidate, "chosen": e is chosen} for e in front]
+             "knobs": e.candidate, "digest": e.model_digest, "chosen": e is chosen} for e in front]
 
 
 def plot_front(path: Path, evaluations: Sequence[Evaluation], chosen: Evaluation | None, *,

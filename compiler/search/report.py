@@ -25,6 +25,7 @@ import onnx
 
 from edgec.compiler.config import BuildConfig
 from edgec.compiler.search.measure import Measurement, measure_latencies
+from edgec.compiler.search.objective import HEADROOM
 from edgec.compiler.search.orchestrate import PredictedLatency, SearchResult
 from edgec.compiler.search.pareto import describe, front_rows, pareto_front, plot_front
 from edgec.compiler.search.space import choice_toml, model_reference
@@ -161,12 +162,15 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
     final_bytes = stages[-1][1] if stages else final.SerializeToString()  # the last stage is the bundle model
     measured = _measured(original_bytes, final_bytes, target, feeds)
     summary = {
-        "objective": {"latency_ms": objective.latency_ms, "max_drop": objective.max_drop},
+        # A candidate fits the latency target when it measured within ``fits_within_ms`` (the headroom).
+        "objective": {"latency_ms": objective.latency_ms, "max_drop": objective.max_drop,
+                      "fits_within_ms": None if objective.latency_ms is None else HEADROOM * objective.latency_ms},
         "strategy": search.strategy, "budget": search.budget, "evaluations": len(search.evaluations),
         "failed": sum(not e.ok for e in search.evaluations), "wall_s": round(search.wall_s, 2),
         "metric": search.metric, "latency_source": search.latency_source,
         "original": {"latency_ms": search.baseline_ms, "accuracy": search.baseline_accuracy},
-        "chosen": {"candidate": describe(chosen.candidate), "knobs": chosen.candidate, "passes": list(cfg.passes),
+        "chosen": {"candidate": describe(chosen.candidate), "knobs": chosen.candidate, "digest": chosen.model_digest,
+                   "passes": list(cfg.passes),
                    "accuracy": chosen.accuracy, "drop": chosen.drop,
                    "latency_ms": {"predicted": chosen.latency_ms, "measured": measured["median_ms"],
                                   "measured_on": "host", "measured_ratio_to_original": measured["ratio"]},
@@ -176,7 +180,8 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
         "confirmations": search.confirmations,
         # Every evaluation in the order the strategy asked for it: how the search got there.
         "candidates": [{"candidate": describe(e.candidate), "latency_ms": e.latency_ms, "accuracy": e.accuracy,
-                        "build_s": round(e.build_s, 2), "error": e.error or None, "knobs": e.candidate}
+                        "build_s": round(e.build_s, 2), "error": e.error or None, "knobs": e.candidate,
+                        "digest": e.model_digest or None}
                        for e in search.evaluations],
         "files": {name: path.name for name, path in paths.items()},
     }

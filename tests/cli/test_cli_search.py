@@ -1,7 +1,8 @@
 """edgec build --latency-ms / --max-drop: the search through the real CLI on trained zoo models.
 
-Latency checks are ratios to the original timed in the same interleaved rounds (``measure_latencies``),
-so the target is as fast relative to fp32 in the test as it was when the search ran.
+No test here asserts what the host's timing noise decides (whether a tight target is reachable, which of
+two close candidates is faster): only what the search guarantees whatever it measured. Timing claims live
+in bench/search.py; ``pytest --timing-chaos SEED`` runs these tests on a simulated noisy host.
 """
 
 from __future__ import annotations
@@ -13,15 +14,9 @@ import onnx
 import pytest
 
 from edgec.compiler.cli import cli
-from edgec.compiler.search.measure import measure_latencies
-from edgec.compiler.search.objective import HEADROOM
-from edgec.models.zoo import get_zoo_model
+from edgec.compiler.search.objective import HEADROOM, TIE
+from edgec.compiler.search.orchestrate import CONFIRMATIONS
 from edgec.runtime import load
-
-
-def _fp32_ms(name: str) -> float:
-    zoo = get_zoo_model(name)
-    return measure_latencies([str(zoo.onnx_path())], zoo.calibration(1)[0], min_rounds=8)[0].median_ms
 
 
 def _search(runner, model, out, *args):
@@ -30,24 +25,38 @@ def _search(runner, model, out, *args):
                          catch_exceptions=False)
 
 
-def test_latency_target_is_met_and_the_choice_rebuilds_exactly(runner, tmp_path):
-    target = 0.6 * _fp32_ms("mnist-resnet")
+def _acceptable(search: dict) -> list[dict]:
+    """The Pareto rows the search could have chosen: within the target's headroom, and confirmed ones only
+    once its confirmations were spent (orchestrate._confirmed)."""
+    rows = [r for r in search["pareto"] if r["latency_ms"] <= search["objective"]["fits_within_ms"]]
+    held = [c["digest"] for c in search["confirmations"]]
+    if len(held) >= CONFIRMATIONS and search["chosen"]["digest"] in held[:-1]:
+        rows = [r for r in rows if r["digest"] in held]
+    return rows
+
+
+def _is_best_acceptable(search: dict) -> bool:
+    # Accuracies within 1e-4 tie, and a tie goes to the one in the window (search.objective.TIE).
+    return search["chosen"]["accuracy"] >= max(r["accuracy"] for r in _acceptable(search)) - TIE
+
+
+def test_latency_ms_target_confirms_the_choice_and_the_choice_rebuilds_exactly(runner, tmp_path):
+    # An absolute target that any candidate meets, however loaded the host: whether a tight absolute target
+    # is reachable depends on the host's load when the search runs, so landing on one is measured in
+    # bench/search.py and tested here through --latency-ratio and the strategy's unit tests.
     out = tmp_path / "b"
-    result = _search(runner, "zoo:mnist-resnet", out, "--latency-ms", f"{target:.5f}", "--budget", 12)
+    result = _search(runner, "zoo:mnist-resnet", out, "--latency-ms", "1000", "--budget", 6)
     assert result.exit_code == 0, result.stderr
     search = json.loads(result.stdout)["metrics"]["search"]
-    assert search["evaluations"] <= 12 and search["objective"]["latency_ms"] == pytest.approx(target, rel=1e-3)
+    assert search["evaluations"] <= 6 and search["objective"]["latency_ms"] == 1000
+    assert search["objective"]["fits_within_ms"] == pytest.approx(HEADROOM * 1000)
     chosen = search["chosen"]
-    # Feasible by the search's own timing, with its headroom, and timed again before it was accepted. Whether
-    # it lands in [0.90, 1.00] x target, measured once more, is a timing claim: bench/search.py measures it on
-    # a quiet host (a test on shared cores would be flaky).
-    assert chosen["latency_ms"]["predicted"] <= HEADROOM * target
-    assert search["confirmations"] and search["confirmations"][-1]["candidate"] == chosen["candidate"]
-    # Accuracy is the zoo's held-out metric; the chosen one is the best feasible in the search.
-    front = search["pareto"]
-    assert any(row["chosen"] for row in front)
-    # (accuracies within 1e-4 tie, and a tie goes to the one in the window: search.objective.TIE)
-    assert chosen["accuracy"] >= max(r["accuracy"] for r in front if r["latency_ms"] <= HEADROOM * target) - 1e-4
+    # Timed again before it was accepted; with every candidate far inside the target, the first choice holds.
+    assert [c["digest"] for c in search["confirmations"]] == [chosen["digest"]]
+    assert chosen["latency_ms"]["predicted"] <= HEADROOM * 1000
+    # Accuracy is the zoo's held-out metric: everything fits, so the choice is the most accurate candidate.
+    assert any(row["chosen"] for row in search["pareto"])
+    assert chosen["accuracy"] >= max(r["accuracy"] for r in search["pareto"]) - TIE
     assert (tmp_path / "b.pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load(out).manifest["metrics"]["search"]["chosen"]["passes"] == chosen["passes"]
 
@@ -84,14 +93,12 @@ def test_max_drop_alone_finds_the_fastest_within_the_drop(runner, tmp_path):
 
 
 def test_random_search_spends_the_same_budget(runner, tmp_path):
-    target = 1.5 * _fp32_ms("digits-cnn")  # everything fits: random search always has a feasible pick
-    out = tmp_path / "b"
-    result = _search(runner, "zoo:digits-cnn", out, "--latency-ms", f"{target:.5f}", "--budget", 6,
-                     "--strategy", "random")
+    out = tmp_path / "b"  # 1000 ms fits everything: random search always has a feasible pick
+    result = _search(runner, "zoo:digits-cnn", out, "--latency-ms", "1000", "--budget", 6, "--strategy", "random")
     assert result.exit_code == 0, result.stderr
     search = json.loads(result.stdout)["metrics"]["search"]
     assert search["strategy"] == "random" and search["evaluations"] == 6
-    assert search["chosen"]["accuracy"] >= max(r["accuracy"] for r in search["pareto"]) - 1e-4  # ties: 1e-4
+    assert search["chosen"]["accuracy"] >= max(r["accuracy"] for r in search["pareto"]) - TIE
 
 
 def test_dask_scheduler_builds_the_candidates(runner, tmp_path):
@@ -126,14 +133,17 @@ def test_bad_search_options_are_user_errors(runner, tmp_path):
 
 
 def test_latency_ratio_lands_on_a_share_of_the_original(runner, tmp_path):
+    # 0.6x is far from the edge of what mnist-resnet reaches (int8 with pruning: ~0.3x), and a ratio is timed
+    # against the original in the same rounds, so host load does not decide whether it is reachable.
     out = tmp_path / "b"
     result = _search(runner, "zoo:mnist-resnet", out, "--latency-ratio", "0.6", "--budget", 12)
     assert result.exit_code == 0, result.stderr
     search = json.loads(result.stdout)["metrics"]["search"]
-    objective = search["objective"]["latency_ms"]  # 0.6 x the original as timed during the search
-    assert objective > 0 and search["chosen"]["latency_ms"]["predicted"] <= objective
-    front = search["pareto"]  # the chosen one is the most accurate feasible candidate the search found
-    assert search["chosen"]["accuracy"] >= max(r["accuracy"] for r in front if r["latency_ms"] <= objective) - 1e-4
+    objective = search["objective"]  # 0.6 x the original as timed during the search
+    assert objective["latency_ms"] == pytest.approx(0.6 * search["original"]["latency_ms"], rel=1e-9)
+    assert search["chosen"]["latency_ms"]["predicted"] <= objective["fits_within_ms"]
+    # The most accurate candidate the search could accept (not one timed between 0.98 T and T: the headroom).
+    assert _is_best_acceptable(search)
 
 
 def test_device_file_prices_candidates_for_a_non_host_target(runner, tmp_path):
