@@ -16,7 +16,8 @@ from edgec.compiler.config import DEFAULT_PASSES, BuildConfig
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import BundleError, ConfigError, UnsupportedOpError
 from edgec.compiler.frontend import load_model, parse_input_shapes
-from edgec.compiler.pipeline import PassRecord, PipelineResult, run_pipeline
+from edgec.compiler.frontend.load import confirm_opset_upgrade
+from edgec.compiler.pipeline import VERIFY_SAMPLES, PassRecord, PipelineResult, input_reference, run_pipeline
 from edgec.compiler.search import report as search_report
 from edgec.compiler.search.evaluate import make_scorer
 from edgec.compiler.search.objective import Objective
@@ -170,12 +171,15 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     calib = load_calibration(cfg.calib, loaded.proto, zoo_feeds=zoo.calibration(cfg.calib_samples) if zoo else None,
                              image_config=image, tokenizer_dir=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else None,
                              n=cfg.calib_samples, seed=cfg.seed)
+    loaded = confirm_opset_upgrade(loaded, calib.feeds[:VERIFY_SAMPLES])
     check_target_ops(loaded.proto, target)
+    input_reference(loaded.proto, calib.feeds[:1], calib.source)  # ORT loads the model and runs the data
     search = None
     if cfg.searches:
         cfg, search = _search(cfg, loaded.proto, zoo, calib.feeds, target, on_phase)
     ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed,
-                       evaluate=zoo.evaluate if zoo is not None and zoo.trained else None)
+                       evaluate=zoo.evaluate if zoo is not None and zoo.trained else None,
+                       calibration_source=calib.source)
     # A search's report times the model after each pass, to show where the saving comes from.
     stages: list[tuple[str, bytes]] = []
     keep_stage = None if search is None else lambda name, proto: stages.append((name, proto.SerializeToString()))

@@ -78,10 +78,16 @@ class InputSpec:
 
 
 def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The inputs fed at run time, with dtypes and dims."""
+    """The inputs fed at run time, with dtypes and dims; a user error for inputs that are not tensors."""
     specs = []
     for vi in real_inputs(model.graph):
+        kind = vi.type.WhichOneof("value")
         tensor_type = vi.type.tensor_type
+        if kind != "tensor_type" or not tensor_type.elem_type:
+            what = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map"}.get(
+                kind or "", "of no declared tensor type")
+            raise CalibrationError(f"input {vi.name!r} is {what}: edgec's calibration data and the bundle's "
+                                   "stored sample hold tensors only (a known limit)")
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
         specs.append(InputSpec(vi.name, dtype, dims))
@@ -93,6 +99,8 @@ def load_calibration(spec: str | None, model: onnx.ModelProto, *, zoo_feeds: lis
                      n: int = 16, seed: int = 0) -> CalibrationSet:
     """Feeds for ``model`` from ``spec`` (None, 'random', .npz, image folder, .txt); at most ``n`` samples."""
     inputs = model_inputs(model)
+    if not inputs:  # a model of constants: one empty feed runs it
+        return CalibrationSet([{}], "no inputs", [])
     if spec is None:
         if not zoo_feeds:
             raise CalibrationError("no calibration data: pass --calib PATH (.npz, an image folder, "
@@ -206,11 +214,13 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _split_samples(path: Path, arr: np.ndarray, spec: InputSpec) -> list[np.ndarray]:
     """One sample, a stack on a new leading axis, or (for batch 1) a stack along the batch axis."""
+    if spec.dtype == object and arr.dtype.kind == "U":
+        arr = arr.astype(object)  # ONNX strings: .npz holds them as unicode arrays (object arrays need pickle)
     if arr.dtype != spec.dtype:
         raise CalibrationError(f"{path}: input {spec.name!r} has dtype {arr.dtype}, expected {spec.dtype}")
     dims = spec.dims
     if arr.ndim == len(dims) + 1 and _fits(arr.shape[1:], dims):
-        return [np.ascontiguousarray(a) for a in arr]
+        return [np.array(arr[i]) for i in range(len(arr))]  # np.array keeps a scalar 0-d; ascontiguousarray would not
     if _fits(arr.shape, dims):
         return [arr]
     if arr.ndim == len(dims) and dims and dims[0] == 1 and _fits(arr.shape[1:], dims[1:]):

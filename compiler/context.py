@@ -50,3 +50,5 @@ class BuildContext:
     # higher is better, first key primary. Passes that trade accuracy (quantization recovery,
     # depth pruning) use it instead of the output-cosine proxy.
     evaluate: Callable[[bytes], dict[str, float] | None] | None = None
+    # Where the feeds came from ("random", a file, "zoo"): named when ORT rejects one of them.
+    calibration_source: str = "calibration"

@@ -119,7 +119,7 @@ def _check_feeds(inputs: list[dict[str, Any]], feeds: Mapping[str, np.ndarray]) 
     for spec in inputs:
         if spec["name"] not in feeds:
             raise BundleError(f"sample inputs lack model input {spec['name']!r}")
-        array = np.ascontiguousarray(feeds[spec["name"]])
+        array = np.require(feeds[spec["name"]], requirements="C")  # keeps a 0-d input 0-d
         if array.dtype.name != spec["dtype"]:
             raise BundleError(f"sample input {spec['name']!r} is {array.dtype.name}, "
                               f"the model takes {spec['dtype']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -76,13 +77,36 @@ class OutputError:
     cosine: float
 
 
-def compare_outputs(reference: Sequence[dict[str, np.ndarray]],
-                    candidate: Sequence[dict[str, np.ndarray]]) -> list[OutputError]:
-    """Per-output error over a list of runs (outputs matched by name; order kept from reference)."""
+def _flattened(value: Any) -> list[np.ndarray]:
+    """An output's tensors in order: one for a tensor, each element of a sequence, none for an empty optional."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _flattened(v)]
+    return [np.asarray(value)]
+
+
+def _exact_error(name: str, ref: list[np.ndarray], got: list[np.ndarray]) -> OutputError:
+    """Strings and other non-numeric outputs: equal or not."""
+    same = len(ref) == len(got) and all(a.shape == b.shape and np.array_equal(a, b)
+                                        for a, b in zip(ref, got, strict=True))
+    return OutputError(name, 0.0, 0.0, 1.0) if same else OutputError(name, float("inf"), float("inf"), 0.0)
+
+
+def compare_outputs(reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]) -> list[OutputError]:
+    """Per-output error over a list of runs (outputs matched by name; order kept from reference).
+
+    Sequence outputs are compared element by element in order; string outputs must be equal.
+    """
     errors = []
     for name in reference[0]:
-        ref = np.concatenate([r[name].astype(np.float64).ravel() for r in reference])
-        got = np.concatenate([c[name].astype(np.float64).ravel() for c in candidate])
+        ref_parts = [t for r in reference for t in _flattened(r[name])]
+        got_parts = [t for c in candidate for t in _flattened(c[name])]
+        if any(t.dtype.kind not in "biufc" for t in [*ref_parts, *got_parts]):
+            errors.append(_exact_error(name, ref_parts, got_parts))
+            continue
+        ref = np.concatenate([t.astype(np.float64).ravel() for t in ref_parts]) if ref_parts else np.zeros(0)
+        got = np.concatenate([t.astype(np.float64).ravel() for t in got_parts]) if got_parts else np.zeros(0)
         if ref.shape != got.shape:
             errors.append(OutputError(name, float("inf"), float("inf"), 0.0))
             continue

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from edgec.compiler.errors import ConfigError, ModelLoadError
-from edgec.compiler.frontend.normalize import normalize
+from edgec.compiler.frontend.normalize import default_opset, needs_opset_upgrade, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ class LoadedModel:
     source: str
     notes: list[str]
     base_dir: Path | None
+    # The model as read, when normalizing upgraded its opset (see confirm_opset_upgrade), and the shapes.
+    before_upgrade: onnx.ModelProto | None = None
+    input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
 
 def parse_input_shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -57,10 +60,51 @@ def load_model(source: str, input_shapes: dict[str, tuple[int, ...]] | None = No
         proto, notes, base_dir, shapes = _from_zoo(source, shapes)
     else:
         proto, notes, base_dir = _from_local(source, shapes)
+    before = _copy(proto) if needs_opset_upgrade(proto) else None
     proto, more = normalize(proto, shapes)
     for note in notes + more:
         logger.info("%s: %s", source, note)
-    return LoadedModel(proto=proto, source=source, notes=notes + more, base_dir=base_dir)
+    return LoadedModel(proto=proto, source=source, notes=notes + more, base_dir=base_dir,
+                       before_upgrade=before if default_opset(proto) != default_opset(before or proto) else None,
+                       input_shapes=shapes)
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
+# An opset upgrade must compute what the model as read computes; ONNX's version converter does not
+# always (Scan 8 -> 9 drops the batch axis the old op had, and the converted graph reads garbage).
+UPGRADE_RTOL = 1e-4
+
+
+def confirm_opset_upgrade(loaded: LoadedModel, feeds: Sequence[dict]) -> LoadedModel:
+    """``loaded``, or the model kept at its own opset when the upgraded one computes something else on ``feeds``."""
+    from edgec.compiler.pipeline import reference_outputs
+    from edgec.runtime.session import compare_outputs
+
+    if loaded.before_upgrade is None or not feeds:
+        return loaded
+    try:
+        want = reference_outputs(loaded.before_upgrade, feeds)
+    except Exception:  # noqa: BLE001 - ORT cannot run the model as read: the upgrade is all there is
+        return loaded
+    try:
+        worst = max(compare_outputs(want, reference_outputs(loaded.proto, feeds)), key=lambda e: e.max_rel)
+        if not worst.max_rel > UPGRADE_RTOL:  # NaN-safe: NaN in both is no difference
+            return loaded
+        why = f"output {worst.name!r} differs by {worst.max_rel:.2g} (relative)"
+    except Exception as exc:  # noqa: BLE001 - the converted model does not run
+        why = f"does not run ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+    version = default_opset(loaded.before_upgrade)
+    proto, more = normalize(loaded.before_upgrade, loaded.input_shapes, upgrade=False)
+    kept = [n for n in loaded.notes if not n.startswith("upgraded opset")]
+    note = f"kept opset {version}: the model upgraded to opset {default_opset(loaded.proto)} {why}"
+    logger.warning("%s: %s", loaded.source, note)
+    return dataclasses.replace(loaded, proto=proto, notes=[*kept, *[n for n in more if n not in kept], note],
+                               before_upgrade=None)
 
 
 def _from_local(source: str, shapes: dict[str, tuple[int, ...]],

@@ -19,10 +19,12 @@ TARGET_OPSET = 17
 
 
 def normalize(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
-              ) -> tuple[onnx.ModelProto, list[str]]:
-    """The normalized model and what was done to it, in words."""
+              upgrade: bool = True) -> tuple[onnx.ModelProto, list[str]]:
+    """The normalized model and what was done to it, in words; ``upgrade=False`` keeps the opset."""
     notes: list[str] = []
-    proto = upgrade_opset(proto, notes)
+    upgrade_ir(proto, notes)
+    if upgrade:
+        proto = upgrade_opset(proto, notes)
     if input_shapes:
         fix_input_dims(proto, input_shapes, notes)
     note_dynamic_dims(proto, notes)
@@ -41,6 +43,30 @@ def default_opset(proto: onnx.ModelProto) -> int | None:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
+def upgrade_ir(proto: onnx.ModelProto, notes: list[str]) -> None:
+    """Raise IR < 4 to 4, taking initializers out of the graph inputs, in place.
+
+    IR 3 required every initializer to be listed as a graph input too, so every pass that adds a
+    weight would have to list it as well. ORT never let a caller override those inputs of an IR 3 model,
+    so dropping them from the inputs changes nothing it runs.
+    """
+    if proto.ir_version >= 4:
+        return
+    inits = {t.name for t in proto.graph.initializer}
+    kept = [vi for vi in proto.graph.input if vi.name not in inits]
+    dropped = len(proto.graph.input) - len(kept)
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    notes.append(f"upgraded IR {proto.ir_version} -> 4 ({dropped} initializers are no longer listed as inputs)")
+    proto.ir_version = 4
+
+
+def needs_opset_upgrade(proto: onnx.ModelProto) -> bool:
+    """Whether normalize would try to convert the model's opset."""
+    version = default_opset(proto)
+    return version is not None and version < MIN_OPSET
+
+
 def upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     """Convert models below opset 13 to 17; if the converter fails, keep the model and say so."""
     version = default_opset(proto)
@@ -53,8 +79,35 @@ def upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
         logger.warning("opset %d kept: version converter failed (%s)", version, reason)
         notes.append(f"kept opset {version}: the version converter failed ({reason})")
         return proto
+    changed = _signature_change(proto, upgraded)
+    if changed:
+        logger.warning("opset %d kept: the version converter changed %s", version, changed)
+        notes.append(f"kept opset {version}: the version converter changed {changed}")
+        return proto
     notes.append(f"upgraded opset {version} -> {TARGET_OPSET}")
     return upgraded
+
+
+def _signature(graph: onnx.GraphProto) -> dict[str, tuple[int, int]]:
+    """Name -> (element type, rank) of the inputs fed at run time and of the outputs."""
+    return {vi.name: (vi.type.tensor_type.elem_type, len(vi.type.tensor_type.shape.dim))
+            for vi in [*real_inputs(graph), *graph.output]}
+
+
+def _signature_change(before: onnx.ModelProto, after: onnx.ModelProto) -> str:
+    """What an opset conversion changed in the model's interface ('' if nothing).
+
+    A conversion must not: the converter's Scan 8 -> 9 adapter, for one, drops the batch axis from
+    the model's inputs, and the converted model no longer takes the data the original took.
+    """
+    old, new = _signature(before.graph), _signature(after.graph)
+    for name, (dtype, rank) in old.items():
+        if name not in new:
+            return f"the model's interface ({name!r} is gone)"
+        if new[name] != (dtype, rank):
+            return f"{name!r} from rank {rank} to rank {new[name][1]}" if new[name][0] == dtype \
+                else f"the element type of {name!r}"
+    return ""
 
 
 def fix_input_dims(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], notes: list[str]) -> None:

@@ -78,7 +78,7 @@ def write_job(staging: pathlib.Path, tasks: list[dict[str, Any]], inputs: Mappin
     for name, data in models.items():
         (staging / pathlib.PurePosixPath(name).name).write_bytes(data)
     if inputs:
-        np.savez(staging / INPUTS_FILE, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
+        np.savez(staging / INPUTS_FILE, **{k: np.require(v, requirements="C") for k, v in inputs.items()})
     job = {"deadline_s": int(max(1, deadline_s)), "tasks": tasks}
     (staging / JOB_FILE).write_text(json.dumps(job), encoding="utf-8")
 

@@ -180,7 +180,7 @@ def profile_nodes(ort, path, task, feeds, work):
 
 def encode(np, array):
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    np.save(buf, np.require(array, requirements="C"), allow_pickle=False)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -168,3 +170,65 @@ def test_bracketed_config_section_survives_in_the_message(runner, tiny_onnx, tmp
     result = runner.invoke(cli, ["build", str(tiny_onnx), "--config", str(cfg), "-o", str(out), "--calib", "random"])
     _assert_user_error(result, "[calibration.image]", "means")
     _assert_nothing_written(out)
+
+
+def _save(tmp_path, nodes, inputs, outputs, inits=(), opset=17, name="m.onnx"):
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(inits)),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def test_model_ort_cannot_load_is_a_user_error_quoting_ort(runner, tmp_path, out):
+    # Batch-first RNN: a valid ONNX model that ORT's CPU EP refuses at load time.
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((1, 4, 3)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(rng.standard_normal((1, 4, 4)).astype(np.float32), "r")]
+    rnn = helper.make_node("RNN", ["x", "w", "r"], ["y"], name="rnn", hidden_size=4, layout=1)
+    path = _save(tmp_path, [rnn], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 1, 4])], inits, opset=14)
+    result = _build(runner, path, out, "--calib", "random")
+    _assert_user_error(result, "ONNX Runtime cannot load the input model", "layout")
+    _assert_nothing_written(out)
+
+
+def test_random_data_that_the_model_cannot_run_names_the_node(runner, tmp_path, out):
+    # The second input is a shape: random integers are no valid shape for a 4-element tensor.
+    reshape = helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")
+    path = _save(tmp_path, [reshape], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                                       helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
+    result = _build(runner, path, out, "--calib", "random")
+    _assert_user_error(result, "random data is not a valid input for this model", "reshape",
+                       "pass real samples with --calib")
+    _assert_nothing_written(out)
+
+
+def test_ir3_model_with_initializers_as_inputs_fuses_into_a_valid_bundle(runner, tmp_path):
+    # IR 3 lists every initializer as a graph input too; fusion adds weights (Conv+BN folded).
+    rng = np.random.default_rng(0)
+    arrays = {"w": rng.standard_normal((4, 3, 3, 3)), "scale": rng.random(4) + 0.5, "bias": rng.standard_normal(4),
+              "mean": rng.standard_normal(4), "var": rng.random(4) + 0.5}
+    inits = [onnx.numpy_helper.from_array(a.astype(np.float32), k) for k, a in arrays.items()]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    as_inputs = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in inits]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, *as_inputs],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                                                inits),
+                              opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    path = tmp_path / "ir3.onnx"
+    onnx.save(model, str(path))
+    out = tmp_path / "b"
+    result = runner.invoke(cli, ["build", str(path), "--target", "cpu-x86", "--passes", "cleanup,fuse",
+                                 "--calib", "random", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    built = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(built, full_check=True)
+    assert built.ir_version >= 4 and [vi.name for vi in built.graph.input] == ["x"]
+    assert "BatchNormalization" not in {n.op_type for n in built.graph.node}
+    record = json.loads(result.stdout)["passes"][-1]
+    assert record["max_rel_error"] < 1e-5  # fuse is lossless: the pipeline compared it on the calibration feeds

@@ -333,3 +333,44 @@ def test_image_folder_grouped_to_fixed_batch(tmp_path: Path, convnet_dynamic_onn
     assert [f["x"].shape for f in calib.feeds] == [(2, 3, 16, 16)] * 2
     assert any("left out 1 images that do not fill a batch of 2" in w for w in calib.warnings)
     assert all(o.shape == (2, 5) for o in _runs(model, calib.feeds))
+
+
+def _scalar_model() -> onnx.ModelProto:
+    """y = x * float(sr): a rank-0 int64 input, as a streaming audio model's sample rate."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["x", "srf"], ["y"])],
+        "scalar", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                   helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_rank0_input_calibrates_from_a_stack_of_scalars(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    np.savez(path, x=np.ones((3, 1, 4), np.float32), sr=np.array([8000, 16000, 16000], np.int64))
+    feeds = load_calibration(str(path), _scalar_model()).feeds
+    assert [f["sr"].shape for f in feeds] == [(), (), ()] and [int(f["sr"]) for f in feeds] == [8000, 16000, 16000]
+    one = tmp_path / "one.npz"  # a stack of one scalar, and a single scalar
+    np.savez(one, x=np.ones((1, 4), np.float32), sr=np.array([16000], np.int64))
+    assert load_calibration(str(one), _scalar_model()).feeds[0]["sr"].shape == ()
+
+
+def test_string_inputs_calibrate_from_unicode_arrays(tmp_path: Path) -> None:
+    # ONNX strings are numpy object arrays, which .npz stores only pickled; unicode arrays need no pickle.
+    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "strings",
+                              [helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
+                              [helper.make_tensor_value_info("t", TensorProto.STRING, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "s.npz"
+    np.savez(path, s=np.array(["a", "bc"]))
+    (feed,) = load_calibration(str(path), model).feeds
+    assert feed["s"].dtype == object and feed["s"].tolist() == ["a", "bc"]
+
+
+def test_sequence_input_is_a_clear_refusal(tmp_path: Path) -> None:
+    seq = helper.make_tensor_sequence_value_info("xs", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("SequenceLength", ["xs"], ["n"])], "seq", [seq],
+                              [helper.make_tensor_value_info("n", TensorProto.INT64, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(CalibrationError, match="input 'xs' is a sequence: .* hold tensors only"):
+        load_calibration("random", model)

@@ -16,7 +16,7 @@ from onnx.external_data_helper import uses_external_data
 
 from edgec.compiler.errors import ConfigError, ModelLoadError
 from edgec.compiler.frontend import load_model, onnx_file, parse_input_shapes
-from edgec.compiler.frontend.normalize import default_opset
+from edgec.compiler.frontend.normalize import default_opset, normalize
 
 FEEDS = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
 
@@ -253,3 +253,40 @@ def test_input_shape_wrong_rank(convnet_dynamic_onnx: Path) -> None:
 def test_input_shape_conflicts_with_fixed_dim(convnet_dynamic_onnx: Path) -> None:
     with pytest.raises(ConfigError, match="axis 1 of input 'x' is fixed at 3"):
         load_model(str(convnet_dynamic_onnx), {"x": (1, 4, 16, 16)})
+
+
+def _one_op_model(op: str, opset: int) -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_an_upgrade_that_computes_something_else_is_undone() -> None:
+    import dataclasses
+
+    from edgec.compiler.frontend.load import LoadedModel, confirm_opset_upgrade
+
+    # A stand-in for a converter bug that keeps the interface: Relu at opset 11 "upgraded" into Neg at 17.
+    loaded = LoadedModel(_one_op_model("Neg", 17), "m.onnx", ["upgraded opset 11 -> 17"], None,
+                         before_upgrade=_one_op_model("Relu", 11))
+    feeds = [{"x": np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)}]
+    kept = confirm_opset_upgrade(loaded, feeds)
+    assert kept.proto.opset_import[0].version == 11 and kept.proto.graph.node[0].op_type == "Relu"
+    assert kept.before_upgrade is None and not any(n.startswith("upgraded opset") for n in kept.notes)
+    assert any("kept opset 11: the model upgraded to opset 17 output 'y' differs" in n for n in kept.notes)
+    faithful = dataclasses.replace(loaded, proto=_one_op_model("Relu", 17))
+    assert confirm_opset_upgrade(faithful, feeds) is faithful
+
+
+def test_an_upgrade_that_changes_an_input_rank_is_refused() -> None:
+    # ONNX's version converter turns Scan 8 (batch axis) into Scan 9 and drops the axis from the inputs.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import conformance
+
+    (case,) = [c for c in conformance.load_cases(("node",)) if c.name == "test_scan_sum"]
+    proto, notes = normalize(case.model)
+    assert proto.opset_import[0].version == 8
+    assert any(n.startswith("kept opset 8: the version converter changed 'initial' from rank 2 to rank 1") for n in notes)
