@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export EDGEC_CACHE ?= $(CURDIR)/.cache/edgec
 
-.PHONY: demo test test-timing-chaos test-under-load install node-deps test-deps arm64-check crossruntime-zoo bench-fusion lint clean
+.PHONY: demo test conformance test-timing-chaos test-under-load install node-deps test-deps arm64-check crossruntime-zoo bench-fusion lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ demo: $(STAMP)
 
 test: $(STAMP) node-deps test-deps
 	$(BIN)/python -m pytest -q -n 2 tests
+
+# edgec build over every model of ONNX's backend test data that ORT runs (bench/conformance.py; CI runs
+# a fixed sample in tests/conformance). About 40 minutes; writes the Conformance section of bench/RESULTS.md.
+conformance: $(STAMP)
+	cd bench && ../$(BIN)/python conformance.py --passes cleanup fuse quantize-int8 quantize-dynamic fp16
 
 # The suite on a simulated noisy host (tests/conftest.py --timing-chaos): a test that fails here asserts
 # something that timing noise decides. Three seeds, about 6 minutes each.

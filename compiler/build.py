@@ -17,6 +17,7 @@ from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import BundleError, ConfigError, UnsupportedOpError
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.frontend.load import confirm_opset_upgrade
+from edgec.compiler.frontend.normalize import drop_contradicted_output_shapes
 from edgec.compiler.pipeline import VERIFY_SAMPLES, PassRecord, PipelineResult, input_reference, run_pipeline
 from edgec.compiler.search import report as search_report
 from edgec.compiler.search.evaluate import make_scorer
@@ -173,7 +174,9 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                              n=cfg.calib_samples, seed=cfg.seed)
     loaded = confirm_opset_upgrade(loaded, calib.feeds[:VERIFY_SAMPLES])
     check_target_ops(loaded.proto, target)
-    input_reference(loaded.proto, calib.feeds[:1], calib.source)  # ORT loads the model and runs the data
+    # ORT loads the model and runs the data; declarations its outputs contradict are not passed on.
+    (first_outputs,) = input_reference(loaded.proto, calib.feeds[:1], calib.source) or [{}]
+    loaded.notes += drop_contradicted_output_shapes(loaded.proto, first_outputs)
     search = None
     if cfg.searches:
         cfg, search = _search(cfg, loaded.proto, zoo, calib.feeds, target, on_phase)

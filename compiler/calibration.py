@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 RANDOM_WARNING = "calibration uses random data; accuracy figures are not meaningful"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_RANDOM_DYNAMIC_DIM = 16  # length used for dynamic non-batch dims of random feeds
 _TEXT_MAX_LEN = 128  # sequence length when the model's is dynamic
 
 
@@ -72,6 +71,7 @@ class InputSpec:
     name: str
     dtype: np.dtype
     dims: tuple[int | None, ...]
+    symbols: tuple[str, ...] = ()  # each dim's symbol ('batch', 'height'), '' for fixed or unnamed dims
 
     def shape_text(self) -> str:
         return "(" + ", ".join("?" if d is None else str(d) for d in self.dims) + ")"
@@ -90,7 +90,7 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
                                    "stored sample hold tensors only (a known limit)")
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
-        specs.append(InputSpec(vi.name, dtype, dims))
+        specs.append(InputSpec(vi.name, dtype, dims, tuple(d.dim_param for d in tensor_type.shape.dim)))
     return specs
 
 
@@ -119,6 +119,8 @@ def _from_path(spec: str, inputs: list[InputSpec], image_config: ImagePreprocess
                tokenizer_dir: Path | None, n: int) -> CalibrationSet:
     path = Path(spec).expanduser()
     if path.is_dir():
+        if any(p.suffix.lower() == ".npz" for p in path.iterdir()):
+            return _npz_folder(path, inputs, n)
         return _images(path, inputs, image_config, n)
     if not path.exists():
         raise CalibrationError(f"--calib {spec}: no such file or folder")
@@ -154,17 +156,28 @@ def _fits(shape: Sequence[int], dims: Sequence[int | None]) -> bool:
 def _random(inputs: list[InputSpec], n: int, seed: int) -> CalibrationSet:
     """Seeded N(0, 1) floats, token ids in [0, 1000), ones for masks, zeros for token types."""
     rng = np.random.default_rng(seed)
+    for spec in inputs:
+        _refuse_symbolic(spec)
     warnings = [RANDOM_WARNING]
-    dynamic = [f"{s.name}[{axis}]" for s in inputs for axis, d in enumerate(s.dims) if d is None and axis]
-    if dynamic:
-        warnings.append(f"random calibration set dynamic dims {', '.join(dynamic)} to {_RANDOM_DYNAMIC_DIM}")
     feeds = [{s.name: _random_array(s, rng) for s in inputs} for _ in range(n)]
     return CalibrationSet(feeds, "random", warnings)
 
 
+def _refuse_symbolic(spec: InputSpec) -> None:
+    """Random data for a symbolic dim past the batch axis would be a guess (a detector at 16x16 pixels
+    breaks its own Resize/Concat shapes): the user says the size."""
+    dynamic = [axis for axis, d in enumerate(spec.dims) if d is None and axis]
+    if not dynamic:
+        return
+    named = ", ".join(f"{spec.symbols[a] or '?'} (axis {a})" if a < len(spec.symbols) else f"axis {a}"
+                      for a in dynamic)
+    example = "x".join("N" if d is None and axis in dynamic else str(d or 1) for axis, d in enumerate(spec.dims))
+    raise CalibrationError(f"--calib random: input {spec.name!r} has symbolic dims {named}; give their sizes "
+                           f"with --input-shape {spec.name}={example}, or pass real samples with --calib")
+
+
 def _random_array(spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
-    shape = tuple(d if d is not None else (1 if axis == 0 else _RANDOM_DYNAMIC_DIM)
-                  for axis, d in enumerate(spec.dims))
+    shape = tuple(1 if d is None else d for d in spec.dims)  # only the batch axis can still be symbolic
     name = spec.name.lower()
     if spec.dtype.kind == "f":
         return rng.standard_normal(shape).astype(spec.dtype)
@@ -199,6 +212,27 @@ def _npz(path: Path, inputs: list[InputSpec], n: int) -> CalibrationSet:
         raise CalibrationError(f"{path}: holds no samples")
     feeds = [{name: samples[i] for name, samples in per_input.items()} for i in range(min(total, n))]
     return CalibrationSet(feeds, str(path), _cap_warning(path, total, n))
+
+
+def _npz_folder(folder: Path, inputs: list[InputSpec], n: int) -> CalibrationSet:
+    """Every .npz in the folder, in name order, each one sample or a stack; shapes may differ between files.
+
+    This is how a model with symbolic dims is calibrated at several sizes (pages of different H x W,
+    text lines of different widths): each sample keeps its own shape through the passes' checks.
+    """
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".npz" and not p.name.startswith("."))
+    feeds: list[Feeds] = []
+    for file in files:
+        if len(feeds) >= n:
+            break
+        feeds += _npz(file, inputs, n - len(feeds)).feeds
+    left_out = [p.name for p in folder.iterdir() if p.suffix.lower() != ".npz" and not p.name.startswith(".")]
+    warnings = [f"{folder}: ignored {len(left_out)} files that are not .npz: {', '.join(sorted(left_out)[:5])}"] \
+        if left_out else []
+    shapes = {tuple(tuple(a.shape) for a in f.values()) for f in feeds}
+    if len(shapes) > 1:
+        logger.info("%s: %d samples in %d distinct shapes", folder, len(feeds), len(shapes))
+    return CalibrationSet(feeds, str(folder), warnings)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgec.compiler.context import Feeds
+from edgec.compiler.errors import UnsupportedOpError
 from edgec.passes._quant_calib import FeedReader
 from edgec.runtime.timing import interleaved_medians
 
@@ -38,20 +40,43 @@ class StaticOptions:
     activation_dtype: str = "uint8"
 
 
-def preprocess(src: Path, dst: Path) -> None:
-    """ORT's quant_pre_process: symbolic shape inference and basic graph optimizations."""
-    quant_pre_process(str(src), str(dst))
+def preprocess(src: Path, dst: Path) -> str:
+    """ORT's quant_pre_process: symbolic shape inference and basic graph optimizations.
+
+    ORT's symbolic shape inference gives up on some real exports (Paddle2ONNX recognizers, dims that
+    only data decides: "Incomplete symbolic shape inference"); the ONNX shape inference and graph
+    optimizations that remain are enough to quantize, so the step is retried without it. Returns
+    why it was skipped ('' when it ran). The temporary files ORT writes go next to ``dst``.
+    """
+    try:
+        # On that failure ORT saves "sym_shape_infer_temp.onnx" and its data into the current folder:
+        # run it from the pass's own temporary folder (passes run one at a time in a process).
+        with contextlib.chdir(dst.parent):
+            quant_pre_process(str(src.resolve()), str(dst.resolve()))
+        return ""
+    except Exception as exc:  # noqa: BLE001 - ORT raises a bare Exception here
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return reason
 
 
 def quantize(pre: Path, out: Path, feeds: Sequence[Feeds], opts: StaticOptions, *, cache: Path,
              exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> onnx.ModelProto:
     """quantize_static in QDQ form with int8 weights; calibration ranges are cached in ``cache``."""
     extra = {"ActivationSymmetric": opts.activation_dtype == "int8", "WeightSymmetric": True}
-    quantize_static(str(pre), str(out), FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                    per_channel=opts.per_channel, activation_type=ACTIVATION_TYPES[opts.activation_dtype],
-                    weight_type=QuantType.QInt8, calibrate_method=CALIBRATORS[opts.calibration],
-                    nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only is not None else None,
-                    extra_options=extra, calibration_cache_path=str(cache))
+    try:
+        quantize_static(str(pre), str(out), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                        per_channel=opts.per_channel, activation_type=ACTIVATION_TYPES[opts.activation_dtype],
+                        weight_type=QuantType.QInt8, calibrate_method=CALIBRATORS[opts.calibration],
+                        nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only is not None else None,
+                        extra_options=extra, calibration_cache_path=str(cache))
+    except Exception as exc:  # noqa: BLE001 - ORT's quantizer fails on some real exports with assorted types
+        # (tf2onnx biases that are not 1-d: "The truth value of an array ... is ambiguous" in per-channel
+        # bias scaling). The user gets ORT's reason and the option that avoids the common case.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "; per_channel = false in [pass-options.quantize-int8] may avoid it" if opts.per_channel else ""
+        raise UnsupportedOpError(f"quantize-int8: ONNX Runtime's quantize_static failed on this model "
+                                 f"({type(exc).__name__}: {reason}){hint}") from exc
     return onnx.load(str(out))
 
 

@@ -33,16 +33,22 @@ MAX_ROUNDS = 3
 
 
 class _KeepOutputIdentities(common.IdentityEliminationPass):
-    """onnx_ir's identity elimination, except for ``y = Identity(x)`` where ``x`` is itself a graph output.
+    """onnx_ir's identity elimination, except for ``y = Identity(x)`` where ``y`` is a graph output and
+    ``x`` is itself a graph output or comes from another graph (an If/Loop body reading the outer scope).
 
-    onnx_ir renames ``x`` to ``y`` when ``y`` is a graph output, which in that case drops the output
-    named ``x`` or, in a Loop/Scan body, returns one value twice (ORT then computes the scan output
-    wrong: ONNX's test_scan9_sum). Written as a subclass because the rule lives in the node check.
+    onnx_ir renames ``x`` to ``y`` when ``y`` is a graph output. If ``x`` is an output too, that drops
+    the output named ``x`` or, in a Loop/Scan body, returns one value twice (ORT then computes the scan
+    output wrong: ONNX's test_scan9_sum). If ``x`` belongs to the outer graph, the branch's output is
+    produced by no node of the branch (an invalid model: silero-vad's If bodies). Written as a subclass
+    because the rule lives in the node check.
     """
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
-        if len(node.inputs) == 1 and node.inputs[0] is not None and node.inputs[0].is_graph_output():
-            return False
+        source = node.inputs[0] if len(node.inputs) == 1 else None
+        if source is not None and node.outputs and node.outputs[0].is_graph_output():
+            producer = source.producer()
+            if source.is_graph_output() or (producer is not None and producer.graph is not node.graph):
+                return False
         return super()._try_eliminate_identity_node(node)
 
 

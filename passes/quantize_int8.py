@@ -127,7 +127,9 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
     def _static(self, proto: onnx.ModelProto, feeds: list, folder: Path) -> onnx.ModelProto:
         src, pre, cache = folder / "fp32.onnx", folder / "pre.onnx", folder / "ranges.json"
         onnx.save(proto, str(src))
-        static.preprocess(src, pre)
+        skipped = static.preprocess(src, pre)
+        if skipped:
+            self.skip("preprocess", f"ORT's symbolic shape inference failed ({skipped}); quantized without it")
         pre_proto = self._rewrite(onnx.load(str(pre)))
         onnx.save(pre_proto, str(pre))
         opts = self._options()

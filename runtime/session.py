@@ -96,7 +96,8 @@ def _exact_error(name: str, ref: list[np.ndarray], got: list[np.ndarray]) -> Out
 def compare_outputs(reference: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]]) -> list[OutputError]:
     """Per-output error over a list of runs (outputs matched by name; order kept from reference).
 
-    Sequence outputs are compared element by element in order; string outputs must be equal.
+    Sequence outputs are compared element by element in order; string outputs must be equal; an output
+    whose shape changed is infinitely wrong, whatever its values.
     """
     errors = []
     for name in reference[0]:
@@ -104,6 +105,9 @@ def compare_outputs(reference: Sequence[dict[str, Any]], candidate: Sequence[dic
         got_parts = [t for c in candidate for t in _flattened(c[name])]
         if any(t.dtype.kind not in "biufc" for t in [*ref_parts, *got_parts]):
             errors.append(_exact_error(name, ref_parts, got_parts))
+            continue
+        if [t.shape for t in ref_parts] != [t.shape for t in got_parts]:  # same values, other shape: wrong
+            errors.append(OutputError(name, float("inf"), float("inf"), 0.0))
             continue
         ref = np.concatenate([t.astype(np.float64).ravel() for t in ref_parts]) if ref_parts else np.zeros(0)
         got = np.concatenate([t.astype(np.float64).ravel() for t in got_parts]) if got_parts else np.zeros(0)

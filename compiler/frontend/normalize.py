@@ -193,3 +193,30 @@ def format_dims(dims: Iterable[onnx.TensorShapeProto.Dimension]) -> str:
     """'1x3xbatchx?' for a list of dims."""
     parts = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
     return "x".join(parts) or "scalar"
+
+
+def drop_contradicted_output_shapes(proto: onnx.ModelProto, outputs: dict[str, object]) -> list[str]:
+    """Clear declared output shapes that the model's own run contradicts, in place; what was cleared.
+
+    Exporters sometimes declare an output shape the graph does not compute (ddddocr declares
+    [1, seqlen] for a [T, 1, 8210] output). ORT runs such a model fine, but a rewrite that trusts the
+    declaration (constant folding a Reshape's target shape from it) changes what the model computes.
+    The value_info derived from the declarations goes too, and shape inference runs again.
+    """
+    notes = []
+    for vi in proto.graph.output:
+        actual = getattr(outputs.get(vi.name), "shape", None)
+        if actual is None or not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(actual) or any(d.HasField("dim_value") and d.dim_value != a
+                                           for d, a in zip(dims, actual, strict=True)):
+            notes.append(f"output {vi.name} is declared {format_dims(dims)} but the model computes "
+                         f"{'x'.join(map(str, actual)) or 'a scalar'}: the declared shape was dropped")
+            vi.type.tensor_type.ClearField("shape")
+    if notes:
+        del proto.graph.value_info[:]
+        inferred = infer_shapes(proto, notes)
+        if inferred is not proto:
+            proto.CopyFrom(inferred)
+    return notes
