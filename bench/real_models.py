@@ -116,8 +116,8 @@ class Row:
 # --- wheels ------------------------------------------------------------------------------------------
 
 def cache_dir() -> pathlib.Path:
-    """``$EDGEC_CACHE/wheels``, default .cache/edgec/wheels under the working directory."""
-    return (pathlib.Path(os.environ.get("EDGEC_CACHE", ".cache/edgec")) / "wheels").resolve()
+    """``$EDGEC_CACHE/wheels``, default .cache/edgec/wheels in the repository (as the Makefile sets it)."""
+    return (pathlib.Path(os.environ.get("EDGEC_CACHE", REPO / ".cache" / "edgec")) / "wheels").resolve()
 
 
 def fetch_wheel(package: str, version: str, cache: pathlib.Path) -> pathlib.Path:

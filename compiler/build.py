@@ -175,7 +175,7 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     loaded = confirm_opset_upgrade(loaded, calib.feeds[:VERIFY_SAMPLES])
     check_target_ops(loaded.proto, target)
     # ORT loads the model and runs the data; declarations its outputs contradict are not passed on.
-    (first_outputs,) = input_reference(loaded.proto, calib.feeds[:1], calib.source) or [{}]
+    (first_outputs,) = input_reference(loaded.proto, calib.feeds[:1], calib.source, target) or [{}]
     loaded.notes += drop_contradicted_output_shapes(loaded.proto, first_outputs)
     search = None
     if cfg.searches:

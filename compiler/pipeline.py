@@ -20,6 +20,7 @@ from edgec.compiler.context import BuildContext, Feeds
 from edgec.compiler.errors import CalibrationError, UnsupportedOpError, VerificationError
 from edgec.passes.base import EdgecPass
 from edgec.runtime.session import OutputError, compare_outputs, make_session, run
+from edgec.targets.profile import TargetProfile
 
 # Verification runs the graph as written (no ORT rewrites), so a pass is judged on its own output.
 VERIFY_LEVEL = "disabled"
@@ -79,17 +80,27 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def input_reference(proto: onnx.ModelProto, feeds: Sequence[Feeds], source: str = "calibration") -> list[dict]:
+def input_reference(proto: onnx.ModelProto, feeds: Sequence[Feeds], source: str = "calibration",
+                    target: TargetProfile | None = None) -> list[dict]:
     """The input model's outputs on ``feeds``; user errors when ORT cannot load it or run those feeds.
 
-    A model that ORT's CPU EP cannot even load has nothing to build on; a feed it cannot run (a shape
-    the graph rejects, an index out of range) is bad calibration data, and seeded random data often is
-    for inputs that are shapes, sizes or indices.
+    A model that ORT's CPU EP cannot even load has nothing to build on, and neither has one that its
+    graph optimizer fails on at the target's level (silero-vad with fixed input dims: ORT folds an If
+    and its LSTM's type inference fails). A feed it cannot run (a shape the graph rejects, an index out
+    of range) is bad calibration data, and seeded random data often is for inputs that are shapes,
+    sizes or indices.
     """
+    data = proto.SerializeToString()
     try:
-        session = make_session(proto.SerializeToString(), level=VERIFY_LEVEL)
+        session = make_session(data, level=VERIFY_LEVEL)
     except Exception as exc:  # noqa: BLE001 - ORT's load errors have several types
         raise UnsupportedOpError(f"ONNX Runtime cannot load the input model: {_first_line(exc)}") from exc
+    if target is not None:
+        try:
+            make_session(data, target)
+        except Exception as exc:  # noqa: BLE001
+            raise UnsupportedOpError(f"ONNX Runtime cannot load the input model at {target.name}'s optimization "
+                                     f"level '{target.graph_optimization_level}': {_first_line(exc)}") from exc
     outputs = []
     for i, feed in enumerate(feeds):
         try:
