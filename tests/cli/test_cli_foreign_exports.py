@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper
 
 from edgec.compiler.cli import cli
@@ -90,3 +91,11 @@ def test_cleanup_keeps_an_if_branch_that_returns_an_outer_value_through_an_ident
     for cond in (True, False):
         feeds = {"x": x, "cond": np.array(cond)}
         assert np.array_equal(_run(str(out / "model.onnx"), feeds)[0], _run(str(path), feeds)[0])
+
+
+def test_nan_where_the_reference_has_nan_agrees_and_any_other_nan_differs():
+    ref = {"y": np.array([1.0, np.nan, np.inf, 2.0], np.float32)}
+    (same,) = compare_outputs([ref], [{"y": np.array([1.0, np.nan, np.inf, 2.0], np.float32)}])
+    assert same.max_rel == 0.0 and same.cosine == pytest.approx(1.0)
+    (new_nan,) = compare_outputs([ref], [{"y": np.array([1.0, np.nan, np.inf, np.nan], np.float32)}])
+    assert new_nan.max_rel == float("inf") and new_nan.cosine == 0.0
