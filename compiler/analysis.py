@@ -35,20 +35,50 @@ class ModelStats:
         return {"nodes": self.nodes, "params": self.params, "flops": self.flops, "bytes": self.size_bytes}
 
 
-def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Static shapes of every value and initializer (None for unknown dims), from shape inference."""
+def value_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 ) -> dict[str, list[int | None]]:
+    """Static shapes of every value and initializer, subgraphs included (None for unknown dims).
+
+    ``input_shapes`` (a calibration sample's) stand in for the inputs' symbolic dims, on a copy: a
+    detector exported with dynamic height and width has FLOPs at the size it is run at.
+    """
+    if input_shapes:
+        model = _with_input_shapes(model, input_shapes)
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes are a best effort for statistics only
         inferred = model
-    graph = inferred.graph
     shapes: dict[str, list[int | None]] = {}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    for init in graph.initializer:
-        shapes[init.name] = list(init.dims)
+    for graph in _all_graphs(inferred.graph):
+        for vi in [*graph.input, *graph.value_info, *graph.output]:
+            dims = vi.type.tensor_type.shape.dim
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        for init in graph.initializer:
+            shapes[init.name] = list(init.dims)
     return shapes
+
+
+def _with_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for vi in copy.graph.input:
+        shape = input_shapes.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if shape is None or len(dims) != len(shape):
+            continue
+        for dim, size in zip(dims, shape, strict=True):
+            dim.dim_value = int(size)
+    del copy.graph.value_info[:]  # inferred again from the new input shapes
+    return copy
+
+
+def _all_graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                yield from _all_graphs(sub)
 
 
 def _numel(shape: list[int | None] | None) -> int:
@@ -62,6 +92,8 @@ def node_flops(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int
     out = shapes.get(node.output[0]) if node.output else None
     inputs = [shapes.get(name) for name in node.input]
     op = node.op_type
+    if op in ("If", "Loop", "Scan"):
+        return 0  # their bodies' nodes are counted (model_stats)
     if op in ("Conv", "ConvInteger", "QLinearConv", "FusedConv") and len(inputs) > 1:
         w = inputs[1] if op != "QLinearConv" else shapes.get(node.input[3])
         if w is None or out is None:
@@ -96,18 +128,35 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
     return 0
 
 
-def model_stats(model: onnx.ModelProto) -> ModelStats:
-    """Compute figures of the main graph (subgraph nodes count toward nodes and ops, not FLOPs)."""
-    shapes = value_shapes(model)
-    costs = tuple(
-        NodeCost(n.name or f"{n.op_type}_{i}", n.op_type, node_flops(n, shapes))
-        for i, n in enumerate(model.graph.node)
-    )
+def _graph_costs(graph: onnx.GraphProto, shapes: dict[str, list[int | None]], prefix: str = "") -> list[NodeCost]:
+    """Each node's FLOPs; an If costs its costlier branch and a Loop or Scan one pass of its body
+    (trip counts are data), listed under the owner's name ('loop/body/matmul')."""
+    costs = []
+    for i, node in enumerate(graph.node):
+        name = prefix + (node.name or f"{node.op_type}_{i}")
+        costs.append(NodeCost(name, node.op_type, node_flops(node, shapes)))
+        bodies = [(a.name, a.g) for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+        per_body = [_graph_costs(g, shapes, f"{name}/{attr}/") for attr, g in bodies]
+        if node.op_type == "If" and per_body:
+            costs += max(per_body, key=lambda c: sum(x.flops for x in c))
+        else:
+            costs += [c for body in per_body for c in body]
+    return costs
+
+
+def model_stats(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ModelStats:
+    """Compute figures of the model, subgraph bodies included (see ``_graph_costs``).
+
+    ``input_shapes``: the shapes the model runs at, for inputs whose dims are symbolic.
+    """
+    shapes = value_shapes(model, input_shapes)
+    costs = tuple(_graph_costs(model.graph, shapes))
     histogram: collections.Counter[str] = collections.Counter()
     for node in _all_nodes(model.graph):
         histogram[node.op_type] += 1
-    params = sum(math.prod(t.dims) for t in model.graph.initializer)
-    size = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    initializers = [t for graph in _all_graphs(model.graph) for t in graph.initializer]
+    params = sum(math.prod(t.dims) for t in initializers)
+    size = sum(_tensor_bytes(t) for t in initializers)
     return ModelStats(
         nodes=sum(histogram.values()),
         params=params,

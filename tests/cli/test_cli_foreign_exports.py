@@ -99,3 +99,28 @@ def test_nan_where_the_reference_has_nan_agrees_and_any_other_nan_differs():
     assert same.max_rel == 0.0 and same.cosine == pytest.approx(1.0)
     (new_nan,) = compare_outputs([ref], [{"y": np.array([1.0, np.nan, np.inf, np.nan], np.float32)}])
     assert new_nan.max_rel == float("inf") and new_nan.cosine == 0.0
+
+
+def _matmul_graph(name: str, out: str, k: int = 8) -> onnx.GraphProto:
+    w = helper.make_tensor(f"w_{name}", TensorProto.FLOAT, [k, k], np.ones(k * k, np.float32).tolist())
+    return helper.make_graph([helper.make_node("MatMul", ["x", f"w_{name}"], [out], name=f"mm_{name}")], name, [],
+                             [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["n", k])], [w])
+
+
+def test_flops_count_the_costlier_if_branch_at_the_calibration_shape():
+    from edgec.compiler.analysis import model_stats
+
+    then = _matmul_graph("then", "t")
+    other = helper.make_graph([helper.make_node("Relu", ["x"], ["e"], name="relu")], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", 8])])
+    graph = helper.make_graph([helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then,
+                                                else_branch=other)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8]),
+                               helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert model_stats(model).flops == 0  # symbolic rows: no shape, no count
+    stats = model_stats(model, {"x": (4, 8), "cond": ()})
+    assert stats.flops == 2 * 4 * 8 * 8  # the MatMul branch (512), not the Relu one (32), and not both
+    assert "branch/then_branch/mm_then" in [c.name for c in stats.node_costs]
+    assert stats.params == 64  # the branch's own weight

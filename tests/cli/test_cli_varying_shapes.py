@@ -68,6 +68,8 @@ def test_calibrated_at_three_sizes_the_bundle_runs_at_a_fourth(runner, detector,
     assert result.exit_code == 0, result.stderr
     report = __import__("json").loads(result.stdout)
     assert report["metrics"]["calibration_samples"] == len(SIZES)
+    # FLOPs at the first sample's 32 x 48: the declared height x width are symbols.
+    assert report["passes"][0]["before"]["flops"] > 2 * 8 * 3 * 9 * 32 * 48
     built = onnx.load(str(out / "model.onnx"))
     dims = [d.dim_param or d.dim_value for d in built.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, "height", "width"]  # still symbolic: no --input-shape fixed them
