@@ -39,6 +39,7 @@ import logging
 import multiprocessing
 import os
 import pathlib
+import re
 import signal
 import sys
 import tempfile
@@ -385,8 +386,6 @@ def _reasons(results: dict[str, list[Outcome]], top: int = 12) -> str:
 
 def _reason_class(detail: str) -> str:
     """The detail without node names and numbers, so that failures of one kind group together."""
-    import re
-
     detail = re.sub(r"node '[^']*'", "node N", detail)
     detail = re.sub(r"'[^'\s]*'", "'…'", detail)
     return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", detail)[:140]

@@ -168,10 +168,5 @@ def model_stats(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
 
 
 def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _all_nodes(sub)
+    for sub in _all_graphs(graph):
+        yield from sub.node

@@ -174,9 +174,10 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                              n=cfg.calib_samples, seed=cfg.seed)
     loaded = confirm_opset_upgrade(loaded, calib.feeds[:VERIFY_SAMPLES])
     check_target_ops(loaded.proto, target)
-    # ORT loads the model and runs the data; declarations its outputs contradict are not passed on.
-    (first_outputs,) = input_reference(loaded.proto, calib.feeds[:1], calib.source, target) or [{}]
-    loaded.notes += drop_contradicted_output_shapes(loaded.proto, first_outputs)
+    # ORT loads the model and runs the data; declarations its outputs contradict are not passed on. The
+    # outputs are the pipeline's reference too (dropping a declared shape changes no value).
+    reference = input_reference(loaded.proto, calib.feeds[:VERIFY_SAMPLES], calib.source, target)
+    loaded.notes += drop_contradicted_output_shapes(loaded.proto, reference[0] if reference else {})
     search = None
     if cfg.searches:
         cfg, search = _search(cfg, loaded.proto, zoo, calib.feeds, target, on_phase)
@@ -187,7 +188,7 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     stages: list[tuple[str, bytes]] = []
     keep_stage = None if search is None else lambda name, proto: stages.append((name, proto.SerializeToString()))
     result = run_pipeline(loaded.proto, _plan_passes(cfg, ctx), ctx, on_pass=lambda n: on_phase(f"pass {n}"),
-                          on_model=keep_stage)
+                          on_model=keep_stage, reference=reference)
     warnings = [*calib.warnings, *check_target_ops(result.model, target)]
     on_phase("measuring")
     metrics = _measure(loaded.proto, result, ctx)

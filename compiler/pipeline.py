@@ -194,13 +194,17 @@ def run_pass(pass_: EdgecPass[Any], proto: onnx.ModelProto, reference: list[dict
 
 def run_pipeline(proto: onnx.ModelProto, passes: Sequence[EdgecPass[Any]], ctx: BuildContext,
                  on_pass: Callable[[str], None] | None = None,
-                 on_model: Callable[[str, onnx.ModelProto], None] | None = None) -> PipelineResult:
+                 on_model: Callable[[str, onnx.ModelProto], None] | None = None,
+                 reference: list[dict[str, Any]] | None = None) -> PipelineResult:
     """Run ``passes`` in order, each on a copy of the previous result, verifying each.
 
     ``on_pass`` hears each pass's name before it runs; ``on_model`` gets its name and verified output
-    after (the pipeline's own proto: a caller that keeps it must copy or serialize it).
+    after (the pipeline's own proto: a caller that keeps it must copy or serialize it). ``reference``:
+    ``proto``'s outputs on the first VERIFY_SAMPLES calibration feeds, when the caller has them already.
     """
-    first = reference = input_reference(proto, ctx.calibration[:VERIFY_SAMPLES], ctx.calibration_source)
+    if reference is None:
+        reference = input_reference(proto, ctx.calibration[:VERIFY_SAMPLES], ctx.calibration_source)
+    first = reference
     records = []
     for pass_ in passes:
         if on_pass:

@@ -139,10 +139,12 @@ def cpu_runs(info: _NodeInfo, local_functions: frozenset[tuple[str, str]]) -> bo
     schema = _schema(info.node.op_type, info.domain, info.opset)
     since = schema.since_version if schema is not None else info.opset
     kernels = _cpu_kernels().get(key, [])
+    if any(_kernel_fits(k, since, schema, info) for k in kernels):
+        return True
     # ORT casts float16 to float around a CPU node that has only a float kernel (InsertCastTransformer).
     as_float = dataclasses.replace(info, inputs=tuple(map(_fp16_as_float, info.inputs)),
                                    outputs=tuple(map(_fp16_as_float, info.outputs)))
-    if any(_kernel_fits(k, since, schema, info) or _kernel_fits(k, since, schema, as_float) for k in kernels):
+    if as_float != info and any(_kernel_fits(k, since, schema, as_float) for k in kernels):
         return True
     return schema is not None and (schema.has_function or schema.has_context_dependent_function)
 
@@ -189,16 +191,17 @@ def _value_types(graph: onnx.GraphProto, types: dict[str, str]) -> None:
     for init in graph.initializer:
         types[init.name] = f"tensor({onnx.TensorProto.DataType.Name(init.data_type).lower()})"
     for node in graph.node:
-        for sub in _subgraphs(node):
+        for _, sub in _subgraphs(node):
             _value_types(sub, types)
 
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+def _subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """(attribute name, body) of each subgraph a node holds (If branches, Loop and Scan bodies)."""
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
+            yield attr.name, attr.g
         elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
+            yield from ((attr.name, g) for g in attr.graphs)
 
 
 def walk_nodes(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[str, onnx.NodeProto]]:
@@ -206,10 +209,8 @@ def walk_nodes(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[str, 
     for i, node in enumerate(graph.node):
         name = prefix + (node.name or f"{node.op_type}_{i}")
         yield name, node
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                yield from walk_nodes(sub, f"{name}/{attr.name}/")
+        for attr_name, sub in _subgraphs(node):
+            yield from walk_nodes(sub, f"{name}/{attr_name}/")
 
 
 def _node_infos(model: onnx.ModelProto) -> list[_NodeInfo]:
