@@ -165,12 +165,13 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     target = get_target(cfg.target)
     _check_output(cfg)
     on_phase("loading model")
-    loaded = load_model(cfg.model, parse_input_shapes(cfg.input_shapes) or None)
+    loaded = load_model(cfg.model, parse_input_shapes(cfg.input_shapes) or None, task=cfg.task)
     zoo = _zoo_model(cfg.model)
     on_phase("loading calibration data")
     image = ImagePreprocess(**cfg.image_preprocess) if cfg.image_preprocess else None
     calib = load_calibration(cfg.calib, loaded.proto, zoo_feeds=zoo.calibration(cfg.calib_samples) if zoo else None,
-                             image_config=image, tokenizer_dir=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else None,
+                             image_config=image,
+                             tokenizer_dir=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else loaded.tokenizer_dir,
                              n=cfg.calib_samples, seed=cfg.seed)
     loaded = confirm_opset_upgrade(loaded, calib.feeds[:VERIFY_SAMPLES])
     check_target_ops(loaded.proto, target)
@@ -199,9 +200,11 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                                                               calib.feeds[0], stages)
         warnings += search.warnings
     on_phase("writing bundle")
+    # One stored sample per distinct calibration shape (write_bundle keeps the first of each), so that
+    # `edgec verify` reruns the bundle at every shape it was calibrated at.
     bundle = write_bundle(cfg.output, model=result.model, target=target, sample_inputs=calib.feeds[0],
-                          pass_records=[r.to_json() for r in result.records], metrics=metrics,
-                          fmt=cfg.fmt, force=cfg.force)
+                          extra_samples=calib.feeds[1:], pass_records=[r.to_json() for r in result.records],
+                          metrics=metrics, fmt=cfg.fmt, force=cfg.force)
     if search is not None:  # after the bundle: they describe it, and must not exist without it
         search_report.write_sidecars(cfg, search, sidecars)
     notes = [*loaded.notes, *(f"sensitivity plot: {path}" for path in _sensitivity_plots(cfg.output, result.records))]

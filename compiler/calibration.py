@@ -350,8 +350,8 @@ def _text(path: Path, inputs: list[InputSpec], tokenizer_dir: Path | None, n: in
         raise CalibrationError(f"{path}: text calibration needs inputs among {', '.join(TOKEN_INPUTS)} "
                                f"with input_ids; the model has: {', '.join(specs)}")
     if tokenizer_dir is None:
-        raise CalibrationError(f"{path}: text calibration needs a tokenizer; load a Hugging Face folder "
-                               "or set [calibration] tokenizer")
+        raise CalibrationError(f"{path}: text calibration needs a tokenizer: build a Hugging Face folder that "
+                               "holds one (tokenizer.json, vocab.txt), or set [calibration] tokenizer")
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError as err:

@@ -60,9 +60,14 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+_TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extraction, text-classification, ...); "
+              "default: inferred from config.json and sentence-transformers files.")
+
+
 @cli.command()
 @click.argument("model", required=False)
 @click.option("--target", help="Device profile (see `edgec targets`).")
+@click.option("--task", help=_TASK_HELP)
 @click.option("--calib", help="Calibration data: .npz, image folder, text file, or 'random'.")
 @click.option("--passes", "passes", help="Comma-separated passes, e.g. cleanup,fuse.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="An edgec.toml build file.")
@@ -173,15 +178,17 @@ def targets(as_json: bool) -> None:
 @cli.command()
 @click.argument("source")
 @click.option("--target", help="Check op support against this target (default: the bundle's, or cpu-x86).")
+@click.option("--task", help=_TASK_HELP)
 @click.option("--input-shape", "input_shapes", multiple=True, help="name=1x3x224x224 (repeatable).")
 @click.option("--top", default=15, show_default=True, help="Nodes to list by FLOPs.")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (all nodes).")
 @handle_errors
-def inspect(source: str, target: str | None, input_shapes: tuple[str, ...], top: int, as_json: bool) -> None:
+def inspect(source: str, target: str | None, task: str | None, input_shapes: tuple[str, ...], top: int,
+            as_json: bool) -> None:
     """Opset, inputs/outputs, op histogram, params, FLOPs per node, ops the target cannot run."""
     from edgec.compiler.inspect import inspect_source
 
-    info = inspect_source(source, target, input_shapes)
+    info = inspect_source(source, target, input_shapes, task=task)
     if as_json:
         _emit_json(info)
     else:
@@ -207,6 +214,7 @@ def _device_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(1), help="Timed runs.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed runs first.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Intra-op threads.")
+@click.option("--task", help=_TASK_HELP)
 @click.option("--input-shape", "input_shapes", multiple=True, help="name=1x3x224x224 (repeatable).")
 @_device_options
 @click.option("--runner", type=click.Path(path_type=Path), help="adb: onnxruntime_perf_test built for Android.")
@@ -215,9 +223,9 @@ def _device_options(func: Callable[..., Any]) -> Callable[..., Any]:
               help="Also run the op sweep on the device and write its latency file (for the search).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def profile(source: str, runs: int, warmup: int, threads: int, input_shapes: tuple[str, ...], device: str | None,
-            device_python: str | None, ssh_config: Path | None, timeout_s: float, runner: Path | None,
-            big_cores: bool, export_device: Path | None, as_json: bool) -> None:
+def profile(source: str, runs: int, warmup: int, threads: int, task: str | None, input_shapes: tuple[str, ...],
+            device: str | None, device_python: str | None, ssh_config: Path | None, timeout_s: float,
+            runner: Path | None, big_cores: bool, export_device: Path | None, as_json: bool) -> None:
     """Latency p50/p90/p99 and the top nodes by time (ORT profiler) of a model or bundle."""
     if device or export_device:
         from edgec.runtime.devices import export_device_file, profile_on_device
@@ -233,7 +241,8 @@ def profile(source: str, runs: int, warmup: int, threads: int, input_shapes: tup
     else:
         from edgec.compiler.inspect import profile_source
 
-        result = profile_source(source, runs=runs, warmup=warmup, threads=threads, input_shapes=input_shapes)
+        result = profile_source(source, runs=runs, warmup=warmup, threads=threads, input_shapes=input_shapes,
+                                task=task)
     if as_json:
         _emit_json(result)
     else:
@@ -247,7 +256,10 @@ def profile(source: str, runs: int, warmup: int, threads: int, input_shapes: tup
 @handle_errors
 def verify(bundle: str, device: str | None, device_python: str | None, ssh_config: Path | None, timeout_s: float,
            as_json: bool) -> None:
-    """Check a bundle: checksums, schema, load, run the stored sample, compare outputs (here or on a device)."""
+    """Check a bundle: checksums, schema, load, rerun each stored sample (one per calibration shape), compare.
+
+    On a device (--device) only the first stored sample (sample.npz) runs.
+    """
     if device:
         from edgec.runtime.devices import verify_on_device
 

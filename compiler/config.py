@@ -4,6 +4,7 @@ Each CLI flag maps to exactly one field. A flag given on the command line wins o
 
     # edgec.toml
     target = "android-arm64"
+    task = "feature-extraction"  # a Hugging Face folder's export task (default: inferred from the folder)
     passes = ["cleanup", "fuse"]
     [pass-options.fuse]          # options of one pass, checked against its config dataclass
     transformer_fusions = true
@@ -34,7 +35,7 @@ from typing import Any
 from edgec.compiler.errors import ConfigError
 
 DEFAULT_PASSES = ("cleanup", "fuse")
-_TOP_KEYS = {"model", "target", "passes", "pass-options", "calibration", "input-shapes", "format", "seed",
+_TOP_KEYS = {"model", "target", "task", "passes", "pass-options", "calibration", "input-shapes", "format", "seed",
              "max-drop", "search"}
 _CALIB_KEYS = {"source", "samples", "image", "tokenizer"}
 _IMAGE_KEYS = {"size", "mean", "std", "layout", "channels"}
@@ -49,6 +50,7 @@ class BuildConfig:
     model: str
     target: str
     output: Path
+    task: str | None = None  # a Hugging Face folder's export task; None: inferred from the folder
     passes: tuple[str, ...] = DEFAULT_PASSES
     pass_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     calib: str | None = None
@@ -111,9 +113,12 @@ def config_file_fields(path: Path) -> dict[str, Any]:
     passes = data.get("passes")
     if passes is not None and not (isinstance(passes, list) and all(isinstance(p, str) for p in passes)):
         raise ConfigError(f"{path}: 'passes' must be a list of pass names")
+    if not isinstance(data.get("task", ""), str):
+        raise ConfigError(f"{path}: 'task' must be a task name such as \"feature-extraction\"")
     fields: dict[str, Any] = {
         "model": data.get("model"),
         "target": data.get("target"),
+        "task": data.get("task"),
         "passes": tuple(passes) if passes is not None else None,
         "pass_options": data.get("pass-options"),
         "calib": calib.get("source"),

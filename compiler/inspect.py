@@ -66,7 +66,8 @@ def describe_model(proto: onnx.ModelProto, target_name: str) -> dict[str, Any]:
     }
 
 
-def inspect_source(source: str, target: str | None, input_shapes: Sequence[str]) -> dict[str, Any]:
+def inspect_source(source: str, target: str | None, input_shapes: Sequence[str],
+                   task: str | None = None) -> dict[str, Any]:
     """Describe a model (any frontend source) or the model.onnx inside a bundle."""
     path = Path(source)
     if is_bundle(path):
@@ -77,14 +78,14 @@ def inspect_source(source: str, target: str | None, input_shapes: Sequence[str])
         info = describe_model(proto, target or manifest["target"]["name"])
         info["bundle"] = {"path": str(path), "schema_version": manifest["schema_version"]}
         return info
-    loaded = load_model(source, parse_input_shapes(input_shapes) or None)
+    loaded = load_model(source, parse_input_shapes(input_shapes) or None, task=task)
     info = describe_model(loaded.proto, target or DEFAULT_TARGET)
     info["notes"] = loaded.notes
     return info
 
 
 def profile_source(source: str, *, runs: int, warmup: int, threads: int,
-                   input_shapes: Sequence[str]) -> dict[str, Any]:
+                   input_shapes: Sequence[str], task: str | None = None) -> dict[str, Any]:
     """Profile a bundle on its stored sample, or a model on seeded random inputs."""
     from edgec.runtime.profile import profile_model
 
@@ -98,7 +99,7 @@ def profile_source(source: str, *, runs: int, warmup: int, threads: int,
         result = profile_model(bundle.model_bytes(), feeds, runs=runs, warmup=warmup, threads=threads, level=level)
         origin = f"bundle {path} ({bundle.manifest['model_file']}, stored sample input)"
     else:
-        loaded = load_model(source, parse_input_shapes(input_shapes) or None)
+        loaded = load_model(source, parse_input_shapes(input_shapes) or None, task=task)
         feeds = load_calibration("random", loaded.proto, n=1).feeds[0]
         result = profile_model(loaded.proto.SerializeToString(), feeds, runs=runs, warmup=warmup, threads=threads)
         origin = f"{source} (seeded random input)"

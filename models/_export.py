@@ -8,7 +8,7 @@ import logging
 import pathlib
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
@@ -18,12 +18,16 @@ OPSET = 18
 
 
 def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: pathlib.Path,
-                input_names: Sequence[str], output_names: Sequence[str]) -> str:
+                input_names: Sequence[str], output_names: Sequence[str],
+                dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> str:
     """Write ``module`` to ``path`` (weights inside the file); returns the exporter used.
 
     The dynamo exporter is tried first; if it raises, the TorchScript exporter is used instead.
+    ``dynamic_axes`` (input or output name -> {axis: dim name}) leaves those dims symbolic.
     """
     common = dict(opset_version=OPSET, input_names=list(input_names), output_names=list(output_names))
+    if dynamic_axes:
+        common["dynamic_axes"] = {name: dict(axes) for name, axes in dynamic_axes.items()}
     start = time.perf_counter()
     try:
         with _quiet():

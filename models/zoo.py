@@ -3,6 +3,9 @@
 Random-init models (structure and speed tests): resnet18, resnet50, mobilenetv2, mobilenetv3-large,
 densenet121, efficientnet-b0 (``input`` float32 [1, 3, 224, 224] -> ``logits`` [1, 1000]) and bert-like
 (``input_ids``/``attention_mask`` int64 [1, 128] -> ``last_hidden_state`` [1, 128, 384]).
+yolo-det, random-init too, is a YOLOv8-style detector exported with symbolic batch/height/width
+(``images`` float32 [N, 3, H, W], calibrated at 320 x 320 -> ``output0`` [N, 24, A]: 4 box coordinates in
+pixels, then 20 class probabilities).
 Trained models (accuracy): digits-cnn, mnist-resnet (``input`` -> ``logits`` [1, 10]) and minilm
 (``input_ids``/``attention_mask`` int64 [1, 64] -> ``sentence_embedding`` [1, 384]).
 Everything expensive (exports, weights, reference embeddings) is cached under ``$EDGEC_CACHE/zoo``.
@@ -52,6 +55,7 @@ class ZooModel:
     family: str
     output_name: str
     primary_metric: str | None = None
+    dynamic_axes: dict[str, dict[int, str]] | None = None  # symbolic dims of the export (name -> axis -> dim)
 
     def torch_module(self) -> torch.nn.Module:
         """The torch model in eval mode with its weights (trained ones are trained on first use)."""
@@ -69,7 +73,7 @@ class ZooModel:
                 feed = self.calibration(1, "calib")[0]
                 args = tuple(torch.from_numpy(feed[k]) for k in self.input_shapes)
                 _cache.atomic_write(path, lambda tmp: export_onnx(
-                    module, args, tmp, list(self.input_shapes), [self.output_name]))
+                    module, args, tmp, list(self.input_shapes), [self.output_name], self.dynamic_axes))
                 _cache.write_text(stamp, expected)
         return path
 
@@ -84,8 +88,9 @@ class ZooModel:
         if n < 1:
             raise CalibrationError(f"zoo model {self.name}: asked for {n} calibration feeds; need at least 1")
         rng = np.random.default_rng(SPLITS.index(split))
-        if self.family == "imagenet":
-            return [{"input": rng.standard_normal(_IMAGE["input"], dtype=np.float32)} for _ in range(n)]
+        if self.family in ("imagenet", "detection"):
+            (name, shape), = self.input_shapes.items()
+            return [{name: rng.standard_normal(shape, dtype=np.float32)} for _ in range(n)]
         if self.family == "bert":
             shape = self.input_shapes["input_ids"]
             return [{"input_ids": rng.integers(_TOKEN_LOW, 30522, shape, dtype=np.int64),
@@ -166,6 +171,10 @@ _ZOO: dict[str, ZooModel] = {m.name: m for m in (
     _imagenet("efficientnet-b0", "efficientnet_b0", "EfficientNet-B0 (SE, SiLU)"),
     ZooModel("bert-like", "BERT encoder 6L/384H/12 heads/FFN 1536, random init (seed 0), seq 128",
              dict(_TOKENS_128), False, "edgec.models.transformer:bert_like", "bert", "last_hidden_state"),
+    ZooModel("yolo-det", "YOLOv8-style detector (C2f, SPPF, SiLU as x*sigmoid(x), nearest upsampling, DFL "
+             "head; half of YOLOv8n's widths, 20 classes), random init, dynamic batch/height/width",
+             {"images": (1, 3, 320, 320)}, False, "edgec.models.yolo:yolo_det", "detection", "output0",
+             dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 2: "anchors"}}),
     ZooModel("digits-cnn", "3-conv CNN trained on sklearn 8x8 digits (1437 train / 360 held out)",
              {"input": (1, 1, 8, 8)}, True, "edgec.models.trained:digits_cnn", "digits", "logits",
              "accuracy"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import onnx_ir as ir
 
@@ -62,8 +62,9 @@ def common_scope(nodes: Iterable[ir.Node]) -> str:
 class _GraphIndex:
     """Topological positions, data-dependence and ancestor sets of one graph."""
 
-    def __init__(self, graph: ir.Graph) -> None:
+    def __init__(self, graph: ir.Graph, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.graph = graph
+        self.shapes = shapes or {}
         self.nodes = list(graph)
         self.pos = {id(n): i for i, n in enumerate(self.nodes)}
         data = {id(v) for v in graph.inputs if not v.is_initializer()}
@@ -72,6 +73,13 @@ class _GraphIndex:
                 data.update(id(v) for v in node.outputs)
         self.data = data
         self._ancestors: dict[int, frozenset[int]] = {}
+
+    def shape(self, value: ir.Value) -> tuple[int | str | None, ...] | None:
+        """The value's shape at the calibration sample when known, else its declared (maybe symbolic) one."""
+        known = self.shapes.get(value.name or "")
+        if known is not None:
+            return known
+        return None if value.shape is None else tuple(value.shape.dims)
 
     def is_data(self, value: ir.Value | None) -> bool:
         return value is not None and id(value) in self.data
@@ -121,8 +129,9 @@ class _GraphIndex:
         return out
 
 
-def _same_shape(a: ir.Value, b: ir.Value) -> bool:
-    return a.shape is not None and b.shape is not None and a.shape == b.shape
+def _same_shape(index: _GraphIndex, a: ir.Value, b: ir.Value) -> bool:
+    shape_a, shape_b = index.shape(a), index.shape(b)
+    return shape_a is not None and shape_b is not None and shape_a == shape_b
 
 
 def _escape(span: Sequence[ir.Node], graph: ir.Graph) -> str:
@@ -150,7 +159,7 @@ def _residual(index: _GraphIndex, add: ir.Node) -> Block | None:
     a, b = add.inputs[0], add.inputs[1]
     if not (index.is_data(a) and index.is_data(b)):
         return None
-    if a.shape is not None and b.shape is not None and a.shape != b.shape:
+    if index.shape(a) is not None and index.shape(b) is not None and index.shape(a) != index.shape(b):
         return None  # a broadcast (attention mask, bias) is no residual stream
     for entry, branch in ((a, b), (b, a)):
         if index.descends_from(branch, entry):
@@ -160,7 +169,7 @@ def _residual(index: _GraphIndex, add: ir.Node) -> Block | None:
                 return None
             kind = "attention" if any(n.op_type in _ATTENTION_OPS for n in span) else "residual"
             reason = _escape(span, index.graph)
-            if not reason and not _same_shape(entry, add.outputs[0]):
+            if not reason and not _same_shape(index, entry, add.outputs[0]):
                 reason = f"shape changes from {entry.shape} to {add.outputs[0].shape}"
             return Block(common_scope(span) or add.name or "", kind, entry.name or "", add.outputs[0].name or "",
                          tuple(n.name or "" for n in span), not reason, reason, _channel_axis(weighted))
@@ -197,9 +206,13 @@ def _dense(index: _GraphIndex, concat: ir.Node) -> Block | None:
     return None
 
 
-def find_sub_blocks(graph: ir.Graph) -> list[Block]:
-    """Every residual Add (removable or not) and dense Concat, in graph order, with unique names."""
-    index = _GraphIndex(graph)
+def find_sub_blocks(graph: ir.Graph, shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Block]:
+    """Every residual Add (removable or not) and dense Concat, in graph order, with unique names.
+
+    ``shapes`` (value name -> static shape at a calibration sample) decide shape comparisons where the
+    declared shapes are symbolic.
+    """
+    index = _GraphIndex(graph, shapes)
     found = []
     for node in index.nodes:
         if node.domain not in ("", "ai.onnx"):
@@ -244,10 +257,11 @@ def _pair_layer(graph: ir.Graph, nodes: dict[str, ir.Node], attn: Block, ffn: Bl
     return layer, attn, ffn
 
 
-def discover_blocks(graph: ir.Graph) -> tuple[list[Block], list[Block]]:
+def discover_blocks(graph: ir.Graph, shapes: Mapping[str, tuple[int, ...]] | None = None,
+                    ) -> tuple[list[Block], list[Block]]:
     """``(layers, sub_blocks)``: transformer layers (attention followed by an FFN sub-block) and every
     residual sub-block; a CNN's residual blocks are sub-blocks that belong to no layer."""
-    subs = find_sub_blocks(graph)
+    subs = find_sub_blocks(graph, shapes)
     nodes = {n.name or "": n for n in graph}
     by_entry = {b.entry: i for i, b in enumerate(subs) if b.removable}
     layers = []
@@ -264,12 +278,13 @@ def discover_blocks(graph: ir.Graph) -> tuple[list[Block], list[Block]]:
     return layers, subs
 
 
-def candidates(graph: ir.Graph, granularity: str) -> list[Block]:
+def candidates(graph: ir.Graph, granularity: str, shapes: Mapping[str, tuple[int, ...]] | None = None,
+               ) -> list[Block]:
     """The blocks a removal may pick at ``granularity`` ("layer" or "sub-block"), graph order.
 
     At layer granularity a transformer layer replaces its two sub-blocks; CNN blocks are both.
     """
-    layers, subs = discover_blocks(graph)
+    layers, subs = discover_blocks(graph, shapes)
     if granularity == "sub-block":
         return subs
     grouped = {c for layer in layers for c in layer.children}

@@ -92,6 +92,7 @@ class _Analyzer:
             "BatchNormalization": self._batchnorm, "Concat": self._concat, "Flatten": self._flatten,
             "Reshape": self._reshape, "Transpose": self._transpose, "Softmax": self._softmax,
             "LogSoftmax": self._softmax, "LayerNormalization": self._layernorm,
+            "Resize": self._resize, "Upsample": self._resize,
         }
 
     def layout(self, value: ir.Value | None) -> Layout | None:
@@ -156,6 +157,31 @@ class _Analyzer:
         layout = self.layout(node.inputs[0])
         if layout is None or layout.axis != required_axis or layout.inner != 1 or len(node.outputs) != 1:
             return False
+        self.set(node.outputs[0], layout)
+        return True
+
+    def _resize(self, node: ir.Node) -> bool:
+        """Resize/Upsample is per channel when its scale on the channel axis is 1 (the YOLO/FPN upsample).
+
+        Output sizes (rather than scales) name the channel count itself, which pruning would have to
+        rewrite; those are refused.
+        """
+        layout = self.layout(node.inputs[0])
+        if layout is None or layout.inner != 1 or any(self.layout(v) for v in node.inputs[1:]):
+            return False
+        scales_at = 1 if node.op_type == "Upsample" else 2
+        scales = _shape_const(node.inputs[scales_at]) if len(node.inputs) > scales_at else None
+        sizes = node.inputs[3] if node.op_type == "Resize" and len(node.inputs) > 3 else None
+        if scales is None and node.op_type == "Upsample":
+            scales = np.asarray(_attr(node, "scales", None) or [], dtype=np.float32)
+        if sizes is not None or scales is None or scales.size == 0:
+            return self._refuse("resized to output sizes or to scales that are not constant")
+        axes = _attr(node, "axes", None)
+        rank = len(static_shape(node.inputs[0]) or []) or scales.size
+        axes = list(range(scales.size)) if axes is None else [a % rank for a in axes]
+        channel_scale = dict(zip(axes, scales.tolist(), strict=True)).get(layout.axis, 1.0)
+        if channel_scale != 1.0:
+            return self._refuse("resizes the channel axis")
         self.set(node.outputs[0], layout)
         return True
 

@@ -6,10 +6,15 @@ ONNX reference evaluator is what checks the rounding.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from edgec.passes._quant_subgraphs import drop_unused_initializers as drop_graph_initializers
+from edgec.passes._quant_subgraphs import find_initializer, walk
 
 # Which input of each op holds the weight, and the axis of its output channels (per-channel scales).
 WEIGHT_INPUT = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, None), "MatMul": (1, -1)}
@@ -18,22 +23,38 @@ FP8 = {"e4m3fn": (ml_dtypes.float8_e4m3fn, onnx.TensorProto.FLOAT8E4M3FN, 448.0)
 FP4_MAX = 6.0  # largest E2M1 magnitude
 
 
-def weight_slots(proto: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int, onnx.TensorProto, int]]:
-    """(node, input index, float initializer, channel axis) for each weighted node with a constant weight."""
-    inits = {t.name: t for t in proto.graph.initializer}
+@dataclasses.dataclass(frozen=True)
+class WeightSlot:
+    """A weighted node's constant float weight, wherever the node sits (main graph or an If/Loop/Scan body).
+
+    ``graph`` holds the node, ``owner`` the weight (the main graph, for a body reading an outer weight).
+    """
+
+    path: str
+    graph: onnx.GraphProto
+    node: onnx.NodeProto
+    index: int
+    tensor: onnx.TensorProto
+    owner: onnx.GraphProto
+    axis: int
+
+
+def weight_slots(proto: onnx.ModelProto) -> list[WeightSlot]:
+    """One slot per weighted node with a constant float weight of rank 2 or more, bodies included."""
     slots = []
-    for node in proto.graph.node:
+    for path, graph, node, scope in walk(proto.graph):
         spec = WEIGHT_INPUT.get(node.op_type)
-        if spec is None or len(node.input) <= spec[0] or node.input[spec[0]] not in inits:
+        if spec is None or node.domain not in ("", "ai.onnx") or len(node.input) <= spec[0]:
             continue
-        tensor = inits[node.input[spec[0]]]
-        if tensor.data_type != onnx.TensorProto.FLOAT or len(tensor.dims) < 2:
+        found = find_initializer(node.input[spec[0]], scope)
+        if found is None or found[0].data_type != onnx.TensorProto.FLOAT or len(found[0].dims) < 2:
             continue
+        tensor, owner = found
         axis = spec[1]
         if node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             axis = 0 if trans_b else 1
-        slots.append((node, spec[0], tensor, axis % len(tensor.dims)))
+        slots.append(WeightSlot(path, graph, node, spec[0], tensor, owner, axis % len(tensor.dims)))
     return slots
 
 
@@ -53,31 +74,47 @@ def fp8_encode(w: np.ndarray, axis: int, fmt: str) -> tuple[np.ndarray, np.ndarr
 
 
 def add_fp8_weights(proto: onnx.ModelProto, fmt: str, skip: set[str]) -> int:
-    """Store weights as float8 and add a per-channel DequantizeLinear before each use; returns the count."""
-    _, elem, _ = FP8[fmt]
+    """Store weights as float8 and add a per-channel DequantizeLinear before each use; returns the count.
+
+    Weights in If/Loop/Scan bodies are converted too: the DequantizeLinear goes into the body, the
+    float8 tensor next to the float one it replaces (an outer weight stays outer). A weight shared by
+    several nodes is encoded once per channel axis.
+    """
+    encoded: dict[tuple[str, int, int], str] = {}
     done = 0
-    for node, index, tensor, axis in weight_slots(proto):
-        if node.name in skip:
+    for slot in weight_slots(proto):
+        if slot.node.name in skip:
             continue
-        q, scale = fp8_encode(numpy_helper.to_array(tensor), axis, fmt)
-        name = tensor.name
-        qt = helper.make_tensor(f"{name}_fp8", elem, q.shape, q.view(np.uint8).tobytes(), raw=True)
-        proto.graph.initializer.extend([qt, numpy_helper.from_array(scale, f"{name}_fp8_scale")])
-        deq = f"{name}_fp8_dq_{done}"
-        proto.graph.node.insert(list(proto.graph.node).index(node), helper.make_node(
-            "DequantizeLinear", [qt.name, f"{name}_fp8_scale"], [deq], name=f"{node.name}_w_dq", axis=axis))
-        node.input[index] = deq
+        key = (slot.tensor.name, id(slot.owner), slot.axis)
+        if key not in encoded:
+            encoded[key] = _add_fp8_tensor(slot, fmt, len(encoded))
+        quantized, node = encoded[key], slot.node
+        deq = f"{quantized}_dq_{done}"
+        slot.graph.node.insert(list(slot.graph.node).index(node), helper.make_node(
+            "DequantizeLinear", [quantized, f"{quantized}_scale"], [deq], name=f"{node.name}_w_dq_{done}",
+            axis=slot.axis))
+        node.input[slot.index] = deq
         done += 1
     drop_unused_initializers(proto)
     return done
 
 
+def _add_fp8_tensor(slot: WeightSlot, fmt: str, serial: int) -> str:
+    """Add the float8 encoding of ``slot``'s weight (and its scale) next to it; returns its name."""
+    _, elem, _ = FP8[fmt]
+    q, scale = fp8_encode(numpy_helper.to_array(slot.tensor), slot.axis, fmt)
+    name = f"{slot.tensor.name}_fp8_{serial}"
+    slot.owner.initializer.extend([helper.make_tensor(name, elem, q.shape, q.view(np.uint8).tobytes(), raw=True),
+                                   numpy_helper.from_array(scale, f"{name}_scale")])
+    return name
+
+
 def drop_unused_initializers(proto: onnx.ModelProto) -> None:
-    """Remove initializers no node or graph output reads (the float copies of replaced weights)."""
-    used = {name for n in proto.graph.node for name in n.input} | {o.name for o in proto.graph.output}
-    keep = [t for t in proto.graph.initializer if t.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)
+    """Remove initializers that nothing reads (the float copies of replaced weights).
+
+    A read inside an If/Loop/Scan body counts: an outer weight only a body uses stays.
+    """
+    drop_graph_initializers(proto.graph)
 
 
 def fp4_round(w: np.ndarray, block: int) -> np.ndarray:
@@ -96,12 +133,16 @@ def fp4_round(w: np.ndarray, block: int) -> np.ndarray:
 
 
 def simulate_fp4_weights(proto: onnx.ModelProto, block: int, skip: set[str]) -> int:
-    """Replace weights by their E2M1-rounded values (stored in float32); returns how many."""
+    """Replace weights by their E2M1-rounded values (stored in float32), bodies included; returns how many nodes."""
+    rounded: set[tuple[str, int]] = set()  # a shared weight is rounded once
     done = 0
-    for node, _, tensor, _ in weight_slots(proto):
-        if node.name in skip:
+    for slot in weight_slots(proto):
+        if slot.node.name in skip:
             continue
-        rounded = fp4_round(numpy_helper.to_array(tensor), block)
-        tensor.CopyFrom(numpy_helper.from_array(rounded, tensor.name))
+        key = (slot.tensor.name, id(slot.owner))
+        if key not in rounded:
+            grid = fp4_round(numpy_helper.to_array(slot.tensor), block)
+            slot.tensor.CopyFrom(numpy_helper.from_array(grid, slot.tensor.name))
+            rounded.add(key)
         done += 1
     return done

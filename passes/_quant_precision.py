@@ -33,14 +33,14 @@ INT8_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 def _int4_matmuls(proto: onnx.ModelProto) -> set[str]:
-    return {node.name for node, _, tensor, _ in weight_slots(proto)
-            if node.op_type == "MatMul" and len(tensor.dims) == 2}
+    return {slot.node.name for slot in weight_slots(proto)
+            if slot.node.op_type == "MatMul" and len(slot.tensor.dims) == 2}
 
 
 def applicable(proto: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
     """Precisions each listed node's op admits, regardless of target (fp32 always last)."""
     int4 = _int4_matmuls(proto)
-    const_weight = {node.name for node, _, _, _ in weight_slots(proto)}
+    const_weight = {slot.node.name for slot in weight_slots(proto)}
     choices = {}
     for node in proto.graph.node:
         if not node.name or node.op_type not in INT8_OPS:

@@ -31,6 +31,7 @@ class Fp4Config:
 class Fp4Pass(EdgecPass[Fp4Config]):
     """Round Conv/Gemm/MatMul weights onto the E2M1 grid, one absmax/6 scale per block of the last axis.
 
+    Weights of nodes inside If/Loop/Scan bodies are rounded too, wherever the weight is stored.
     A simulation on any target: the model keeps float32 weights and runs anywhere, and the record says
     the real thing needs an fp4 runtime. Activations, biases and graph I/O are never touched.
     """

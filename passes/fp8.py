@@ -28,6 +28,8 @@ class Fp8Config:
 class Fp8Pass(EdgecPass[Fp8Config]):
     """Store Conv/Gemm/MatMul weights in float8 with one float32 scale per output channel.
 
+    Nodes inside If/Loop/Scan bodies are converted too (their DequantizeLinear goes into the body); an
+    outer weight that only a body reads is kept, converted, in the outer graph.
     For cuda/tensorrt targets (their quantization formats list fp8-qdq). Each weight gets a
     DequantizeLinear; ORT's CPU EP emulates it, so accuracy is measured on the host. Activations and
     graph I/O stay float32. Opsets below 19 are upgraded (recorded).

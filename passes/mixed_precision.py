@@ -13,6 +13,7 @@ import onnx_ir as ir
 from edgec.compiler.pipeline import to_proto
 from edgec.passes import _quant_precision as precision
 from edgec.passes._quant_common import replace_model, require_dtype
+from edgec.passes._quant_subgraphs import body_owners, owner_label
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 from edgec.passes.fp8 import Fp8Config, Fp8Pass
 from edgec.passes.quantize_int4 import QuantizeInt4Config, QuantizeInt4Pass
@@ -48,8 +49,8 @@ class MixedPrecisionPass(EdgecPass[MixedPrecisionConfig]):
     told to exclude every other node), then fp16 compute (Casts around each node, see
     ``_quant_precision.cast_nodes_to_fp16``). ``node_choices`` lists what each node can take on a
     target: that is the per-node search space (the class-level ``search_space`` only holds the
-    default). Graph I/O dtypes are never changed. Each step's record is nested under its precision
-    in this pass's record.
+    default). Nodes inside If/Loop/Scan bodies stay fp32, with a note per body. Graph I/O dtypes are
+    never changed. Each step's record is nested under its precision in this pass's record.
     """
 
     config_cls = MixedPrecisionConfig
@@ -69,6 +70,8 @@ class MixedPrecisionPass(EdgecPass[MixedPrecisionConfig]):
                                             self.name)
         for node, why in notes.items():
             self.skip(node, why)
+        for owner in body_owners(proto.graph):
+            self.skip(owner_label(owner), "nodes inside If/Loop/Scan bodies take no per-node precision; kept fp32")
         by_precision: dict[str, set[str]] = collections.defaultdict(set)
         for node, chosen in resolved.items():
             by_precision[chosen].add(node)
@@ -82,7 +85,8 @@ class MixedPrecisionPass(EdgecPass[MixedPrecisionConfig]):
                 exclude_nodes=tuple(exclude)))
         for name, pass_cls, config_of in _LATER_STEPS:
             if by_precision[name]:
-                rest = tuple(sorted(n.name for n in model.graph if n.name not in by_precision[name]))
+                # every other node, those in If/Loop/Scan bodies included (the int4 quantizer enters them)
+                rest = tuple(sorted(n.name for n in model.graph.all_nodes() if n.name not in by_precision[name]))
                 self._step(model, name, pass_cls, config_of(rest))
         if by_precision["fp16"]:
             self._fp16(model, by_precision["fp16"])

@@ -19,6 +19,7 @@ from edgec.passes._prune_plan import ROUNDINGS, Plan, input_mean_squares, make_p
 from edgec.passes._prune_recovery import METHODS as RECOVERIES
 from edgec.passes._prune_recovery import recover
 from edgec.passes._prune_types import ChannelGraph
+from edgec.passes._sample_shapes import sample_shapes
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,25 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
         common.ShapeInferencePass()(model)
         _name_nodes(model)
         heads_removed = self._prune_heads(model)
+        original = self._original(model)
+        with sample_shapes(model, self.ctx.calibration) as lent:
+            if lent:
+                self.record(analysed_at={n: list(a.shape) for n, a in self.ctx.calibration[0].items()})
+            pruned = self._prune_channels(model)
+        if pruned is None:
+            return ir.passes.PassResult(model, modified=heads_removed > 0)
+        cg, plan, orders = pruned
+        if original is not None:
+            fixed, skipped = recover(model, original, cg, plan, orders, self.ctx.calibration, self.config.recovery,
+                                     self.config.ridge, self.ctx.seed)
+            for node, reason in skipped:
+                self.skip(node, f"recovery: {reason}")
+            self.record(recovery=self.config.recovery, recovered_layers=fixed,
+                        calibration_feeds=len(self.ctx.calibration))
+        return ir.passes.PassResult(model, modified=True)
+
+    def _prune_channels(self, model: ir.Model) -> tuple[ChannelGraph, Plan, dict[int, np.ndarray]] | None:
+        """Analyse, plan and rewrite at static shapes; None when the plan prunes nothing."""
         cg = analyze(model)
         self._check_layers(model, cg)
         self._report_frozen(cg)
@@ -138,20 +158,13 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
                          allocation=cfg.allocation, rounding=cfg.rounding)
         if not plan.prunes_anything(cg):
             self.record(mode=cfg.mode, channels_before=sum(cg.space_sizes), channels_after=sum(cg.space_sizes))
-            return ir.passes.PassResult(model, modified=heads_removed > 0)
+            return None
         kinds = tuple(self.ctx.target.channel_selection)
         before = selections(model, cg, plan, choose_orders(cg, plan, reorder=False), kinds)
         orders = choose_orders(cg, plan, reorder=cfg.reorder)
-        original = self._original(model)
         after = apply_plan(model, cg, plan, orders, kinds)
         self._record(cg, plan, before, after)
-        if original is not None:
-            fixed, skipped = recover(model, original, cg, plan, orders, self.ctx.calibration, cfg.recovery,
-                                     cfg.ridge, self.ctx.seed)
-            for node, reason in skipped:
-                self.skip(node, f"recovery: {reason}")
-            self.record(recovery=cfg.recovery, recovered_layers=fixed, calibration_feeds=len(self.ctx.calibration))
-        return ir.passes.PassResult(model, modified=True)
+        return cg, plan, orders
 
     def _prune_heads(self, model: ir.Model) -> int:
         """Drop the ``heads`` fraction of each attention block's heads; returns how many were removed."""

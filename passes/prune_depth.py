@@ -14,6 +14,7 @@ from edgec.compiler.errors import ConfigError
 from edgec.passes._blocks import Block, candidates, discover_blocks
 from edgec.passes._depth_edit import quiet_ir
 from edgec.passes._depth_score import SCORES, Metric, Remover, contiguous, load_metric, score_blocks, score_spans
+from edgec.passes._sample_shapes import shapes_at_sample
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
 
     config_cls = PruneDepthConfig
     tolerance = Tolerance(lossy=True)
+    handles_subgraphs = False  # blocks are found in the main graph; one read by a body stays (see _escape)
     search_space = {"num_blocks": (0, 1, 2, 3, 4), "replace": (False, True), "granularity": GRANULARITIES}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -102,12 +104,22 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
         return ir.passes.PassResult(model, modified=bool(how))
 
     def _pool(self, model: ir.Model) -> list[Block]:
-        """Removable candidates; every block that is not removable leaves a skip note."""
-        layers, subs = discover_blocks(model.graph)
+        """Removable candidates; every block that is not removable leaves a skip note.
+
+        Blocks are found at the first calibration sample's shapes: a residual Add of two [N, C, H, W]
+        values whose symbolic H and W have different names is still a residual.
+        """
+        self._shapes = shapes_at_sample(model, self.ctx.calibration)
+        if self._shapes:
+            self.record(analysed_at={n: list(a.shape) for n, a in self.ctx.calibration[0].items()})
+        layers, subs = discover_blocks(model.graph, self._shapes)
         for block in [*layers, *subs]:
             if not block.removable:
                 self.skip(block.name, block.reason)
-        return [b for b in candidates(model.graph, self.config.granularity) if b.removable]
+        return [b for b in self._candidates(model.graph) if b.removable]
+
+    def _candidates(self, graph: ir.Graph) -> list[Block]:
+        return candidates(graph, self.config.granularity, self._shapes)
 
     def _explicit(self, pool: list[Block]) -> list[str]:
         by_name = {b.name: b.nodes[-1] for b in pool}
@@ -120,7 +132,7 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
 
     def _find(self, model: ir.Model, key: str) -> Block:
         """The current block whose residual Add is ``key`` (spans change as neighbours go)."""
-        return next(b for b in candidates(model.graph, self.config.granularity) if b.nodes[-1] == key)
+        return next(b for b in self._candidates(model.graph) if b.nodes[-1] == key)
 
     def _resolve_score(self) -> str:
         if self.config.score != "auto":
@@ -129,7 +141,7 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
 
     def _remove_all(self, model: ir.Model, remover: Remover, keys: list[str]) -> list[tuple[str, str]]:
         """Remove in stream order; with replacement a run of contiguous blocks gets one map (fewer fitted weights)."""
-        order = {b.nodes[-1]: i for i, b in enumerate(candidates(model.graph, self.config.granularity))}
+        order = {b.nodes[-1]: i for i, b in enumerate(self._candidates(model.graph))}
         keys = sorted(keys, key=order.__getitem__)
         done = []
         for key, after in zip(keys, [*keys[1:], None], strict=True):
@@ -142,7 +154,7 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
 
     def _choose(self, model: ir.Model, remover: Remover, metric: Metric | None, count: int) -> list[str]:
         """Keys of the ``count`` least important blocks: scored once, or rescored after each removal."""
-        pool = [b for b in candidates(model.graph, self.config.granularity) if b.removable]
+        pool = [b for b in self._candidates(model.graph) if b.removable]
         if self._score == "span":
             runs = score_spans(model, pool, remover, count)
             if runs:
@@ -159,7 +171,7 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
             return sorted(picked, key=order.__getitem__)
         trial, picked = _copy(model), []
         for _ in range(count):
-            pool = [b for b in candidates(trial.graph, self.config.granularity) if b.removable]
+            pool = [b for b in self._candidates(trial.graph) if b.removable]
             scores = score_blocks(trial, pool, remover, self._score, metric)
             best = min(scores, key=scores.__getitem__)
             remover.remove(trial, self._find(trial, best))

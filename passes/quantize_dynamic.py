@@ -13,6 +13,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from edgec.compiler.pipeline import to_proto
 from edgec.passes._quant_attention import unpack_attention
 from edgec.passes._quant_common import INT8_DYNAMIC, replace_model, require_format, workdir
+from edgec.passes._quant_subgraphs import walk
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 
 # ORT's dynamic int8 has kernels for these (MatMulIntegerToFloat, DynamicQuantizeMatMul, QAttention);
@@ -25,25 +26,34 @@ REFUSED_OPS = ("Conv", "ConvTranspose")
 
 def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel: bool,
                      exclude: Sequence[str] = ()) -> onnx.ModelProto:
-    """quantize_dynamic on MatMul/Attention nodes not in ``exclude``; Conv and Gemm are left float with a note each."""
+    """quantize_dynamic on MatMul/Attention/Gather nodes not in ``exclude``, inside If/Loop/Scan bodies too.
+
+    ORT turns Gemms with a constant weight into MatMul + Add and quantizes those; Conv is left float
+    with a note each, as is any Gemm it kept.
+    """
     require_format(pass_.ctx, INT8_DYNAMIC, pass_.name)
-    for node in proto.graph.node:
+    for path, _, node, _ in walk(proto.graph):
         if node.op_type in REFUSED_OPS:
-            pass_.skip(node.name, "dynamic int8 Conv becomes ConvInteger, slower than fp32; use quantize-int8")
-        elif node.op_type == "Gemm":
-            pass_.skip(node.name, "ORT has no dynamic int8 Gemm kernel; left float")
+            pass_.skip(path, "dynamic int8 Conv becomes ConvInteger, slower than fp32; use quantize-int8")
+    gemms = {path for path, _, node, _ in walk(proto.graph) if node.op_type == "Gemm"}
     proto = _unpack(pass_, proto)
     with workdir() as folder:
         src, out = folder / "fp32.onnx", folder / "int8.onnx"
         onnx.save(proto, str(src))
         # Graphs with contrib ops (fused Attention, SkipLayerNorm) defeat ORT's type inference for
         # some weights; DefaultTensorType tells it they are float, as its error message suggests.
+        # EnableSubgraph: quantize MatMuls in If/Loop/Scan bodies too (their outer weights included).
         quantize_dynamic(str(src), str(out), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "EnableSubgraph": True})
         quantized = onnx.load(str(out))
-    count = sum(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in quantized.graph.node)
-    pass_.record(dynamic_quantizers=count, per_channel=per_channel)
+    after = {path: node.op_type for path, _, node, _ in walk(quantized.graph)}
+    for path in sorted(gemms):
+        if after.get(path) == "Gemm":
+            pass_.skip(path, "ORT has no dynamic int8 Gemm kernel; left float")
+    quantizers = [p for p, op in after.items() if op in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul")]
+    pass_.record(dynamic_quantizers=len(quantizers), per_channel=per_channel,
+                 in_subgraphs=sum("/" in p for p in quantizers))
     return quantized
 
 
@@ -74,8 +84,9 @@ class QuantizeDynamicConfig:
 class QuantizeDynamicPass(EdgecPass[QuantizeDynamicConfig]):
     """Quantize MatMul and fused Attention weights to int8; activations are quantized at run time.
 
-    Applies to transformer graphs (best after ``fuse``). Never quantizes Conv (ConvInteger is slower
-    than fp32; each Conv gets a skip note) nor Gemm (no kernel). Needs no calibration data.
+    Applies to transformer graphs (best after ``fuse``), If/Loop/Scan bodies included. Never quantizes
+    Conv (ConvInteger is slower than fp32; each Conv gets a skip note). ORT rewrites Gemms with a constant
+    weight into MatMul + Add and quantizes those; a Gemm it keeps gets a note. Needs no calibration data.
     """
 
     config_cls = QuantizeDynamicConfig

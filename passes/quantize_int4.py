@@ -13,6 +13,7 @@ from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 from edgec.compiler.errors import ConfigError
 from edgec.compiler.pipeline import to_proto
 from edgec.passes._quant_common import INT4, replace_model, require_format
+from edgec.passes._quant_subgraphs import walk
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 
 
@@ -31,6 +32,7 @@ class QuantizeInt4Config:
 class QuantizeInt4Pass(EdgecPass[QuantizeInt4Config]):
     """Replace MatMuls with constant weights by com.microsoft.MatMulNBits (4-bit blocks, float scales).
 
+    MatMuls in If/Loop/Scan bodies are replaced too, whether their weight is the body's or an outer one.
     For size (and GPU/mobile speed): on x86 CPU it is not faster (1.02x measured on BERT-like).
     Conv, Gemm, embeddings (Gather) and activations are never touched.
     """
@@ -48,16 +50,22 @@ class QuantizeInt4Pass(EdgecPass[QuantizeInt4Config]):
         if cfg.algorithm == "hqq":
             algo = nbits.HQQWeightOnlyQuantConfig(block_size=cfg.block_size)
         else:
-            algo = nbits.RTNWeightOnlyQuantConfig()
+            # ORT's own blockwise round-to-nearest: unlike its RTNWeightOnlyQuantConfig (Intel Neural
+            # Compressor's code, main graph only) it quantizes MatMuls inside If/Loop/Scan bodies too,
+            # reading weights from the graphs around them. Same accuracy (BERT-like 0.9982 vs 0.9981).
+            algo = nbits.DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                                      accuracy_level=cfg.accuracy_level)
         quantizer = nbits.MatMulNBitsQuantizer(
             to_proto(model), block_size=cfg.block_size, is_symmetric=cfg.symmetric,
             accuracy_level=cfg.accuracy_level, nodes_to_exclude=list(cfg.exclude_nodes), algo_config=algo)
         with contextlib.redirect_stdout(io.StringIO()):  # its RTN loop prints a progress bar
             quantizer.process()
         proto = quantizer.model.model
-        count = sum(n.op_type == "MatMulNBits" for n in proto.graph.node)
+        paths = [path for path, _, node, _ in walk(proto.graph) if node.op_type == "MatMulNBits"]
+        count = len(paths)
         if count == 0:
             self.skip("model", "no MatMul with a constant 2-D weight to quantize")
-        self.record(matmulnbits=count, algorithm=cfg.algorithm, block_size=cfg.block_size)
+        self.record(matmulnbits=count, algorithm=cfg.algorithm, block_size=cfg.block_size,
+                    in_subgraphs=sum("/" in p for p in paths))
         replace_model(model, proto)
         return ir.passes.PassResult(model, modified=count > 0)

@@ -16,6 +16,7 @@ from edgec.passes import _quant_int8ops as int8ops
 from edgec.passes import _quant_placement as placement
 from edgec.passes import _quant_sensitivity as sens
 from edgec.passes import _quant_static as static
+from edgec.passes import _quant_subgraphs as subgraphs
 from edgec.passes._quant_analysis import explain
 from edgec.passes._quant_calib import checked_feeds
 from edgec.passes._quant_common import (
@@ -72,7 +73,9 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
     depthwise widths are padded (_quant_pad). On a measurable host, ``placement = "auto"`` times
     all-int8 against leaving a float prefix of the network (_quant_placement) and against fp32
     itself, and keeps the fastest: if fp32 wins, the model is returned unquantized with a note.
-    Never touches graph I/O dtypes.
+    If/Loop/Scan bodies stay float (a note names each): ORT's QDQ quantizer does not enter them, and
+    the Relu/Clip nodes that make or read a value a body reads are kept float so that it reads the same
+    value. Never touches graph I/O dtypes.
     """
 
     config_cls = QuantizeInt8Config
@@ -134,10 +137,11 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         onnx.save(pre_proto, str(pre))
         opts = self._options()
         counter = iter(range(10**6))
+        frozen = self._keep_bodies_float(pre_proto)
 
         def build(exclude: list[str], only: list[str] | None = None) -> onnx.ModelProto:
             out = folder / f"q{next(counter)}.onnx"
-            quantized = static.quantize(pre, out, feeds, opts, cache=cache, exclude=exclude, only=only)
+            quantized = static.quantize(pre, out, feeds, opts, cache=cache, exclude=[*frozen, *exclude], only=only)
             return int8ops.integer_hardsigmoid(quantized)[0] if self.config.int8_rewrites else quantized
 
         self.record(method="static", calibration=opts.calibration, activation_dtype=opts.activation_dtype,
@@ -150,6 +154,21 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         if self.config.max_drop is None and not self.config.sensitivity_plot and not self.config.keep_float:
             return build(base_exclude)
         return self._recover(pre_proto, proto, feeds, build, base_exclude)
+
+    def _keep_bodies_float(self, pre: onnx.ModelProto) -> list[str]:
+        """Note each If/Loop/Scan body (ORT's QDQ quantizer leaves them float) and return the Relu/Clip nodes
+        to exclude so that the outer values the bodies read stay as they are (see _quant_subgraphs)."""
+        frozen = subgraphs.frozen_for_qdq(pre.graph)
+        for owner in subgraphs.body_owners(pre.graph):
+            captured = sorted(subgraphs.outer_reads(owner) - {t.name for t in pre.graph.initializer})
+            kept = [node for node, value in frozen.items() if value in captured]
+            reads = f"; it reads {', '.join(captured)} from the outer graph" if captured else ""
+            keeps = f" (kept float for it: {', '.join(kept)})" if kept else ""
+            self.skip(subgraphs.owner_label(owner),
+                      f"body left float: ORT's static int8 quantizer does not enter If/Loop/Scan bodies{reads}{keeps}")
+        if frozen:
+            self.record(kept_float_for_subgraphs=sorted(frozen))
+        return sorted(frozen)
 
     def _rewrite(self, pre: onnx.ModelProto) -> onnx.ModelProto:
         """Exact float rewrites so that ORT finds int8 kernels for every op (see _quant_int8ops, _quant_pad)."""

@@ -13,6 +13,9 @@ A bundle is a directory, or a .zip holding the same files at its top level:
 ``sample.npz``
     Sample inputs and the outputs of the shipped model on them, computed with ONNX Runtime on the build
     host: keys ``input/<name>`` and ``output/<name>``; read with ``np.load(..., allow_pickle=False)``.
+``samples/1.npz``, ``samples/2.npz``, ... (only when the samples had several input shapes)
+    The same for the first sample of each further distinct set of input shapes (symbolic H x W calibrated at
+    several sizes); 8 samples at most, ``sample.npz`` included.
 ``EdgecModel.kt`` (``loader_sample = "android"``) or ``EdgecModel.swift`` (``"ios"``)
     A loader for apps: Kotlin on ``ai.onnxruntime`` with NNAPI, or Swift on onnxruntime-objc with CoreML,
     loading ``model.ort`` with the manifest's input/output names and shapes filled in.
@@ -25,20 +28,25 @@ A bundle is a directory, or a .zip holding the same files at its top level:
     runtime, e.g. ``onnxruntime-mobile``, maps to its shipped file), ``inputs``/``outputs``
     (``[{"name", "shape", "dtype"}]``, a dim is an int, a symbol name or null), ``passes`` (pass records),
     ``metrics`` (accuracy before/after, latency), ``files`` (``{relative path: sha256 hex}`` for every
-    file but ``manifest.json``).
+    file but ``manifest.json``), ``samples`` (``[{"file", "input_shapes"}]``, ``sample.npz`` first) and
+    ``distinct_sample_shapes`` (how many input-shape sets the samples given had, more than stored when capped).
+    The last two are optional: bundles without them hold ``sample.npz`` alone, and readers that know only
+    ``sample.npz`` still load the new ones, so the schema stays at 1.
 
 Loading (``edgec.runtime.loader``) treats a bundle as untrusted. It refuses: a schema_version other than 1
 or a missing key; a manifest path that is absolute, contains ``..`` or a backslash, or resolves (through
 symlinks) outside the bundle; a file whose sha256 differs from the manifest; a file not in the manifest;
 for zips, members with absolute or ``..`` paths, symlink members or more than 8 GiB unpacked, all checked
-before anything is extracted; external-data references to files the manifest does not list; and a
-``sample.npz`` that needs pickle. The session uses the manifest's session options and its execution
-providers that the host has, CPU last. Saved runtime optimizations of Runtime-style ``.ort`` files are
-replayed (``session.enable_saved_runtime_optimizations``), as the generated app loaders do.
+before anything is extracted; external-data references to files the manifest does not list; and a sample
+file that needs pickle, or is named other than ``sample.npz`` or ``samples/<n>.npz``. The session uses the
+manifest's session options and its execution providers that the host has, CPU last. Saved runtime
+optimizations of Runtime-style ``.ort`` files are replayed (``session.enable_saved_runtime_optimizations``),
+as the generated app loaders do.
 
-Verification reruns the stored sample (atol 1e-5 or rtol 1e-4) and, for ``.ort`` bundles, compares
-``model.ort`` with ``model.onnx`` run at ORT_ENABLE_EXTENDED on the CPU EP (bit-exact on one machine;
-checked to atol/rtol 1e-6). Not ORT_ENABLE_ALL: on x86 it adds NCHWc transforms that ``.ort`` leaves out.
+Verification reruns every stored sample (atol 1e-5 or rtol 1e-4; one check per sample file) and, for
+``.ort`` bundles, compares ``model.ort`` with ``model.onnx`` on them run at ORT_ENABLE_EXTENDED on the CPU
+EP (bit-exact on one machine; checked to atol/rtol 1e-6). Not ORT_ENABLE_ALL: on x86 it adds NCHWc
+transforms that ``.ort`` leaves out.
 """
 
 from __future__ import annotations
@@ -46,7 +54,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
-import io
 import json
 import logging
 import os
@@ -63,6 +70,7 @@ import onnxruntime as ort
 
 from edgec.compiler.errors import BundleError
 from edgec.runtime import mobile
+from edgec.runtime._samples import SAMPLE_FILE, describe_shapes, distinct_shapes, extra_sample_file, save_sample
 from edgec.runtime.session import make_session, run
 from edgec.targets.profile import TargetProfile
 
@@ -71,7 +79,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
-SAMPLE_FILE = "sample.npz"
 REQUIRED_KEYS = ("schema_version", "edgec_version", "created", "target", "execution_providers",
                  "session_options", "onnxruntime_version", "model_file", "model_files", "inputs", "outputs",
                  "passes", "metrics", "files")
@@ -127,12 +134,22 @@ def _check_feeds(inputs: list[dict[str, Any]], feeds: Mapping[str, np.ndarray]) 
     return checked
 
 
-def _save_sample(path: pathlib.Path, feeds: Mapping[str, np.ndarray],
-                 outputs: Mapping[str, np.ndarray]) -> None:
-    arrays = {f"input/{k}": v for k, v in feeds.items()} | {f"output/{k}": v for k, v in outputs.items()}
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path.write_bytes(buffer.getvalue())
+def _store_samples(root: pathlib.Path, model_file: str, target: TargetProfile,
+                   samples: Sequence[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Run the shipped file on each sample and save inputs and outputs: sample.npz, then samples/<n>.npz."""
+    # The stored outputs come from the file the device loads, run as the manifest says.
+    session = make_session(root / model_file, target)
+    entries = []
+    for index, feeds in enumerate(samples):
+        rel = extra_sample_file(index) if index else SAMPLE_FILE
+        try:
+            outputs = run(session, feeds)
+        except Exception as exc:  # ORT's own error types: the shipped model cannot run at these shapes
+            reason = " ".join(str(exc).split()) or type(exc).__name__  # ORT's message, on one line
+            raise BundleError(f"{model_file}: fails on the sample with {describe_shapes(feeds)}: {reason}") from exc
+        save_sample(root / rel, feeds, outputs)
+        entries.append({"file": rel, "input_shapes": {k: list(v.shape) for k, v in feeds.items()}})
+    return entries
 
 
 def _manifest(target: TargetProfile, model_file: str, specs: tuple[list, list], pass_records: Sequence[dict],
@@ -167,26 +184,27 @@ def _json_default(value: Any) -> Any:
 
 
 def _fill(root: pathlib.Path, *, model: onnx.ModelProto, target: TargetProfile,
-          sample_inputs: Mapping[str, np.ndarray], pass_records: Sequence[dict],
+          samples: Sequence[Mapping[str, np.ndarray]], pass_records: Sequence[dict],
           metrics: Mapping[str, Any] | None) -> None:
-    """Write every bundle file into the empty directory ``root``."""
+    """Write every bundle file into the empty directory ``root``; ``samples[0]`` becomes sample.npz."""
     specs = (_value_specs(model.graph.input), _value_specs(model.graph.output))
     init_names = {i.name for i in model.graph.initializer}
     specs[0][:] = [s for s in specs[0] if s["name"] not in init_names]
-    feeds = _check_feeds(specs[0], sample_inputs)
+    kept, n_shapes = distinct_shapes([_check_feeds(specs[0], sample) for sample in samples])
+    if n_shapes > len(kept):
+        log.warning("the samples have %d distinct input shapes; the bundle stores the first %d", n_shapes, len(kept))
     onnx.save_model(model, root / ONNX_FILE)
     model_file, style = ONNX_FILE, None
     if target.is_mobile:
         style = mobile.ort_style_for(model, target)
         model_file = mobile.convert_to_ort(root / ONNX_FILE, root, target, style)[0].name
-    # The stored outputs come from the file the device loads, run as the manifest says.
-    outputs = run(make_session(root / model_file, target), feeds)
-    _save_sample(root / SAMPLE_FILE, feeds, outputs)
     manifest = _manifest(target, model_file, specs, pass_records, metrics)
+    manifest["samples"] = _store_samples(root, model_file, target, kept)
+    manifest["distinct_sample_shapes"] = n_shapes
     if style:
         manifest["session_options"]["ort_optimization_style"] = style
     if target.loader_sample:
-        sample_specs = [s | {"sample_shape": list(feeds[s["name"]].shape)} for s in specs[0]]
+        sample_specs = [s | {"sample_shape": list(kept[0][s["name"]].shape)} for s in specs[0]]
         versions = {"edgec": manifest["edgec_version"], "onnxruntime": manifest["onnxruntime_version"]}
         name, text = mobile.render_loader_sample(target, model_file, sample_specs, specs[1], versions)
         (root / name).write_text(text, encoding="utf-8")
@@ -226,8 +244,12 @@ def _zip_dir(root: pathlib.Path, zip_path: pathlib.Path) -> None:
 def write_bundle(out: str | os.PathLike[str], *, model: onnx.ModelProto, target: TargetProfile,
                  sample_inputs: Mapping[str, np.ndarray], pass_records: Sequence[dict] = (),
                  metrics: Mapping[str, Any] | None = None, fmt: Literal["dir", "zip"] = "dir",
-                 force: bool = False) -> pathlib.Path:
+                 force: bool = False, extra_samples: Sequence[Mapping[str, np.ndarray]] = ()) -> pathlib.Path:
     """Write a bundle for ``target`` to ``out`` (a directory, or a zip file with ``fmt="zip"``).
+
+    ``sample_inputs`` is stored as sample.npz. Of ``extra_samples`` (e.g. the other calibration feeds), the
+    first of each input-shape set not stored yet is kept as samples/<n>.npz, up to 8 in all; every
+    stored sample gets the shipped model's outputs on it.
 
     Everything is built in a hidden temp dir next to ``out`` and renamed into place at the end, so
     ``out`` either holds a complete bundle or is untouched (also on KeyboardInterrupt). An existing
@@ -244,8 +266,8 @@ def write_bundle(out: str | os.PathLike[str], *, model: onnx.ModelProto, target:
     try:
         root = staging / "bundle"
         root.mkdir()
-        _fill(root, model=model, target=target, sample_inputs=sample_inputs, pass_records=pass_records,
-              metrics=metrics)
+        _fill(root, model=model, target=target, samples=[sample_inputs, *extra_samples],
+              pass_records=pass_records, metrics=metrics)
         if fmt == "zip":
             _zip_dir(root, staging / "bundle.zip")
             _publish(staging / "bundle.zip", out, force, trash=staging / "old")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from edgec.compiler.errors import BundleError
+from edgec.runtime._samples import EXTRA_SAMPLE_NAME, describe_shapes, load_sample
 from edgec.runtime.bundle import MANIFEST, ONNX_FILE, REQUIRED_KEYS, SAMPLE_FILE, SCHEMA_VERSION, file_sha256
 from edgec.runtime.session import OutputError, compare_outputs, providers_for, run, session_options
 from edgec.targets.profile import OPT_LEVELS
@@ -77,13 +77,18 @@ class VerifyCheck:
 
 @dataclasses.dataclass
 class VerifyReport:
-    """What verify_bundle checked and how far the numbers drifted; ``ok`` is False when any check failed."""
+    """What verify_bundle checked and how far the numbers drifted; ``ok`` is False when any check failed.
+
+    ``sample_errors`` is for sample.npz (the one sample devices run); ``sample_errors_by_file`` has every
+    stored sample that ran, keyed by its bundle path.
+    """
 
     path: pathlib.Path
     target: str
     model_file: str
     checks: list[VerifyCheck] = dataclasses.field(default_factory=list)
     sample_errors: list[OutputError] = dataclasses.field(default_factory=list)
+    sample_errors_by_file: dict[str, list[OutputError]] = dataclasses.field(default_factory=dict)
     ort_vs_onnx_errors: list[OutputError] = dataclasses.field(default_factory=list)
 
     @property
@@ -188,6 +193,25 @@ def _check_manifest_types(manifest: dict[str, Any], where: str) -> None:
         if not isinstance(specs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
                                                    for s in specs):
             raise BundleError(f"{where}: '{key}' must be a list of {{name, shape, dtype}}")
+    sample_files(manifest, where)
+
+
+def sample_files(manifest: dict[str, Any], where: str) -> list[str]:
+    """The bundle's sample files, sample.npz first; each a listed file named sample.npz or samples/<n>.npz.
+
+    Bundles without a ``samples`` list (written before it existed) hold sample.npz alone.
+    """
+    entries = manifest.get("samples", [{"file": SAMPLE_FILE}])
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise BundleError(f"{where}: 'samples' must be a non-empty list of {{file, input_shapes}}")
+    files = [_safe_relpath(entry.get("file"), f"{where}: samples") for entry in entries]
+    for index, rel in enumerate(files):
+        if not (rel == SAMPLE_FILE if index == 0 else EXTRA_SAMPLE_NAME.fullmatch(rel)):
+            raise BundleError(f"{where}: sample file {rel!r} is not "
+                              f"{SAMPLE_FILE if index == 0 else 'samples/<n>.npz'}")
+        if rel not in manifest["files"] or rel in files[:index]:
+            raise BundleError(f"{where}: sample file {rel!r} is not a bundle file or is listed twice")
+    return files
 
 
 def _listing(root: pathlib.Path) -> set[str]:
@@ -252,22 +276,6 @@ def _check_external_data(root: pathlib.Path, rel: str, manifest: dict[str, Any],
                               "that is not a bundle file")
 
 
-def _load_sample(path: pathlib.Path, manifest: dict[str, Any], source: pathlib.Path) -> tuple[dict, dict]:
-    try:
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise BundleError(f"{source}: {SAMPLE_FILE} is not a plain npz archive ({exc})") from exc
-    inputs = {k.removeprefix("input/"): v for k, v in arrays.items() if k.startswith("input/")}
-    outputs = {k.removeprefix("output/"): v for k, v in arrays.items() if k.startswith("output/")}
-    for key, group in (("inputs", inputs), ("outputs", outputs)):
-        names = [spec["name"] for spec in manifest[key]]
-        if sorted(names) != sorted(group):
-            raise BundleError(f"{source}: {SAMPLE_FILE} {key} {sorted(group)} "
-                              f"do not match the manifest's {names}")
-    return inputs, outputs
-
-
 def _session(root: pathlib.Path, rel: str, manifest: dict[str, Any], source: pathlib.Path,
              level: str | None = None, cpu_only: bool = False) -> ort.InferenceSession:
     opts = manifest["session_options"]
@@ -284,7 +292,13 @@ def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], rel: str,
     try:
         return run(session, feeds)
     except Exception as exc:
-        raise BundleError(f"{source}: {rel} fails on the stored sample: {exc}") from exc
+        raise BundleError(f"{source}: {rel} fails on the stored sample with {describe_shapes(feeds)}: "
+                          f"{_one_line(exc)}") from exc
+
+
+def _one_line(exc: Exception) -> str:
+    """ORT's message on one line (some of its messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -306,7 +320,9 @@ def load_bundle(path: str | os.PathLike[str]) -> LoadedBundle:
     """Check a bundle (schema, paths, checksums, no extra files) and open its model as the manifest says."""
     with _opened(path) as (source, root, manifest):
         session = _session(root, manifest["model_file"], manifest, source)
-        inputs, outputs = _load_sample(root / SAMPLE_FILE, manifest, source)
+        # Only sample.npz is read here: the other samples' names and checksums were checked above, and
+        # rerunning them all (one per calibration shape) is verify_bundle's job, so loading stays fast.
+        inputs, outputs = load_sample(root / SAMPLE_FILE, SAMPLE_FILE, manifest, source)
     return LoadedBundle(source, manifest, session, inputs, outputs)
 
 
@@ -322,23 +338,47 @@ def _numeric_check(name: str, errors: list[OutputError], atol: float, rtol: floa
 
 
 def _ort_vs_onnx(root: pathlib.Path, manifest: dict[str, Any], source: pathlib.Path,
-                 inputs: dict[str, np.ndarray]) -> list[OutputError]:
+                 samples: list[dict[str, np.ndarray]]) -> list[OutputError]:
     """model.ort against model.onnx run at ORT_ENABLE_EXTENDED on the CPU EP (bit-exact on one machine).
 
     Not the default ALL level: on x86 it adds NCHWc layout transforms that .ort files leave out.
     """
     shipped_file = manifest["model_file"]
     onnx_session = _session(root, ONNX_FILE, manifest, source, level="extended", cpu_only=True)
-    reference = _run(onnx_session, inputs, ONNX_FILE, source)
+    reference = [_run(onnx_session, inputs, ONNX_FILE, source) for inputs in samples]
     ort_session = _session(root, shipped_file, manifest, source, cpu_only=True)
-    return compare_outputs([reference], [_run(ort_session, inputs, shipped_file, source)])
+    return compare_outputs(reference, [_run(ort_session, inputs, shipped_file, source) for inputs in samples])
+
+
+def _check_samples(report: VerifyReport, root: pathlib.Path, manifest: dict[str, Any], source: pathlib.Path,
+                   session: ort.InferenceSession) -> list[dict[str, np.ndarray]]:
+    """One check per stored sample (named by its file, its detail led by its input shapes); the inputs that ran.
+
+    A sample the shipped model cannot run fails its own check, and the other samples still run.
+    """
+    ran = []
+    for rel in sample_files(manifest, f"{source}/{MANIFEST}"):
+        inputs, stored = load_sample(root / rel, rel, manifest, source)
+        shapes = describe_shapes(inputs)
+        try:
+            got = run(session, inputs)
+        except Exception as exc:  # ORT's own error types
+            detail = f"{shapes}: {report.model_file} fails: {_one_line(exc)}"
+            report.checks.append(VerifyCheck(f"sample {rel}", False, detail))
+            continue
+        errors = report.sample_errors_by_file[rel] = compare_outputs([stored], [got])
+        check = _numeric_check(f"sample {rel}", errors, SAMPLE_ATOL, SAMPLE_RTOL)
+        report.checks.append(dataclasses.replace(check, detail=f"{shapes}: {check.detail}"))
+        ran.append(inputs)
+    report.sample_errors = report.sample_errors_by_file.get(SAMPLE_FILE, [])
+    return ran
 
 
 def verify_bundle(path: str | os.PathLike[str]) -> VerifyReport:
-    """Load a bundle, rerun its stored sample and, for mobile bundles, compare model.ort with model.onnx.
+    """Load a bundle, rerun each stored sample and, for mobile bundles, compare model.ort with model.onnx.
 
     Structural faults (schema, tampering, unsafe paths) raise BundleError; numeric drift beyond the
-    tolerances above fails a check of the report.
+    tolerances above, or a stored sample the shipped model cannot run, fails a check of the report.
     """
     with _opened(path) as (source, root, manifest):
         target = manifest["target"].get("name") if isinstance(manifest["target"], dict) else None
@@ -347,17 +387,14 @@ def verify_bundle(path: str | os.PathLike[str]) -> VerifyReport:
         report.checks += [VerifyCheck("schema", True, f"schema_version {SCHEMA_VERSION}, all keys present"),
                           VerifyCheck("files", True, f"{len(manifest['files'])} file(s): paths inside the "
                                       "bundle, sha256 match, nothing unlisted")]
-        inputs, stored = _load_sample(root / SAMPLE_FILE, manifest, source)
         session = _session(root, shipped_file, manifest, source)
         providers = ", ".join(session.get_providers())
         report.checks.append(VerifyCheck("load", True, f"{shipped_file} on {providers}"))
-        got = _run(session, inputs, shipped_file, source)
-        report.sample_errors = compare_outputs([stored], [got])
-        report.checks.append(_numeric_check("sample", report.sample_errors, SAMPLE_ATOL, SAMPLE_RTOL))
-        if shipped_file.endswith(".ort") and ONNX_FILE in manifest["files"]:
-            report.ort_vs_onnx_errors = _ort_vs_onnx(root, manifest, source, inputs)
-            report.checks.append(_numeric_check(f"{shipped_file} vs {ONNX_FILE} (extended)",
-                                                report.ort_vs_onnx_errors, ORT_VS_ONNX_ATOL,
-                                                ORT_VS_ONNX_RTOL))
+        ran = _check_samples(report, root, manifest, source, session)
+        if ran and shipped_file.endswith(".ort") and ONNX_FILE in manifest["files"]:
+            report.ort_vs_onnx_errors = _ort_vs_onnx(root, manifest, source, ran)
+            check = _numeric_check(f"{shipped_file} vs {ONNX_FILE} (extended)", report.ort_vs_onnx_errors,
+                                   ORT_VS_ONNX_ATOL, ORT_VS_ONNX_RTOL)
+            report.checks.append(dataclasses.replace(check, detail=f"{len(ran)} sample(s): {check.detail}"))
     log.info("verified %s: %s", source, "ok" if report.ok else "; ".join(report.problems))
     return report

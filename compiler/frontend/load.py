@@ -34,6 +34,8 @@ class LoadedModel:
     # The model as read, when normalizing upgraded its opset (see confirm_opset_upgrade), and the shapes.
     before_upgrade: onnx.ModelProto | None = None
     input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    # A Hugging Face folder that holds tokenizer files: .txt calibration tokenizes with it.
+    tokenizer_dir: Path | None = None
 
 
 def parse_input_shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -52,11 +54,24 @@ def parse_input_shapes(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_model(source: str, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedModel:
-    """Load ``source`` with the frontend it names, then normalize (opset, input dims, shapes)."""
+def load_model(source: str, input_shapes: dict[str, tuple[int, ...]] | None = None,
+               task: str | None = None) -> LoadedModel:
+    """Load ``source`` with the frontend it names, then normalize (opset, input dims, shapes).
+
+    ``task`` (``--task``) is the export task of a Hugging Face folder; other sources refuse it.
+    """
     shapes = dict(input_shapes or {})
     base_dir: Path | None = None
-    if source.startswith("zoo:"):
+    tokenizer_dir = None
+    hf_folder = _hf_folder(source)
+    if task is not None and hf_folder is None and _names_a_model(source):
+        raise ConfigError(f"--task {task}: applies to Hugging Face folders only, and {source} is not one")
+    if hf_folder is not None:
+        from edgec.compiler.frontend.hf import export_hf, find_tokenizer_dir
+
+        proto, notes, base_dir = export_hf(hf_folder, task)
+        tokenizer_dir = find_tokenizer_dir(hf_folder)
+    elif source.startswith("zoo:"):
         proto, notes, base_dir, shapes = _from_zoo(source, shapes)
     else:
         proto, notes, base_dir = _from_local(source, shapes)
@@ -66,7 +81,22 @@ def load_model(source: str, input_shapes: dict[str, tuple[int, ...]] | None = No
         logger.info("%s: %s", source, note)
     return LoadedModel(proto=proto, source=source, notes=notes + more, base_dir=base_dir,
                        before_upgrade=before if default_opset(proto) != default_opset(before or proto) else None,
-                       input_shapes=shapes)
+                       input_shapes=shapes, tokenizer_dir=tokenizer_dir)
+
+
+def _hf_folder(source: str) -> Path | None:
+    """The folder ``source`` names when it is a Hugging Face checkpoint (a folder with config.json)."""
+    from edgec.compiler.frontend.hf import is_hf_checkpoint
+
+    path = Path(source).expanduser()
+    return path if not source.startswith("zoo:") and is_hf_checkpoint(path) else None
+
+
+def _names_a_model(source: str) -> bool:
+    """Whether ``source`` is a zoo name, an existing path or a factory spec (else: 'no such file' comes first)."""
+    from edgec.compiler.frontend.torch_export import is_factory_spec
+
+    return source.startswith("zoo:") or Path(source).expanduser().exists() or is_factory_spec(source)
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -109,16 +139,13 @@ def confirm_opset_upgrade(loaded: LoadedModel, feeds: Sequence[dict]) -> LoadedM
 
 def _from_local(source: str, shapes: dict[str, tuple[int, ...]],
                 ) -> tuple[onnx.ModelProto, list[str], Path | None]:
-    """A file, a Hugging Face folder, or a PyTorch factory spec."""
-    from edgec.compiler.frontend.hf import export_hf, is_hf_checkpoint
+    """A file or a PyTorch factory spec (Hugging Face folders are handled by load_model)."""
     from edgec.compiler.frontend.onnx_file import read_onnx
     from edgec.compiler.frontend.torch_export import export_factory, is_factory_spec
 
     path = Path(source).expanduser()
     if path.is_dir():
-        if not is_hf_checkpoint(path):
-            raise ModelLoadError(f"{path}: a folder without config.json is not a Hugging Face checkpoint")
-        return export_hf(path)
+        raise ModelLoadError(f"{path}: a folder without config.json is not a Hugging Face checkpoint")
     if path.is_file():
         proto, notes = read_onnx(path)
         return proto, notes, path.parent.resolve()
@@ -131,7 +158,10 @@ def _from_local(source: str, shapes: dict[str, tuple[int, ...]],
 
 def _from_zoo(source: str, shapes: dict[str, tuple[int, ...]],
               ) -> tuple[onnx.ModelProto, list[str], Path, dict[str, tuple[int, ...]]]:
-    """The zoo model's ONNX; its own input shapes apply unless the user gave others."""
+    """The zoo model's ONNX; its own input shapes apply unless the user gave others.
+
+    A zoo model exported with symbolic dims keeps them (its calibration data gives the shapes to work at).
+    """
     from edgec.compiler.frontend.onnx_file import read_onnx
     from edgec.models.zoo import get_zoo_model
 
@@ -142,5 +172,6 @@ def _from_zoo(source: str, shapes: dict[str, tuple[int, ...]],
         raise ModelLoadError(f"{source}: no zoo model named {name!r}") from err
     path = Path(zoo_model.onnx_path())
     proto, notes = read_onnx(path)
-    merged = {**dict(zoo_model.input_shapes or {}), **shapes}
+    own = {} if zoo_model.dynamic_axes else dict(zoo_model.input_shapes or {})
+    merged = {**own, **shapes}
     return proto, [f"zoo model {name} from {path}", *notes], path.parent.resolve(), merged

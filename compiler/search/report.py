@@ -137,7 +137,7 @@ def choice_text(cfg: BuildConfig, search: SearchResult) -> str:
     """The chosen candidate as an edgec.toml that rebuilds it."""
     calibration = {"source": cfg.calib, "samples": cfg.calib_samples, "image": cfg.image_preprocess,
                    "tokenizer": cfg.tokenizer_dir}
-    top = {"model": model_reference(cfg.model), "target": cfg.target, "seed": cfg.seed,
+    top = {"model": model_reference(cfg.model), "target": cfg.target, "task": cfg.task, "seed": cfg.seed,
            "input-shapes": list(cfg.input_shapes) or None}
     chosen = search.chosen
     header = (f"Chosen by `edgec build` search: {describe(chosen.candidate)}; latency {chosen.latency_ms:.4g} ms "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 
 import numpy as np
@@ -56,8 +58,7 @@ def _probability_map(model: str, h: int = 40, w: int = 80) -> np.ndarray:
     return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
 
 
-@pytest.mark.parametrize(("passes", "atol"), [("cleanup,fuse", 1e-5), ("cleanup,fuse,quantize-int8", 0.05)])
-def test_calibrated_at_three_sizes_the_bundle_runs_at_a_fourth(runner, detector, tmp_path, passes, atol):
+def _build(runner, detector, tmp_path, passes: str):
     model, calib = detector
     config = tmp_path / "edgec.toml"  # placement fixed: the race between placements is a timing question
     config.write_text(f'passes = {passes.split(",")!r}\n'.replace("'", '"')
@@ -66,7 +67,16 @@ def test_calibrated_at_three_sizes_the_bundle_runs_at_a_fourth(runner, detector,
     result = runner.invoke(cli, ["build", str(model), "--target", "cpu-x86", "--config", str(config),
                                  "--calib", str(calib), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.stderr
-    report = __import__("json").loads(result.stdout)
+    return out, json.loads(result.stdout)
+
+
+SAMPLE_FILES = ["sample.npz", "samples/1.npz", "samples/2.npz"]  # one per calibration size, in SIZES order
+
+
+@pytest.mark.parametrize(("passes", "atol"), [("cleanup,fuse", 1e-5), ("cleanup,fuse,quantize-int8", 0.05)])
+def test_calibrated_at_three_sizes_the_bundle_runs_at_a_fourth(runner, detector, tmp_path, passes, atol):
+    model, calib = detector
+    out, report = _build(runner, detector, tmp_path, passes)
     assert report["metrics"]["calibration_samples"] == len(SIZES)
     # FLOPs at the first sample's 32 x 48: the declared height x width are symbols.
     assert report["passes"][0]["before"]["flops"] > 2 * 8 * 3 * 9 * 32 * 48
@@ -76,3 +86,54 @@ def test_calibrated_at_three_sizes_the_bundle_runs_at_a_fourth(runner, detector,
     got, want = _probability_map(str(out / "model.onnx")), _probability_map(str(model))
     assert got.shape == want.shape == (1, 1, 40, 80)
     np.testing.assert_allclose(got, want, atol=atol)
+
+    # The bundle keeps one sample per calibration size, each with the built model's outputs at that size.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["file"] for s in manifest["samples"]] == SAMPLE_FILES
+    assert [s["input_shapes"]["images"] for s in manifest["samples"]] == [[1, 3, h, w] for h, w in SIZES]
+    assert manifest["distinct_sample_shapes"] == len(SIZES)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for rel, (h, w), page in zip(SAMPLE_FILES, SIZES, sorted(calib.iterdir()), strict=True):
+        with np.load(out / rel, allow_pickle=False) as stored, np.load(page) as source:
+            np.testing.assert_array_equal(stored["input/images"], source["images"])
+            assert stored["output/prob"].shape == (1, 1, h, w)
+            np.testing.assert_allclose(stored["output/prob"], session.run(None, {"images": source["images"]})[0],
+                                       atol=1e-5)
+
+    verified = runner.invoke(cli, ["verify", str(out)])
+    assert verified.exit_code == 0, verified.stdout + verified.stderr
+    lines = [line for line in verified.stdout.splitlines() if line.startswith("ok sample ")]
+    assert [line.split(": ")[0:2] for line in lines] == [
+        [f"ok sample {rel}", f"images 1x3x{h}x{w}"] for rel, (h, w) in zip(SAMPLE_FILES, SIZES, strict=True)]
+    assert "bundle verified" in verified.stdout
+
+
+def test_verify_names_the_tampered_sample(runner, detector, tmp_path):
+    out, _ = _build(runner, detector, tmp_path, "cleanup,fuse")
+    # Tampered bytes: the checksum names the file (exit 2, one line).
+    original = (out / "samples/2.npz").read_bytes()
+    with np.load(out / "samples/2.npz", allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["output/prob"] = arrays["output/prob"] + 0.01
+    np.savez(out / "samples/2.npz", **arrays)
+    result = runner.invoke(cli, ["verify", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {out}: samples/2.npz does not match its sha256 in the manifest (tampered or corrupt)"]
+
+    # Tampered with the checksum updated too: the numbers name the sample and its shape (exit 1, one line).
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["samples/2.npz"] = hashlib.sha256((out / "samples/2.npz").read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(cli, ["verify", str(out)])
+    assert result.exit_code == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1
+    assert failed[0].startswith("FAIL sample samples/2.npz: images 1x3x48x96: output prob: max abs 0.01")
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("ok sample")] == [
+        "ok sample sample.npz", "ok sample samples/1.npz"]
+
+    (out / "samples/2.npz").write_bytes(original)  # restored (and its old checksum): verified again
+    manifest["files"]["samples/2.npz"] = hashlib.sha256(original).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert runner.invoke(cli, ["verify", str(out)]).exit_code == 0

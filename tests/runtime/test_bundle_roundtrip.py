@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import zipfile
 
@@ -42,6 +44,8 @@ def test_dir_bundle_round_trip(tmp_path, tiny_model, tiny_feeds):
     assert manifest["inputs"] == [{"name": "input.1", "shape": ["N", 3, 16, 16], "dtype": "float32"}]
     assert manifest["outputs"] == [{"name": "probs", "shape": ["N", 10], "dtype": "float32"}]
     assert set(manifest["files"]) == {"model.onnx", "sample.npz"}
+    assert manifest["samples"] == [{"file": "sample.npz", "input_shapes": {"input.1": [2, 3, 16, 16]}}]
+    assert manifest["distinct_sample_shapes"] == 1
     assert manifest["onnxruntime_version"] == ort.__version__
 
     loaded = runtime.load(out)
@@ -73,7 +77,7 @@ def test_zip_bundle_round_trip(tmp_path, tiny_model, tiny_feeds):
                                rtol=0)
     report = verify_bundle(out)
     assert report.ok, report.problems
-    assert [c.name for c in report.checks] == ["schema", "files", "load", "sample",
+    assert [c.name for c in report.checks] == ["schema", "files", "load", "sample sample.npz",
                                                "model.ort vs model.onnx (extended)"]
     # model_bytes reads from the zip and re-checks the checksum.
     assert onnx.load_from_string(loaded.model_bytes("model.onnx")).graph.name == "tiny"
@@ -156,3 +160,74 @@ def test_quantized_android_bundle_ships_fixed_style_ort(tmp_path, tiny_model, ti
     assert manifest["session_options"]["ort_optimization_style"] == "Fixed"
     report = verify_bundle(out)
     assert report.ok, report.problems
+
+
+def _batches(*sizes: int) -> list[dict[str, np.ndarray]]:
+    """Samples for the tiny classifier (batch dim symbolic), one per batch size, each with its own values."""
+    rng = np.random.default_rng(7)
+    return [{"input.1": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)} for n in sizes]
+
+
+@pytest.mark.parametrize(("target", "name"), [("cpu-x86", "cpu"), ("android-arm64", "android.zip")])
+def test_one_sample_per_distinct_input_shape(tmp_path, tiny_model, target, name):
+    feeds = _batches(2, 1, 2, 3, 1)  # three shapes; the repeats are not stored
+    out = write_bundle(tmp_path / name, model=tiny_model, target=get_target(target), sample_inputs=feeds[0],
+                       extra_samples=feeds[1:], fmt="zip" if name.endswith(".zip") else "dir")
+    loaded = load_bundle(out)
+    files = ["sample.npz", "samples/1.npz", "samples/2.npz"]
+    assert [s["file"] for s in loaded.manifest["samples"]] == files
+    assert [s["input_shapes"]["input.1"][0] for s in loaded.manifest["samples"]] == [2, 1, 3]
+    assert loaded.manifest["distinct_sample_shapes"] == 3 and set(files) <= set(loaded.manifest["files"])
+    np.testing.assert_array_equal(loaded.sample_inputs["input.1"], feeds[0]["input.1"])
+    level = loaded.manifest["session_options"]["graph_optimization_level"]
+    with zipfile.ZipFile(out) if out.is_file() else contextlib.nullcontext() as zf:
+        for rel, sample in zip(files, [feeds[0], feeds[1], feeds[3]], strict=True):
+            data = zf.read(rel) if zf else (out / rel).read_bytes()
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                np.testing.assert_array_equal(npz["input/input.1"], sample["input.1"])
+                # Each sample's stored outputs are the model's real outputs at that shape.
+                np.testing.assert_allclose(npz["output/probs"], _direct(tiny_model, sample, level)["probs"],
+                                           atol=1e-6, rtol=0)
+    report = verify_bundle(out)
+    assert report.ok, report.problems
+    assert [c.name for c in report.checks if c.name.startswith("sample")] == [f"sample {f}" for f in files]
+    assert [c.detail.split(":")[0] for c in report.checks if c.name.startswith("sample")] == [
+        "input.1 2x3x16x16", "input.1 1x3x16x16", "input.1 3x3x16x16"]
+    assert sorted(report.sample_errors_by_file) == files
+    assert all(e.max_abs <= 1e-6 for errors in report.sample_errors_by_file.values() for e in errors)
+    if target == "android-arm64":
+        assert report.checks[-1].name == "model.ort vs model.onnx (extended)"
+        assert report.checks[-1].detail.startswith("3 sample(s):")
+
+
+def test_samples_are_capped_and_the_manifest_says_how_many_shapes(tmp_path, tiny_model):
+    feeds = _batches(*range(1, 11))
+    out = write_bundle(tmp_path / "b", model=tiny_model, target=get_target("cpu-x86"), sample_inputs=feeds[0],
+                       extra_samples=feeds[1:])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["input_shapes"]["input.1"][0] for s in manifest["samples"]] == list(range(1, 9))
+    assert manifest["distinct_sample_shapes"] == 10
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [f"{i}.npz" for i in range(1, 8)]
+
+
+def test_bundle_from_before_the_samples_list_still_loads(tmp_path, tiny_model, tiny_feeds):
+    out = write_bundle(tmp_path / "old", model=tiny_model, target=get_target("cpu-x86"), sample_inputs=tiny_feeds)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["samples"], manifest["distinct_sample_shapes"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    np.testing.assert_array_equal(load_bundle(out).sample_inputs["input.1"], tiny_feeds["input.1"])
+    report = verify_bundle(out)
+    assert report.ok, report.problems
+    assert [c.name for c in report.checks if c.name.startswith("sample")] == ["sample sample.npz"]
+
+
+def test_extra_sample_that_does_not_fit_the_model_is_refused(tmp_path, tiny_model, tiny_feeds):
+    wrong = {"input.1": tiny_feeds["input.1"].astype(np.float64)}
+    with pytest.raises(BundleError, match="float64"):
+        write_bundle(tmp_path / "b", model=tiny_model, target=get_target("cpu-x86"), sample_inputs=tiny_feeds,
+                     extra_samples=[wrong])
+    four_channels = {"input.1": np.zeros((1, 4, 16, 16), np.float32)}  # the model takes 3
+    with pytest.raises(BundleError, match=r"model.onnx: fails on the sample with input.1 1x4x16x16: "):
+        write_bundle(tmp_path / "b", model=tiny_model, target=get_target("cpu-x86"), sample_inputs=tiny_feeds,
+                     extra_samples=[four_channels])
+    assert list(tmp_path.iterdir()) == []

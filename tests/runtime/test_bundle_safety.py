@@ -212,5 +212,86 @@ def test_verify_reports_drifted_sample(bundle_copy):
     report = verify_bundle(bundle_copy)
     assert not report.ok
     assert report.sample_errors[0].max_abs == pytest.approx(1e-3, rel=1e-2)
-    assert [c.name for c in report.checks if not c.ok] == ["sample"]
-    assert report.problems[0].startswith("sample: output probs: max abs")
+    assert [c.name for c in report.checks if not c.ok] == ["sample sample.npz"]
+    assert report.problems[0].startswith("sample sample.npz: input.1 2x3x16x16: output probs: max abs")
+
+
+@pytest.fixture(scope="module")
+def multi_bundle(tmp_path_factory, tiny_model, tiny_feeds):
+    """sample.npz at batch 2, samples/1.npz at batch 1, samples/2.npz at batch 3."""
+    rng = np.random.default_rng(3)
+    extra = [{"input.1": rng.standard_normal((n, 3, 16, 16)).astype(np.float32)} for n in (1, 3)]
+    out = tmp_path_factory.mktemp("safety") / "multi"
+    return write_bundle(out, model=tiny_model, target=get_target("cpu-x86"), sample_inputs=tiny_feeds,
+                        extra_samples=extra)
+
+
+@pytest.fixture
+def multi_copy(tmp_path, multi_bundle):
+    return shutil.copytree(multi_bundle, tmp_path / "multi")
+
+
+def _rewrite_sample(bundle, rel, edit):
+    """Change a sample file's arrays and update its sha256, so only verify's numbers can catch it."""
+    with np.load(bundle / rel, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    edit(arrays)
+    np.savez(bundle / rel, **arrays)
+    digest = file_sha256(bundle / rel)
+    _edit_manifest(bundle, lambda m: m["files"].__setitem__(rel, digest))
+
+
+@pytest.mark.parametrize("bad_path", ["../outside.npz", "/tmp/x.npz", "samples/../../x.npz", "C:\\x.npz"])
+def test_manifest_sample_path_escaping_bundle_is_refused(multi_copy, bad_path):
+    _edit_manifest(multi_copy, lambda m: m["samples"][1].__setitem__("file", bad_path))
+    with pytest.raises(BundleError, match="samples: path .* escapes the bundle"):
+        load_bundle(multi_copy)
+    with pytest.raises(BundleError, match="escapes the bundle"):
+        verify_bundle(multi_copy)
+
+
+@pytest.mark.parametrize(("index", "name", "message"), [
+    (1, "model.onnx", "sample file 'model.onnx' is not samples/<n>.npz"),
+    (0, "samples/1.npz", "sample file 'samples/1.npz' is not sample.npz"),
+    (1, "samples/9.npz", "sample file 'samples/9.npz' is not a bundle file"),
+    (2, "samples/1.npz", "sample file 'samples/1.npz' is not a bundle file or is listed twice"),
+])
+def test_manifest_sample_list_is_checked(multi_copy, index, name, message):
+    _edit_manifest(multi_copy, lambda m: m["samples"][index].__setitem__("file", name))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(multi_copy)
+
+
+def test_tampered_extra_sample_is_named(multi_copy):
+    data = bytearray((multi_copy / "samples/2.npz").read_bytes())
+    data[-20] ^= 0xFF
+    (multi_copy / "samples/2.npz").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="samples/2.npz does not match its sha256"):
+        verify_bundle(multi_copy)
+
+
+def test_extra_sample_needing_pickle_is_refused(multi_copy):
+    _rewrite_sample(multi_copy, "samples/1.npz", lambda a: a.__setitem__("output/probs", np.array([{}], object)))
+    with pytest.raises(BundleError, match="samples/1.npz is not a plain npz archive"):
+        verify_bundle(multi_copy)
+
+
+def test_verify_names_the_drifted_extra_sample(multi_copy):
+    _rewrite_sample(multi_copy, "samples/2.npz", lambda a: a.__setitem__("output/probs", a["output/probs"] + 1e-3))
+    report = verify_bundle(multi_copy)
+    assert not report.ok
+    assert report.problems == [report.problems[0]]  # one line, for the one sample that drifted
+    assert report.problems[0].startswith("sample samples/2.npz: input.1 3x3x16x16: output probs: max abs 0.001")
+    assert [c.ok for c in report.checks if c.name.startswith("sample")] == [True, True, False]
+    assert report.sample_errors_by_file["samples/2.npz"][0].max_abs == pytest.approx(1e-3, rel=1e-2)
+    assert report.sample_errors_by_file["sample.npz"][0].max_abs <= 1e-6
+
+
+def test_verify_runs_the_other_samples_when_one_cannot_run(multi_copy):
+    _rewrite_sample(multi_copy, "samples/1.npz",
+                    lambda a: a.__setitem__("input/input.1", np.zeros((1, 4, 16, 16), np.float32)))
+    report = verify_bundle(multi_copy)
+    assert [c.ok for c in report.checks if c.name.startswith("sample")] == [True, False, True]
+    (problem,) = report.problems
+    assert problem.startswith("sample samples/1.npz: input.1 1x4x16x16: model.onnx fails: [ONNXRuntimeError]")
+    assert "\n" not in problem
