@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import onnx
 import onnx_ir as ir
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -48,6 +49,20 @@ class Fp16Pass(EdgecPass[Fp16Config]):
         keep = sorted({*DEFAULT_KEEP_OPS, *self.config.keep_ops})
         converted = convert_float_to_float16(proto, keep_io_types=True, op_block_list=keep,
                                              node_block_list=list(self.config.keep_nodes))
+        _drop_initializer_value_info(converted.graph)
         self.record(kept_ops=[op for op in keep if any(n.op_type == op for n in proto.graph.node)])
         replace_model(model, converted)
         return ir.passes.PassResult(model, modified=True)
+
+
+def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
+    """Remove value_info entries that describe initializers.
+
+    The converter declares every float initializer float16 in value_info, including ones that no
+    converted node reads, which it leaves float32. The checker then sees two types for one value.
+    An initializer's type is its own, so these entries are never needed.
+    """
+    names = {t.name for t in graph.initializer}
+    kept = [vi for vi in graph.value_info if vi.name not in names]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)

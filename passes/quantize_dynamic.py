@@ -37,6 +37,7 @@ def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel:
             pass_.skip(path, "dynamic int8 Conv becomes ConvInteger, slower than fp32; use quantize-int8")
     gemms = {path for path, _, node, _ in walk(proto.graph) if node.op_type == "Gemm"}
     proto = _unpack(pass_, proto)
+    exclude = [*exclude, *_standard_attention(pass_, proto)]
     with workdir() as folder:
         src, out = folder / "fp32.onnx", folder / "int8.onnx"
         onnx.save(proto, str(src))
@@ -55,6 +56,21 @@ def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel:
     pass_.record(dynamic_quantizers=len(quantizers), per_channel=per_channel,
                  in_subgraphs=sum("/" in p for p in quantizers))
     return quantized
+
+
+def _standard_attention(pass_: EdgecPass[Any], proto: onnx.ModelProto) -> list[str]:
+    """Names of ONNX-domain Attention nodes (opset 23), named if they were not, to keep out of ORT's quantizer.
+
+    ORT's quantizer keys its op registry by op type alone: it would rewrite an ONNX Attention as the
+    contrib QAttention, whose inputs are another op's, and write an invalid model.
+    """
+    names = []
+    for index, (path, _, node, _) in enumerate(walk(proto.graph)):
+        if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
+            node.name = node.name or f"Attention_{index}_edgec"
+            names.append(node.name)
+            pass_.skip(path or node.name, "ONNX Attention (opset 23) has no int8 kernel in ORT; kept float")
+    return names
 
 
 def _unpack(pass_: EdgecPass[Any], proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -43,7 +43,8 @@ def test_export_matches_torch(name: str) -> None:
     assert [o.name for o in graph.output] == [zm.output_name]
     for value in graph.input:
         symbolic = (zm.dynamic_axes or {}).get(value.name, {})
-        dims = tuple(d.dim_param if i in symbolic else d.dim_value for i, d in enumerate(value.type.tensor_type.shape.dim))
+        declared = value.type.tensor_type.shape.dim
+        dims = tuple(d.dim_param if i in symbolic else d.dim_value for i, d in enumerate(declared))
         assert dims == tuple(symbolic.get(i, n) for i, n in enumerate(zm.input_shapes[value.name]))
     feeds = zm.calibration(3)
     expected = _torch_outputs(name, feeds)

@@ -75,6 +75,22 @@ def test_fp16_for_cuda_keeps_fp32_io_and_passes_checker():
     assert not result.records[0].skips  # cuda prefers fp16: no warning
 
 
+def test_fp16_with_an_unused_float_initializer_passes_the_full_checker():
+    # ORT's converter declares every float initializer float16 in value_info, the unused one too, which it
+    # leaves float32: the full checker then saw two types for one value.
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    unused = numpy_helper.from_array(np.ones(3, dtype=np.float32), "unused")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight, unused])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": np.arange(4, dtype=np.float32).reshape(1, 4)}]
+    ctx = BuildContext(get_target("cuda"), feeds)
+    result = run_pipeline(model, [create_pass("fp16", ctx, {})], ctx)
+    onnx.checker.check_model(result.model, full_check=True)
+    np.testing.assert_allclose(run(make_session(result.model.SerializeToString()), feeds[0])["y"], feeds[0]["x"])
+
+
 def test_fp16_on_cpu_target_warns():
     result, _ = _run("digits-cnn", "fp16", {}, target="cpu-x86")
     assert any("not faster" in s["reason"] for s in result.records[0].skips)
