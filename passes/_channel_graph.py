@@ -120,6 +120,11 @@ class _Analyzer:
         ins = [self.layout(v) for v in node.inputs]
         if not any(ins) and node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             return True  # nothing channel-tracked flows through: leave it alone
+        if node.op_type in ("Shape", "Size"):
+            # Reads the dims, not the channels, and at run time it reads the pruned ones. Whatever is
+            # computed from them meets the channel checks where it is used (a computed Reshape target or
+            # a non-constant per-channel operand freezes its group there).
+            return True
         if node.op_type in self.handlers:
             return self.handlers[node.op_type](node)
         if node.op_type in UNARY:

@@ -118,6 +118,10 @@ def test_prune_channels_goes_through_silu_split_concat_and_upsampling(tmp_path, 
     built = _build(tmp_path, model, calib, "", "--config", str(toml))
     record = _record(built, "prune-channels")
     assert record["stats"]["analysed_at"] == {"images": [1, 3, 320, 320]}
+    fixed = _record(_build(tmp_path, model, calib, "", "--config", str(toml), "--input-shape", "images=1x3x320x320"),
+                    "prune-channels")
+    for key in ("groups", "frozen_groups", "channels_before", "channels_after"):
+        assert record["stats"][key] == fixed["stats"][key], key  # the same plan as with fixed shapes
     frozen_by = " ".join(s["where"] for s in record["skips"])
     for op in ("Mul", "Sigmoid", "Split", "Concat", "Resize"):
         assert f"({op})" not in frozen_by, frozen_by  # only the head's output Reshapes keep their channels
