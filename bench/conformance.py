@@ -7,7 +7,9 @@ deterministic ramp). A case counts only when ORT's CPU EP, run on the model as s
 test's expected outputs within the test's own rtol/atol (``onnx.backend.test.runner``'s comparison).
 
 Each such case is built with ``edgec build --target cpu-x86 --passes P --calib case.npz`` (the test's
-own inputs as calibration) and the bundle's model is run in ORT on the same inputs:
+own inputs as calibration, sequences and optionals in edgec's .npz encoding: ``name/0``, ``name/1``, ...,
+``name/__empty__`` for an empty sequence, no key for an absent optional) and the bundle's model is run in
+ORT on the same inputs:
 
 * ok: built, valid, and the outputs match the expected ones within the test's tolerances;
 * refused: edgec exited with a user error (EdgecError) although ORT runs the model;
@@ -221,12 +223,30 @@ def ort_runs_it(case: Case) -> str:
 # --- the tools ----------------------------------------------------------------------------------------
 
 def _npz_able(inputs: dict[str, Any]) -> bool:
-    return all(isinstance(v, np.ndarray) for v in inputs.values())
+    """Whether every input is a tensor, a list of tensors (a sequence) or None (an absent optional)."""
+    return all(v is None or isinstance(v, np.ndarray)
+               or (isinstance(v, list) and all(isinstance(e, np.ndarray) for e in v)) for v in inputs.values())
 
 
 def _calibration_array(value: np.ndarray) -> np.ndarray:
     # ONNX strings are numpy object arrays, which .npz holds only pickled; edgec reads unicode arrays.
     return value.astype(str) if value.dtype == object else value
+
+
+def _calibration_arrays(model: onnx.ModelProto, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The .npz arrays of one sample in edgec's encoding (``edgec.runtime.values``)."""
+    from edgec.runtime.values import encode, value_kind
+
+    types = {vi.name: vi.type for vi in _runtime_inputs(model)}
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in inputs.items():
+        elem_type = value_kind(types[name]).tensor.elem_type if name in types else 0
+        marker = onnx.helper.tensor_dtype_to_np_dtype(elem_type) if elem_type else np.float32
+        if isinstance(value, list):
+            arrays |= encode(name, [_calibration_array(e) for e in value], marker)
+        else:
+            arrays |= encode(name, None if value is None else _calibration_array(value), marker)
+    return arrays
 
 
 # Lossy passes change outputs by design: their bundles are judged valid (checker, ORT) and the
@@ -256,7 +276,7 @@ def run_edgec(case: Case, passes: Sequence[str], workdir: pathlib.Path) -> Outco
     onnx.save(case.model, str(model_path))
     calib = None
     if _npz_able(case.inputs) and case.inputs:
-        np.savez(calib_path, **{k: _calibration_array(v) for k, v in case.inputs.items()})
+        np.savez(calib_path, **_calibration_arrays(case.model, case.inputs))
         calib = str(calib_path)
     # Each backend test has one sample: quantize-int8 is told to calibrate on it, and its placement is fixed
     # (the race between placements times the host, which is beside the point here).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ import onnx
 from edgec.compiler.calibration import ImagePreprocess, load_calibration
 from edgec.compiler.config import DEFAULT_PASSES, BuildConfig
 from edgec.compiler.context import BuildContext
-from edgec.compiler.errors import BundleError, ConfigError, UnsupportedOpError
+from edgec.compiler.errors import BundleError, ConfigError, ModelLoadError, UnsupportedOpError
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.frontend.load import confirm_opset_upgrade
 from edgec.compiler.frontend.normalize import drop_contradicted_output_shapes
+from edgec.compiler.frontend.onnx_file import nonfinite_weights
 from edgec.compiler.pipeline import VERIFY_SAMPLES, PassRecord, PipelineResult, input_reference, run_pipeline
 from edgec.compiler.search import report as search_report
 from edgec.compiler.search.evaluate import make_scorer
@@ -74,10 +76,27 @@ def check_target_ops(model: onnx.ModelProto, target: TargetProfile) -> list[str]
 
 
 def _check_output(cfg: BuildConfig) -> None:
-    if cfg.output.exists() and not cfg.force:
-        raise BundleError(f"{cfg.output}: already exists; pass --force to replace it")
+    """Refuse, before any work, an output path that cannot be written or that would replace an input."""
+    out = cfg.output
+    if (out.exists() or out.is_symlink()) and not cfg.force:
+        raise BundleError(f"{out}: already exists; pass --force to replace it")
     if cfg.fmt not in ("dir", "zip"):
         raise ConfigError(f"--format: expected 'dir' or 'zip', got {cfg.fmt!r}")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BundleError(f"{out}: cannot be written: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BundleError(f"{out}: cannot be written: no permission to create files in {parent}")
+    target = out.resolve()
+    for name, given in (("model", cfg.model), ("calibration data", cfg.calib)):
+        if not given or given == "random" or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if source == target or target in source.parents:
+            raise BundleError(f"{out}: would replace the {name} {given} (--force replaces the output path); "
+                              "choose another output path")
 
 
 def _measure(original: onnx.ModelProto, result: PipelineResult, ctx: BuildContext) -> dict[str, Any]:
@@ -166,6 +185,9 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     _check_output(cfg)
     on_phase("loading model")
     loaded = load_model(cfg.model, parse_input_shapes(cfg.input_shapes) or None, task=cfg.task)
+    weight_warnings = nonfinite_weights(loaded.proto)
+    if weight_warnings and cfg.strict:
+        raise ModelLoadError(f"{cfg.model}: {weight_warnings[0]} (--strict)")
     zoo = _zoo_model(cfg.model)
     on_phase("loading calibration data")
     image = ImagePreprocess(**cfg.image_preprocess) if cfg.image_preprocess else None
@@ -190,7 +212,9 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     keep_stage = None if search is None else lambda name, proto: stages.append((name, proto.SerializeToString()))
     result = run_pipeline(loaded.proto, _plan_passes(cfg, ctx), ctx, on_pass=lambda n: on_phase(f"pass {n}"),
                           on_model=keep_stage, reference=reference)
-    warnings = [*calib.warnings, *check_target_ops(result.model, target)]
+    warnings = [*weight_warnings, *calib.warnings, *check_target_ops(result.model, target)]
+    if warnings and cfg.strict:
+        raise ConfigError(f"--strict: {warnings[0]}")
     on_phase("measuring")
     metrics = _measure(loaded.proto, result, ctx)
     sidecars: dict[str, Any] = {}
@@ -202,9 +226,14 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     on_phase("writing bundle")
     # One stored sample per distinct calibration shape (write_bundle keeps the first of each), so that
     # `edgec verify` reruns the bundle at every shape it was calibrated at.
-    bundle = write_bundle(cfg.output, model=result.model, target=target, sample_inputs=calib.feeds[0],
-                          extra_samples=calib.feeds[1:], pass_records=[r.to_json() for r in result.records],
-                          metrics=metrics, fmt=cfg.fmt, force=cfg.force)
+    try:
+        bundle = write_bundle(cfg.output, model=result.model, target=target, sample_inputs=calib.feeds[0],
+                              extra_samples=calib.feeds[1:], pass_records=[r.to_json() for r in result.records],
+                              metrics=metrics, fmt=cfg.fmt, force=cfg.force)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile: nothing was published
+        where = exc.filename or cfg.output
+        raise BundleError(f"{cfg.output}: cannot write the bundle ({where}: {exc.strerror or exc}); "
+                          "nothing was written") from exc
     if search is not None:  # after the bundle: they describe it, and must not exist without it
         search_report.write_sidecars(cfg, search, sidecars)
     notes = [*loaded.notes, *(f"sensitivity plot: {path}" for path in _sensitivity_plots(cfg.output, result.records))]

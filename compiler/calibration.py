@@ -6,16 +6,17 @@ import dataclasses
 import logging
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from edgec.compiler._inputs import InputSpec, check_sample, fits, model_inputs
 from edgec.compiler.context import Feeds
 from edgec.compiler.errors import CalibrationError, ConfigError
-from edgec.compiler.frontend.normalize import real_inputs
+from edgec.runtime.values import decode, group_keys, kind_phrase, value_shape
 
 logger = logging.getLogger(__name__)
 
@@ -64,36 +65,6 @@ class CalibrationSet:
     warnings: list[str]
 
 
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """One model input: name, numpy dtype, dims (None where dynamic)."""
-
-    name: str
-    dtype: np.dtype
-    dims: tuple[int | None, ...]
-    symbols: tuple[str, ...] = ()  # each dim's symbol ('batch', 'height'), '' for fixed or unnamed dims
-
-    def shape_text(self) -> str:
-        return "(" + ", ".join("?" if d is None else str(d) for d in self.dims) + ")"
-
-
-def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The inputs fed at run time, with dtypes and dims; a user error for inputs that are not tensors."""
-    specs = []
-    for vi in real_inputs(model.graph):
-        kind = vi.type.WhichOneof("value")
-        tensor_type = vi.type.tensor_type
-        if kind != "tensor_type" or not tensor_type.elem_type:
-            what = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map"}.get(
-                kind or "", "of no declared tensor type")
-            raise CalibrationError(f"input {vi.name!r} is {what}: edgec's calibration data and the bundle's "
-                                   "stored sample hold tensors only (a known limit)")
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
-        specs.append(InputSpec(vi.name, dtype, dims, tuple(d.dim_param for d in tensor_type.shape.dim)))
-    return specs
-
-
 def load_calibration(spec: str | None, model: onnx.ModelProto, *, zoo_feeds: list[Feeds] | None = None,
                      image_config: ImagePreprocess | None = None, tokenizer_dir: Path | None = None,
                      n: int = 16, seed: int = 0) -> CalibrationSet:
@@ -132,31 +103,16 @@ def _from_path(spec: str, inputs: list[InputSpec], image_config: ImagePreprocess
                            "(give a .npz, a .txt, an image folder, or 'random')")
 
 
-def check_sample(sample: Feeds, inputs: list[InputSpec], source: str) -> None:
-    """Every input present with its dtype and a shape that fits its dims."""
-    names = [s.name for s in inputs]
-    for spec in inputs:
-        if spec.name not in sample:
-            raise CalibrationError(f"{source}: no data for input {spec.name!r}; expected: {', '.join(names)}")
-        arr = sample[spec.name]
-        if arr.dtype != spec.dtype:
-            raise CalibrationError(f"{source}: input {spec.name!r} has dtype {arr.dtype}, "
-                                   f"expected {spec.dtype}")
-        if not _fits(arr.shape, spec.dims):
-            raise CalibrationError(f"{source}: input {spec.name!r} has shape {tuple(arr.shape)}, "
-                                   f"expected {spec.shape_text()}")
-
-
-def _fits(shape: Sequence[int], dims: Sequence[int | None]) -> bool:
-    return len(shape) == len(dims) and all(d is None or d == s for s, d in zip(shape, dims, strict=True))
-
-
 # --- random -------------------------------------------------------------------------------------------
 
 def _random(inputs: list[InputSpec], n: int, seed: int) -> CalibrationSet:
     """Seeded N(0, 1) floats, token ids in [0, 1000), ones for masks, zeros for token types."""
     rng = np.random.default_rng(seed)
     for spec in inputs:
+        if spec.sequence:  # an optional tensor gets a random tensor; no length for a sequence is a sensible guess
+            raise CalibrationError(f"--calib random: input {spec.name!r} is {kind_phrase(spec.kind, True)}, and "
+                                   "random data has no sensible length; pass samples with --calib (an .npz "
+                                   f"with arrays {spec.name}/0, {spec.name}/1, ...)")
         _refuse_symbolic(spec)
     warnings = [RANDOM_WARNING]
     feeds = [{s.name: _random_array(s, rng) for s in inputs} for _ in range(n)]
@@ -193,24 +149,37 @@ def _random_array(spec: InputSpec, rng: np.random.Generator) -> np.ndarray:
 # --- .npz ---------------------------------------------------------------------------------------------
 
 def _npz(path: Path, inputs: list[InputSpec], n: int) -> CalibrationSet:
-    """Arrays keyed by input name: one sample each, or a stack along a new leading axis or the batch axis."""
+    """Arrays keyed by input name: one sample each, or a stack along a new leading axis or the batch axis.
+
+    A sequence input's elements are arrays ``name/0``, ``name/1``, ... (``name/__empty__``, a 0-size array, for
+    an empty one): one sample per file. An optional input with no arrays is absent (None) in every sample.
+    """
     arrays = _read_npz(path)
-    expected = ", ".join(s.name for s in inputs)
+    try:
+        groups, stray = group_keys(arrays, {s.name: s.sequence for s in inputs})
+    except ValueError as err:
+        raise CalibrationError(f"{path}: {err}") from err
+    expected = ", ".join(s.npz_keys() for s in inputs)
     for spec in inputs:
-        if spec.name not in arrays:
+        if spec.sequence and spec.name in stray:
+            raise CalibrationError(f"{path}: input {spec.name!r} is {kind_phrase(spec.kind, True)}: store its "
+                                   f"elements as arrays {spec.name}/0, {spec.name}/1, ... "
+                                   f"({spec.name}/__empty__ when it is empty), not one array")
+        if spec.name not in groups and spec.kind != "optional":
             raise CalibrationError(f"{path}: no array for input {spec.name!r}; expected arrays: {expected}")
-    for key in arrays:
-        if key not in {s.name for s in inputs}:
-            raise CalibrationError(f"{path}: array {key!r} is not a model input; expected arrays: {expected}")
-    per_input = {s.name: _split_samples(path, arrays[s.name], s) for s in inputs}
+    if stray:
+        raise CalibrationError(f"{path}: array {stray[0]!r} is not a model input; expected arrays: {expected}")
+    per_input = {s.name: [decode(arrays, groups[s.name], True, s.dtype.kind == "O")] if s.sequence
+                 else _split_samples(path, arrays[s.name], s) for s in inputs if s.name in groups}
     counts = {name: len(samples) for name, samples in per_input.items()}
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{k}: {v}" for k, v in counts.items())
         raise CalibrationError(f"{path}: inputs hold different numbers of samples ({listed})")
-    total = next(iter(counts.values()), 0)
+    total = next(iter(counts.values()), 1)  # only absent optionals: one sample of them
     if total == 0:
         raise CalibrationError(f"{path}: holds no samples")
-    feeds = [{name: samples[i] for name, samples in per_input.items()} for i in range(min(total, n))]
+    feeds = [{s.name: per_input[s.name][i] if s.name in per_input else None for s in inputs}
+             for i in range(min(total, n))]
     return CalibrationSet(feeds, str(path), _cap_warning(path, total, n))
 
 
@@ -229,7 +198,7 @@ def _npz_folder(folder: Path, inputs: list[InputSpec], n: int) -> CalibrationSet
     left_out = [p.name for p in folder.iterdir() if p.suffix.lower() != ".npz" and not p.name.startswith(".")]
     warnings = [f"{folder}: ignored {len(left_out)} files that are not .npz: {', '.join(sorted(left_out)[:5])}"] \
         if left_out else []
-    shapes = {tuple(tuple(a.shape) for a in f.values()) for f in feeds}
+    shapes = {repr([value_shape(v) for v in f.values()]) for f in feeds}
     if len(shapes) > 1:
         logger.info("%s: %d samples in %d distinct shapes", folder, len(feeds), len(shapes))
     return CalibrationSet(feeds, str(folder), warnings)
@@ -253,11 +222,11 @@ def _split_samples(path: Path, arr: np.ndarray, spec: InputSpec) -> list[np.ndar
     if arr.dtype != spec.dtype:
         raise CalibrationError(f"{path}: input {spec.name!r} has dtype {arr.dtype}, expected {spec.dtype}")
     dims = spec.dims
-    if arr.ndim == len(dims) + 1 and _fits(arr.shape[1:], dims):
+    if arr.ndim == len(dims) + 1 and fits(arr.shape[1:], dims):
         return [np.array(arr[i]) for i in range(len(arr))]  # np.array keeps a scalar 0-d; ascontiguousarray would not
-    if _fits(arr.shape, dims):
+    if fits(arr.shape, dims):
         return [arr]
-    if arr.ndim == len(dims) and dims and dims[0] == 1 and _fits(arr.shape[1:], dims[1:]):
+    if arr.ndim == len(dims) and dims and dims[0] == 1 and fits(arr.shape[1:], dims[1:]):
         return [np.ascontiguousarray(arr[i:i + 1]) for i in range(arr.shape[0])]
     raise CalibrationError(f"{path}: input {spec.name!r} has shape {tuple(arr.shape)}, expected "
                            f"{spec.shape_text()} for one sample or a stack of them")
@@ -298,7 +267,7 @@ def _images(folder: Path, inputs: list[InputSpec], cfg: ImagePreprocess | None, 
 
 
 def _image_input(folder: Path, inputs: list[InputSpec]) -> InputSpec:
-    if len(inputs) != 1 or inputs[0].dtype.kind != "f" or len(inputs[0].dims) != 4:
+    if len(inputs) != 1 or inputs[0].kind != "tensor" or inputs[0].dtype.kind != "f" or len(inputs[0].dims) != 4:
         listed = ", ".join(f"{s.name} {s.dtype} {s.shape_text()}" for s in inputs)
         raise CalibrationError(f"{folder}: image calibration needs a model with one 4-d float input; "
                                f"the model has: {listed}")
@@ -346,7 +315,7 @@ def _batches(items: list[Any], batch: int) -> Iterator[list[Any]]:
 def _text(path: Path, inputs: list[InputSpec], tokenizer_dir: Path | None, n: int) -> CalibrationSet:
     """One sentence per line, tokenized and padded/truncated to the model's sequence length."""
     specs = {s.name: s for s in inputs}
-    if "input_ids" not in specs or any(name not in TOKEN_INPUTS for name in specs):
+    if "input_ids" not in specs or any(name not in TOKEN_INPUTS or s.kind != "tensor" for name, s in specs.items()):
         raise CalibrationError(f"{path}: text calibration needs inputs among {', '.join(TOKEN_INPUTS)} "
                                f"with input_ids; the model has: {', '.join(specs)}")
     if tokenizer_dir is None:

@@ -51,7 +51,25 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageErrors(click.Group):
+    """click's group, but a usage error (unknown option, bad value) is one line and exit 2, like every other
+    user mistake, instead of click's usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) is not None else ""
+            _fail(" ".join(exc.format_message().split()) + hint, 2)
+        except click.exceptions.Abort:
+            _fail("interrupted; nothing was written", 2)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log library messages to stderr.")
 @click.version_option(package_name="edgec")
 def cli(verbose: bool) -> None:
@@ -75,6 +93,8 @@ _TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extrac
 @click.option("-o", "--output", help="Bundle path to write.")
 @click.option("--format", "fmt", type=click.Choice(["dir", "zip"]), help="Bundle as a directory or a zip.")
 @click.option("--force", is_flag=True, default=None, help="Replace an existing output.")
+@click.option("--strict", is_flag=True, default=None, help="Stop with exit 2 on any warning (NaN/Inf weights, "
+              "ops that fall back to the CPU, calibration data left out) instead of building.")
 @click.option("--seed", type=int, help="Seed for random calibration data and search.")
 @click.option("--max-drop", type=click.FloatRange(0, 1), help="Accuracy budget for lossy passes: largest drop of "
               "the task metric (or of output cosine) they may cause; they keep sensitive nodes precise to meet it. "
@@ -273,8 +293,10 @@ def verify(bundle: str, device: str | None, device_python: str | None, ssh_confi
         _emit_json(report.to_plain(result))
     else:
         report.print_verify(out_console, result)
-    if not result.ok:
-        sys.exit(1)
+    if not result.ok:  # the report is on stdout; stderr says why it failed, on one line
+        problems = result.problems
+        more = f" (and {len(problems) - 1} more failed checks)" if len(problems) > 1 else ""
+        _fail(f"{bundle}: verification failed: {problems[0]}{more}", 1)
 
 
 def main() -> None:

@@ -60,6 +60,7 @@ class BuildConfig:
     input_shapes: tuple[str, ...] = ()
     fmt: str = "dir"
     force: bool = False
+    strict: bool = False  # warnings (NaN/Inf weights, ops falling back) stop the build with exit 2
     seed: int = 0
     max_drop: float | None = None
     latency_ms: float | None = None

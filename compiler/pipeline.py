@@ -174,8 +174,10 @@ def run_pass(pass_: EdgecPass[Any], proto: onnx.ModelProto, reference: list[dict
     except Exception as exc:  # noqa: BLE001 - any ORT failure on a pass's output is that pass's bug
         raise VerificationError(f"pass {pass_.name!r}: ORT cannot run its output: {exc}") from exc
     errors = compare_outputs(reference, outputs) if feeds else []
-    # FLOPs at the first sample's shapes: with symbolic dims the declared shapes would give none.
-    sample_shapes = {k: tuple(np.shape(v)) for k, v in feeds[0].items()} if feeds else None
+    # FLOPs at the first sample's shapes: with symbolic dims the declared shapes would give none. Sequence
+    # inputs (lists) and absent optionals (None) have no tensor shape to give.
+    sample_shapes = {k: tuple(np.shape(v)) for k, v in feeds[0].items()
+                     if v is not None and not isinstance(v, list | tuple)} if feeds else None
     _judge(pass_, errors, {k: getattr(v, "dtype", None) for k, v in reference[0].items()} if reference else {})
     record = PassRecord(
         name=pass_.name,

@@ -36,6 +36,8 @@ def _graph_inputs(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 def _check_one(index: int, feed: Feeds, inputs: dict[str, onnx.ValueInfoProto], who: str) -> None:
     for name, vi in inputs.items():
+        if not vi.type.HasField("tensor_type"):
+            continue  # a sequence or optional input: its elements were checked when the data was loaded
         if name not in feed:
             raise CalibrationError(f"{who}: calibration sample {index} has no input {name!r}; "
                                    f"it has {', '.join(sorted(feed))}")

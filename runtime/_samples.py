@@ -1,4 +1,9 @@
-"""A bundle's stored samples: one per distinct set of input shapes, their file names, and reading them safely."""
+"""A bundle's stored samples: one per distinct set of input shapes, their file names, and reading them safely.
+
+Inputs and outputs are stored under ``input/<name>`` and ``output/<name>`` in edgec's .npz encoding of values
+(``edgec.runtime.values``): a tensor as one array, a sequence as ``<key>/0``, ``<key>/1``, ... (``<key>/__empty__``
+when empty), an absent optional as no key; strings as unicode arrays. Nothing needs pickle.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import BundleError
+from edgec.runtime.values import decode, encode, group_keys, shape_text, value_shape
 
 SAMPLE_FILE = "sample.npz"  # always the first sample: app loaders and older readers know only this one
 MAX_SAMPLES = 8  # sample.npz and up to 7 more, samples/1.npz ... samples/7.npz
@@ -23,9 +29,10 @@ def extra_sample_file(index: int) -> str:
     return f"samples/{index}.npz"
 
 
-def shape_key(feeds: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """The input-shape set of one sample, for telling samples apart."""
-    return tuple((name, tuple(np.shape(array))) for name, array in feeds.items())
+def shape_key(feeds: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The input-shape set of one sample (a sequence's element shapes, None for an absent optional), for telling
+    samples apart."""
+    return tuple((name, repr(value_shape(value))) for name, value in feeds.items())
 
 
 def distinct_shapes(samples: Sequence[Mapping[str, np.ndarray]],
@@ -43,32 +50,59 @@ def distinct_shapes(samples: Sequence[Mapping[str, np.ndarray]],
     return kept, len(seen)
 
 
-def describe_shapes(feeds: Mapping[str, np.ndarray]) -> str:
-    """``images 1x3x32x48, mask 1x32x48`` (``scalar`` for a 0-d input)."""
-    return ", ".join(f"{name} {'x'.join(map(str, np.shape(array))) or 'scalar'}" for name, array in feeds.items())
+def describe_shapes(feeds: Mapping[str, Any]) -> str:
+    """``images 1x3x32x48, mask 1x32x48`` (``scalar`` for a 0-d input, ``[2x3, 4]`` for a sequence, ``absent``)."""
+    return ", ".join(f"{name} {shape_text(value)}" for name, value in feeds.items())
 
 
-def save_sample(path: pathlib.Path, feeds: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-    """Inputs and outputs as ``input/<name>`` and ``output/<name>`` in a plain (pickle-free) npz."""
-    arrays = {f"input/{k}": v for k, v in feeds.items()} | {f"output/{k}": v for k, v in outputs.items()}
+def save_sample(path: pathlib.Path, feeds: Mapping[str, Any], outputs: Mapping[str, Any],
+                dtypes: Mapping[str, str] | None = None) -> None:
+    """Inputs and outputs as ``input/<name>`` and ``output/<name>`` in a plain (pickle-free) npz.
+
+    ``dtypes`` (keyed ``input/<name>``, ``output/<name>``) gives an empty sequence's marker its element dtype.
+    """
+    dtypes = dtypes or {}
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, values in (("input", feeds), ("output", outputs)):
+        for name, value in values.items():
+            key = f"{prefix}/{name}"
+            arrays |= encode(key, value, dtypes.get(key, "float32"))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(buffer.getvalue())
 
 
+def holds_sequence(spec: Mapping[str, Any]) -> bool:
+    """Whether a manifest input/output spec's value, when present, is a list of arrays."""
+    kind = spec.get("kind", "tensor")
+    return kind == "sequence" or (kind == "optional" and spec.get("element_kind") == "sequence")
+
+
 def load_sample(path: pathlib.Path, rel: str, manifest: dict[str, Any],
-                source: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(inputs, stored outputs) of the bundle's sample file ``rel``, without pickle, checked against the manifest."""
+                source: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inputs, stored outputs) of the bundle's sample file ``rel``, without pickle, checked against the manifest.
+
+    A sequence comes back as a list of arrays and an absent optional as None.
+    """
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise BundleError(f"{source}: {rel} is not a plain npz archive ({exc})") from exc
-    inputs = {k.removeprefix("input/"): v for k, v in arrays.items() if k.startswith("input/")}
-    outputs = {k.removeprefix("output/"): v for k, v in arrays.items() if k.startswith("output/")}
-    for key, group in (("inputs", inputs), ("outputs", outputs)):
-        names = [spec["name"] for spec in manifest[key]]
-        if sorted(names) != sorted(group):
+    values: dict[str, dict[str, Any]] = {}
+    for key, prefix in (("inputs", "input/"), ("outputs", "output/")):
+        group = {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+        specs = manifest[key]
+        names = [spec["name"] for spec in specs]
+        try:
+            keys, stray = group_keys(group, {spec["name"]: holds_sequence(spec) for spec in specs})
+        except ValueError as exc:
+            raise BundleError(f"{source}: {rel} {key}: {exc}") from exc
+        missing = [s["name"] for s in specs if s["name"] not in keys and s.get("kind", "tensor") != "optional"]
+        if stray or missing:
             raise BundleError(f"{source}: {rel} {key} {sorted(group)} do not match the manifest's {names}")
-    return inputs, outputs
+        values[key] = {spec["name"]: decode(group, keys.get(spec["name"]), holds_sequence(spec),
+                                             spec.get("dtype") == "object")
+                       for spec in specs}
+    return values["inputs"], values["outputs"]

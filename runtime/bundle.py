@@ -12,7 +12,9 @@ A bundle is a directory, or a .zip holding the same files at its top level:
     (``--include_ops_by_config``). Runtime-style models are loaded with their saved optimizations replayed.
 ``sample.npz``
     Sample inputs and the outputs of the shipped model on them, computed with ONNX Runtime on the build
-    host: keys ``input/<name>`` and ``output/<name>``; read with ``np.load(..., allow_pickle=False)``.
+    host: keys ``input/<name>`` and ``output/<name>``; read with ``np.load(..., allow_pickle=False)``. A
+    sequence is stored as ``<key>/0``, ``<key>/1``, ... (``<key>/__empty__``, a 0-size array, when empty), an
+    absent optional as no key, strings as unicode arrays (``edgec.runtime.values``).
 ``samples/1.npz``, ``samples/2.npz``, ... (only when the samples had several input shapes)
     The same for the first sample of each further distinct set of input shapes (symbolic H x W calibrated at
     several sizes); 8 samples at most, ``sample.npz`` included.
@@ -26,9 +28,13 @@ A bundle is a directory, or a .zip holding the same files at its top level:
     ``onnxruntime_version`` (used to build), ``model_file`` (the file the target runtime loads),
     ``model_files`` (``{runtime: file}``: ``onnxruntime`` is always ``model.onnx``; the target's
     runtime, e.g. ``onnxruntime-mobile``, maps to its shipped file), ``inputs``/``outputs``
-    (``[{"name", "shape", "dtype"}]``, a dim is an int, a symbol name or null), ``passes`` (pass records),
+    (``[{"name", "shape", "dtype"}]``, a dim is an int, a symbol name or null; a value that is not a tensor
+    adds ``"kind"``: ``"sequence"`` or ``"optional"``, an optional also ``"element_kind"`` (``"tensor"`` or
+    ``"sequence"``), and ``shape``/``dtype`` are then its tensors'; no ``kind`` means a tensor, so older
+    readers see tensor bundles unchanged), ``passes`` (pass records),
     ``metrics`` (accuracy before/after, latency), ``files`` (``{relative path: sha256 hex}`` for every
-    file but ``manifest.json``), ``samples`` (``[{"file", "input_shapes"}]``, ``sample.npz`` first) and
+    file but ``manifest.json``), ``samples`` (``[{"file", "input_shapes"}]``, ``sample.npz`` first; a
+    sequence's shapes are a list of its elements' shapes, an absent optional's null) and
     ``distinct_sample_shapes`` (how many input-shape sets the samples given had, more than stored when capped).
     The last two are optional: bundles without them hold ``sample.npz`` alone, and readers that know only
     ``sample.npz`` still load the new ones, so the schema stays at 1.
@@ -70,8 +76,16 @@ import onnxruntime as ort
 
 from edgec.compiler.errors import BundleError
 from edgec.runtime import mobile
-from edgec.runtime._samples import SAMPLE_FILE, describe_shapes, distinct_shapes, extra_sample_file, save_sample
+from edgec.runtime._samples import (
+    SAMPLE_FILE,
+    describe_shapes,
+    distinct_shapes,
+    extra_sample_file,
+    holds_sequence,
+    save_sample,
+)
 from edgec.runtime.session import make_session, run
+from edgec.runtime.values import kind_phrase, value_kind, value_shape
 from edgec.targets.profile import TargetProfile
 
 log = logging.getLogger(__name__)
@@ -104,41 +118,76 @@ def edgec_version() -> str:
 def _value_specs(values: Sequence[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
     specs = []
     for value in values:
-        tensor = value.type.tensor_type
-        if not value.type.HasField("tensor_type"):
-            raise BundleError(f"{value.name}: only tensor inputs/outputs can be bundled")
+        try:
+            kind = value_kind(value.type)
+        except ValueError as exc:
+            raise BundleError(f"{value.name} is {exc}: only tensors, sequences of tensors and optionals of "
+                              "those can be bundled") from exc
+        tensor = kind.tensor
         dims: list[int | str | None] = []
         for d in tensor.shape.dim if tensor.HasField("shape") else []:
             dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
         shape = dims if tensor.HasField("shape") else None
-        specs.append({"name": value.name, "shape": shape, "dtype": dtype})
+        spec: dict[str, Any] = {"name": value.name, "shape": shape, "dtype": dtype}
+        if kind.kind != "tensor":  # tensors keep the schema's original three keys
+            spec["kind"] = kind.kind
+        if kind.kind == "optional":
+            spec["element_kind"] = "sequence" if kind.sequence else "tensor"
+        specs.append(spec)
     return specs
 
 
-def _check_feeds(inputs: list[dict[str, Any]], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The sample inputs as contiguous arrays, checked against the model's graph inputs."""
+def _check_tensors_only(specs: tuple[list, list], target: TargetProfile) -> None:
+    """App loaders (Kotlin, Swift) and the node/web runners feed and read tensors only."""
+    for where, group in (("input", specs[0]), ("output", specs[1])):
+        for spec in group:
+            if spec.get("kind", "tensor") != "tensor":
+                what = kind_phrase(spec["kind"], holds_sequence(spec))
+                raise BundleError(f"{where} {spec['name']!r} is {what}: {target.name} bundles are fed by app loaders "
+                                  "that take tensors only; build for a host target such as cpu-x86")
+
+
+def _check_value(spec: dict[str, Any], value: Any) -> Any:
+    """One sample input as the model takes it: a contiguous array, a list of them, or None (an absent optional)."""
+    name, kind = spec["name"], spec.get("kind", "tensor")
+    if value is None:
+        if kind != "optional":
+            raise BundleError(f"sample input {name!r} is None; only an optional input may be absent")
+        return None
+    sequence = holds_sequence(spec)
+    if sequence != isinstance(value, list | tuple):
+        raise BundleError(f"sample input {name!r} is {kind_phrase(kind, sequence)}: expected "
+                          f"{'a list of arrays' if sequence else 'an array'}, got {type(value).__name__}")
+    arrays = [np.require(v, requirements="C") for v in (value if sequence else [value])]  # keeps 0-d arrays 0-d
+    for i, array in enumerate(arrays):
+        if array.dtype.name != spec["dtype"]:
+            what = f"sample input {name!r}" + (f" element {i}" if sequence else "")
+            raise BundleError(f"{what} is {array.dtype.name}, the model takes {spec['dtype']}")
+    return arrays if sequence else arrays[0]
+
+
+def _check_feeds(inputs: list[dict[str, Any]], feeds: Mapping[str, Any]) -> dict[str, Any]:
+    """The sample inputs as contiguous arrays (lists of them for sequences), checked against the graph inputs."""
     names = [spec["name"] for spec in inputs]
     extra = sorted(set(feeds) - set(names))
     if extra:
         raise BundleError(f"sample input {extra[0]!r} is not a model input; inputs: {', '.join(names)}")
     checked = {}
     for spec in inputs:
-        if spec["name"] not in feeds:
+        if spec["name"] not in feeds and spec.get("kind", "tensor") != "optional":
             raise BundleError(f"sample inputs lack model input {spec['name']!r}")
-        array = np.require(feeds[spec["name"]], requirements="C")  # keeps a 0-d input 0-d
-        if array.dtype.name != spec["dtype"]:
-            raise BundleError(f"sample input {spec['name']!r} is {array.dtype.name}, "
-                              f"the model takes {spec['dtype']}")
-        checked[spec["name"]] = array
+        checked[spec["name"]] = _check_value(spec, feeds.get(spec["name"]))
     return checked
 
 
-def _store_samples(root: pathlib.Path, model_file: str, target: TargetProfile,
-                   samples: Sequence[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+def _store_samples(root: pathlib.Path, model_file: str, target: TargetProfile, samples: Sequence[dict[str, Any]],
+                   specs: tuple[list, list]) -> list[dict[str, Any]]:
     """Run the shipped file on each sample and save inputs and outputs: sample.npz, then samples/<n>.npz."""
     # The stored outputs come from the file the device loads, run as the manifest says.
     session = make_session(root / model_file, target)
+    dtypes = {f"{where}/{spec['name']}": spec["dtype"] for where, group in (("input", specs[0]), ("output", specs[1]))
+              for spec in group}
     entries = []
     for index, feeds in enumerate(samples):
         rel = extra_sample_file(index) if index else SAMPLE_FILE
@@ -147,8 +196,8 @@ def _store_samples(root: pathlib.Path, model_file: str, target: TargetProfile,
         except Exception as exc:  # ORT's own error types: the shipped model cannot run at these shapes
             reason = " ".join(str(exc).split()) or type(exc).__name__  # ORT's message, on one line
             raise BundleError(f"{model_file}: fails on the sample with {describe_shapes(feeds)}: {reason}") from exc
-        save_sample(root / rel, feeds, outputs)
-        entries.append({"file": rel, "input_shapes": {k: list(v.shape) for k, v in feeds.items()}})
+        save_sample(root / rel, feeds, outputs, dtypes)
+        entries.append({"file": rel, "input_shapes": {k: value_shape(v) for k, v in feeds.items()}})
     return entries
 
 
@@ -190,6 +239,8 @@ def _fill(root: pathlib.Path, *, model: onnx.ModelProto, target: TargetProfile,
     specs = (_value_specs(model.graph.input), _value_specs(model.graph.output))
     init_names = {i.name for i in model.graph.initializer}
     specs[0][:] = [s for s in specs[0] if s["name"] not in init_names]
+    if target.is_mobile or target.loader_sample:
+        _check_tensors_only(specs, target)
     kept, n_shapes = distinct_shapes([_check_feeds(specs[0], sample) for sample in samples])
     if n_shapes > len(kept):
         log.warning("the samples have %d distinct input shapes; the bundle stores the first %d", n_shapes, len(kept))
@@ -199,7 +250,7 @@ def _fill(root: pathlib.Path, *, model: onnx.ModelProto, target: TargetProfile,
         style = mobile.ort_style_for(model, target)
         model_file = mobile.convert_to_ort(root / ONNX_FILE, root, target, style)[0].name
     manifest = _manifest(target, model_file, specs, pass_records, metrics)
-    manifest["samples"] = _store_samples(root, model_file, target, kept)
+    manifest["samples"] = _store_samples(root, model_file, target, kept, specs)
     manifest["distinct_sample_shapes"] = n_shapes
     if style:
         manifest["session_options"]["ort_optimization_style"] = style

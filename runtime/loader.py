@@ -16,14 +16,14 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
 from edgec.compiler.errors import BundleError
-from edgec.runtime._samples import EXTRA_SAMPLE_NAME, describe_shapes, load_sample
+from edgec.runtime._samples import EXTRA_SAMPLE_NAME, describe_shapes, holds_sequence, load_sample
 from edgec.runtime.bundle import MANIFEST, ONNX_FILE, REQUIRED_KEYS, SAMPLE_FILE, SCHEMA_VERSION, file_sha256
 from edgec.runtime.session import OutputError, compare_outputs, providers_for, run, session_options
+from edgec.runtime.values import KINDS, kind_phrase
 from edgec.targets.profile import OPT_LEVELS
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,24 @@ MAX_MANIFEST_BYTES = 16 << 20
 
 @dataclasses.dataclass
 class LoadedBundle:
-    """A checked bundle with a ready session and its stored sample."""
+    """A checked bundle with a ready session and its stored sample (arrays; lists of them for sequences,
+    None for absent optionals)."""
 
     path: pathlib.Path
     manifest: dict[str, Any]
     session: ort.InferenceSession
-    sample_inputs: dict[str, np.ndarray]
-    sample_outputs: dict[str, np.ndarray]
+    sample_inputs: dict[str, Any]
+    sample_outputs: dict[str, Any]
+
+    def check_tensor_io(self, purpose: str, outputs: bool = True) -> None:
+        """BundleError naming the first input (or output) that is not a tensor, for ``purpose`` (e.g. 'device
+        runs') that feeds and reads tensors only."""
+        for key in ("inputs", "outputs") if outputs else ("inputs",):
+            for spec in self.manifest[key]:
+                if spec.get("kind", "tensor") != "tensor":
+                    what = kind_phrase(spec["kind"], holds_sequence(spec))
+                    raise BundleError(f"{self.path}: {key[:-1]} {spec['name']!r} is {what}: {purpose} take "
+                                      "tensors only (a known limit)")
 
     def model_bytes(self, name: str | None = None) -> bytes:
         """A bundle file's bytes (default: the shipped model), checked again against the manifest's sha256."""
@@ -193,6 +204,11 @@ def _check_manifest_types(manifest: dict[str, Any], where: str) -> None:
         if not isinstance(specs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
                                                    for s in specs):
             raise BundleError(f"{where}: '{key}' must be a list of {{name, shape, dtype}}")
+        for spec in specs:  # no kind: a tensor (bundles written before sequences and optionals)
+            if spec.get("kind", "tensor") not in KINDS or spec.get("element_kind", "tensor") not in KINDS[:2]:
+                raise BundleError(f"{where}: {key[:-1]} {spec['name']!r} has kind {spec.get('kind')!r}, element_kind "
+                                  f"{spec.get('element_kind')!r}; expected kind {'/'.join(KINDS)}, element_kind "
+                                  "tensor/sequence")
     sample_files(manifest, where)
 
 
@@ -287,8 +303,7 @@ def _session(root: pathlib.Path, rel: str, manifest: dict[str, Any], source: pat
         raise BundleError(f"{source}: ONNX Runtime cannot load {rel}: {exc}") from exc
 
 
-def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], rel: str,
-         source: pathlib.Path) -> dict[str, np.ndarray]:
+def _run(session: ort.InferenceSession, feeds: dict[str, Any], rel: str, source: pathlib.Path) -> dict[str, Any]:
     try:
         return run(session, feeds)
     except Exception as exc:
@@ -338,7 +353,7 @@ def _numeric_check(name: str, errors: list[OutputError], atol: float, rtol: floa
 
 
 def _ort_vs_onnx(root: pathlib.Path, manifest: dict[str, Any], source: pathlib.Path,
-                 samples: list[dict[str, np.ndarray]]) -> list[OutputError]:
+                 samples: list[dict[str, Any]]) -> list[OutputError]:
     """model.ort against model.onnx run at ORT_ENABLE_EXTENDED on the CPU EP (bit-exact on one machine).
 
     Not the default ALL level: on x86 it adds NCHWc layout transforms that .ort files leave out.
@@ -351,7 +366,7 @@ def _ort_vs_onnx(root: pathlib.Path, manifest: dict[str, Any], source: pathlib.P
 
 
 def _check_samples(report: VerifyReport, root: pathlib.Path, manifest: dict[str, Any], source: pathlib.Path,
-                   session: ort.InferenceSession) -> list[dict[str, np.ndarray]]:
+                   session: ort.InferenceSession) -> list[dict[str, Any]]:
     """One check per stored sample (named by its file, its detail led by its input shapes); the inputs that ran.
 
     A sample the shipped model cannot run fails its own check, and the other samples still run.

@@ -12,7 +12,11 @@ import onnxruntime as ort
 
 from edgec.targets.profile import TargetProfile
 
-Feeds = dict[str, np.ndarray]
+Feeds = dict[str, Any]  # name -> an array, a list of arrays (a sequence) or None (an absent optional)
+
+# Sessions that ORT's own tools open (the quantizers' calibration runs) log through the default logger:
+# errors only, as edgec's own sessions do (their warnings, CleanUnusedInitializersAndNodeArgs, are noise).
+ort.set_default_logger_severity(3)
 
 _LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -29,7 +33,9 @@ def session_options(level: str = "all", threads: int = 1, profile_prefix: str | 
     opts.graph_optimization_level = _LEVELS[level]
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    # Fatal only: every ORT error also reaches edgec as an exception, which names the file or node on one
+    # line; ORT's own log line of it would be a second, colored copy on stderr.
+    opts.log_severity_level = 4
     # Runtime-style .ort files carry fusions for the nodes left to the CPU EP; replay them, as the
     # generated app loaders do. It has no effect on .onnx models.
     opts.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
@@ -61,8 +67,8 @@ def make_session(model: bytes | str | os.PathLike[str], target: TargetProfile | 
     return ort.InferenceSession(source, session_options(level, threads), providers=host_providers(target))
 
 
-def run(session: ort.InferenceSession, feeds: Feeds) -> dict[str, np.ndarray]:
-    """Run once; outputs keyed by name."""
+def run(session: ort.InferenceSession, feeds: Feeds) -> dict[str, Any]:
+    """Run once; outputs keyed by name (a sequence output is a list of arrays, an absent optional None)."""
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
 
@@ -97,10 +103,14 @@ def compare_outputs(reference: Sequence[dict[str, Any]], candidate: Sequence[dic
     """Per-output error over a list of runs (outputs matched by name; order kept from reference).
 
     Sequence outputs are compared element by element in order; string outputs must be equal; an output
-    whose shape changed is infinitely wrong, whatever its values.
+    whose shape changed, or an optional output present in one and absent (None) in the other, is
+    infinitely wrong, whatever its values.
     """
     errors = []
     for name in reference[0]:
+        if [r[name] is None for r in reference] != [c[name] is None for c in candidate]:
+            errors.append(OutputError(name, float("inf"), float("inf"), 0.0))
+            continue
         ref_parts = [t for r in reference for t in _flattened(r[name])]
         got_parts = [t for c in candidate for t in _flattened(c[name])]
         if any(t.dtype.kind not in "biufc" for t in [*ref_parts, *got_parts]):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import stat
 from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
 
 from edgec.compiler.errors import ModelLoadError
@@ -77,19 +80,45 @@ def _check_external(path: Path, base_dir: Path, tensor: onnx.TensorProto) -> int
     where = f"{path}: tensor {tensor.name!r} external data {loc!r}"
     if not loc:
         raise ModelLoadError(f"{where}: no location given")
+    if "\x00" in loc:
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r} external data location holds a NUL byte")
     if Path(loc).is_absolute() or PureWindowsPath(loc).is_absolute() or PureWindowsPath(loc).drive:
         raise ModelLoadError(f"{where} is an absolute path; external data must sit inside {base_dir}")
     target = (base_dir / loc).resolve()  # resolve() follows symlinks, so a link out is caught too
     if not target.is_relative_to(base_dir.resolve()):
         raise ModelLoadError(f"{where} points outside the model's folder {base_dir}")
-    if not target.is_file():
+    if not target.exists():
         raise ModelLoadError(f"{where}: external data file missing")
-    size = target.stat().st_size
+    status = target.stat()
+    if not stat.S_ISREG(status.st_mode):
+        raise ModelLoadError(f"{where} is not a regular file")
+    # A hard link looks like any file of the folder but may be the same file as one outside it (a key,
+    # another user's data): the folder's boundary means nothing for it, so it is refused.
+    if status.st_nlink > 1:
+        raise ModelLoadError(f"{where} is a hard link ({status.st_nlink} names for one file); external data "
+                             "must be a plain file of the model's folder: copy it there")
+    size = status.st_size
     offset = info.offset or 0
     length = info.length if info.length is not None else max(size - offset, 0)
     if offset + length > size:
         raise ModelLoadError(f"{where}: needs bytes {offset}..{offset + length} but the file has {size}")
     return length
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def nonfinite_weights(proto: onnx.ModelProto) -> list[str]:
+    """One line per float tensor of the model that holds NaN or infinity, naming it and the counts."""
+    found = []
+    for tensor in iter_tensors(proto):
+        if tensor.data_type not in _FLOAT_TYPES or uses_external_data(tensor):
+            continue
+        values = onnx.numpy_helper.to_array(tensor).astype(np.float32, copy=False)
+        nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        if nan or inf:
+            found.append(f"weight {tensor.name!r} holds {nan} NaN and {inf} infinite values")
+    return found
 
 
 def iter_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

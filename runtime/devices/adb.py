@@ -144,6 +144,7 @@ class AdbTransport:
 
 def _stage(bundle: LoadedBundle, runner: pathlib.Path, staging: pathlib.Path) -> str:
     """model/<model file> + model/test_data_set_0/input_N.pb (the layout perf_test reads) + the runner."""
+    bundle.check_tensor_io("onnxruntime_perf_test runs", outputs=False)
     model_file = pathlib.PurePosixPath(bundle.manifest["model_file"]).name
     data_dir = staging / "model" / "test_data_set_0"
     data_dir.mkdir(parents=True)

@@ -62,6 +62,7 @@ def _bundle_task(bundle: LoadedBundle, *, runs: int, warmup: int, threads: int, 
 def _run_bundle(bundle: LoadedBundle, transport: Transport, task: dict[str, Any],
                 timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the task's result, the device's environment); a task that failed on the device raises."""
+    bundle.check_tensor_io("device runs", outputs=bool(task.get("return_outputs")))
     inputs = {f"model/{name}": array for name, array in bundle.sample_inputs.items()}
     with staging_dir() as staging:
         write_job(staging, [task], inputs, {task["model"]: bundle.model_bytes()}, timeout_s)

@@ -10,8 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgec.compiler.calibration import RANDOM_WARNING, ImagePreprocess, load_calibration
+from edgec.compiler.calibration import RANDOM_WARNING, ImagePreprocess, load_calibration, model_inputs
 from edgec.compiler.errors import CalibrationError, ConfigError
+from edgec.runtime.values import encode
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog"]
 
@@ -375,10 +376,122 @@ def test_string_inputs_calibrate_from_unicode_arrays(tmp_path: Path) -> None:
     assert feed["s"].dtype == object and feed["s"].tolist() == ["a", "bc"]
 
 
-def test_sequence_input_is_a_clear_refusal(tmp_path: Path) -> None:
-    seq = helper.make_tensor_sequence_value_info("xs", TensorProto.FLOAT, None)
-    graph = helper.make_graph([helper.make_node("SequenceLength", ["xs"], ["n"])], "seq", [seq],
-                              [helper.make_tensor_value_info("n", TensorProto.INT64, [])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(CalibrationError, match="input 'xs' is a sequence: .* hold tensors only"):
-        load_calibration("random", model)
+# --- sequences and optionals -------------------------------------------------------------------------
+
+def _seq_model() -> onnx.ModelProto:
+    """n = len(xs), ys = xs, t = t_opt, s = s_opt: a sequence input and two optional ones, passed through."""
+    seq = helper.make_tensor_sequence_value_info
+    opt_tensor = helper.make_optional_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [3]))
+    opt_seq = helper.make_optional_type_proto(helper.make_sequence_type_proto(
+        helper.make_tensor_type_proto(TensorProto.INT64, None)))
+    nodes = [helper.make_node("SequenceLength", ["xs"], ["n"]), helper.make_node("Identity", ["xs"], ["ys"]),
+             helper.make_node("Identity", ["t_opt"], ["t"]), helper.make_node("Identity", ["s_opt"], ["s"])]
+    graph = helper.make_graph(nodes, "seq", [seq("xs", TensorProto.FLOAT, ["rows", 3]),
+                                             helper.make_value_info("t_opt", opt_tensor),
+                                             helper.make_value_info("s_opt", opt_seq)],
+                              [helper.make_tensor_value_info("n", TensorProto.INT64, []),
+                               seq("ys", TensorProto.FLOAT, ["rows", 3]), helper.make_value_info("t", opt_tensor),
+                               helper.make_value_info("s", opt_seq)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _ort(model: onnx.ModelProto, feeds: dict) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+
+
+def test_model_inputs_describe_sequences_and_optionals() -> None:
+    xs, t_opt, s_opt = model_inputs(_seq_model())
+    assert (xs.kind, xs.sequence, xs.dtype, xs.dims, xs.npz_keys()) == ("sequence", True, np.float32, (None, 3),
+                                                                         "xs/<i>")
+    assert (t_opt.kind, t_opt.sequence, t_opt.dims, t_opt.npz_keys()) == ("optional", False, (3,), "t_opt (optional)")
+    # elements of no declared shape: any rank
+    assert (s_opt.kind, s_opt.sequence, s_opt.dtype, s_opt.dims) == ("optional", True, np.int64, None)
+
+
+def test_npz_sequence_and_present_optionals(tmp_path: Path) -> None:
+    xs = [np.arange(6, dtype=np.float32).reshape(2, 3), np.full((1, 3), 7, np.float32)]  # element shapes differ
+    path = _npz(tmp_path, **{"xs/1": xs[1], "xs/0": xs[0], "t_opt": np.ones(3, np.float32),
+                             "s_opt/0": np.array([4, 5], np.int64), "s_opt/1": np.array(6, np.int64)})
+    (feed,) = load_calibration(path, _seq_model()).feeds
+    assert [a.shape for a in feed["xs"]] == [(2, 3), (1, 3)] and [a.shape for a in feed["s_opt"]] == [(2,), ()]
+    out = _ort(_seq_model(), feed)
+    assert int(out["n"]) == 2
+    for got, want in zip(out["ys"], xs, strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(out["t"], np.ones(3, np.float32))
+    assert [a.tolist() for a in out["s"]] == [[4, 5], 6]
+
+
+def test_npz_empty_sequence_and_absent_optionals(tmp_path: Path) -> None:
+    path = _npz(tmp_path, **{"xs/__empty__": np.zeros(0, np.float32)})  # no t_opt, no s_opt: both absent
+    (feed,) = load_calibration(path, _seq_model()).feeds
+    assert feed == {"xs": [], "t_opt": None, "s_opt": None}
+    out = _ort(_seq_model(), feed)
+    assert int(out["n"]) == 0 and out["ys"] == [] and out["t"] is None and out["s"] is None
+
+
+@pytest.mark.parametrize("value", [[], [np.zeros((0, 3), np.float32)], [np.ones((2, 3), np.float32)] * 3])
+def test_npz_encoding_round_trips(tmp_path: Path, value: list[np.ndarray]) -> None:
+    arrays = {**encode("xs", value, np.float32), **encode("t_opt", None), **encode("s_opt", [np.arange(3)])}
+    (feed,) = load_calibration(_npz(tmp_path, **arrays), _seq_model()).feeds
+    assert len(feed["xs"]) == len(value) and feed["t_opt"] is None
+    for got, want in zip(feed["xs"], value, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+    np.testing.assert_array_equal(feed["s_opt"][0], np.arange(3))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"xs/0": np.ones((1, 3), np.float32), "xs/1": np.ones((1, 3), np.int32)},
+     r"calib.npz: input 'xs' element 1 has dtype int32, expected float32$"),
+    ({"xs/0": np.ones((1, 4), np.float32)}, r"input 'xs' element 0 has shape \(1, 4\), expected \(\?, 3\)$"),
+    ({"xs/0": np.ones((1, 3), np.float32), "xs/2": np.ones((1, 3), np.float32)},
+     "sequence 'xs' has elements up to xs/2 but no xs/1"),
+    ({"xs/0": np.ones((1, 3), np.float32), "xs/__empty__": np.zeros(0, np.float32)},
+     "sequence 'xs' has both xs/__empty__ and elements"),
+    ({"xs": np.ones((2, 3), np.float32)}, r"input 'xs' is a sequence: store its elements as arrays xs/0, xs/1"),
+    ({"t_opt": np.ones(3, np.float32)}, r"no array for input 'xs'; expected arrays: xs/<i>, t_opt \(optional\), "
+                                        r"s_opt/<i> \(optional\)$"),
+    ({"xs/0": np.ones((1, 3), np.float32), "xs/x": np.ones(3, np.float32)}, "array 'xs/x' is not a model input"),
+    ({"xs/0": np.ones((1, 3), np.float32), "t_opt": np.ones((2, 3), np.float32)},
+     r"inputs hold different numbers of samples \(xs: 1, t_opt: 2\)"),
+])
+def test_npz_sequence_errors_name_the_input(tmp_path: Path, arrays: dict, message: str) -> None:
+    with pytest.raises(CalibrationError, match=message):
+        load_calibration(_npz(tmp_path, **arrays), _seq_model())
+
+
+def test_fed_values_must_fit_their_kind() -> None:
+    good = {"xs": [np.ones((1, 3), np.float32)], "t_opt": None, "s_opt": None}
+    assert load_calibration(None, _seq_model(), zoo_feeds=[good]).feeds == [good]
+    with pytest.raises(CalibrationError, match="zoo: input 'xs' is a sequence: expected a list of arrays, got ndarray"):
+        load_calibration(None, _seq_model(), zoo_feeds=[{**good, "xs": np.ones((1, 3), np.float32)}])
+    with pytest.raises(CalibrationError, match="zoo: input 't_opt' is an optional tensor, not a sequence"):
+        load_calibration(None, _seq_model(), zoo_feeds=[{**good, "t_opt": [np.ones(3, np.float32)]}])
+    with pytest.raises(CalibrationError, match="zoo: input 'x' is None; only an optional input may be absent"):
+        load_calibration(None, _masked_model(), zoo_feeds=[{"x": None, "mask": np.ones((1, 4), np.int64)}])
+
+
+def test_random_data_for_a_sequence_is_refused_naming_it() -> None:
+    # No length of a random sequence is a sensible guess; an optional tensor gets a random tensor.
+    with pytest.raises(CalibrationError, match=r"--calib random: input 'xs' is a sequence, and random data has no "
+                                               r"sensible length; pass samples with --calib \(an .npz with arrays "
+                                               r"xs/0, xs/1, ...\)"):
+        load_calibration("random", _seq_model())
+    graph = helper.make_graph([helper.make_node("Identity", ["t_opt"], ["t"])], "opt",
+                              [helper.make_value_info("t_opt", helper.make_optional_type_proto(
+                                  helper.make_tensor_type_proto(TensorProto.FLOAT, [3])))],
+                              [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])])
+    (feed,) = load_calibration("random", helper.make_model(graph), n=1).feeds
+    assert feed["t_opt"].shape == (3,) and feed["t_opt"].dtype == np.float32
+
+
+def test_map_input_is_a_clear_refusal() -> None:
+    map_type = helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    graph = helper.make_graph([helper.make_node("Identity", ["m"], ["o"])], "map",
+                              [helper.make_value_info("m", map_type)], [helper.make_value_info("o", map_type)])
+    with pytest.raises(CalibrationError, match=r"input 'm' is a map: .* hold tensors, sequences of tensors and "
+                                               r"optionals of those only \(a known limit\)"):
+        load_calibration("random", helper.make_model(graph))

@@ -2,10 +2,10 @@
 
 Every 10th case of the installed onnx wheel's backend tests (in kind and name order) and the 9 real
 CNNs, each built with ``--passes cleanup`` and ``--passes fuse`` on cpu-x86, the test's own inputs as
-calibration. A case whose own ORT run does not match its expected outputs is skipped (ORT's
-limits, not edgec's). The bundle's outputs must match the expected ones within the test's
-tolerances; the only refusals allowed are the known limits listed here, and they are asserted as
-refusals, so fixing one shows up. ``make conformance`` runs every case.
+calibration (sequences and optionals in edgec's .npz encoding). A case whose own ORT run does not
+match its expected outputs is skipped (ORT's limits, not edgec's). The bundle's outputs must match
+the expected ones within the test's tolerances; no refusal is allowed. ``make conformance`` runs
+every case.
 """
 
 from __future__ import annotations
@@ -18,12 +18,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import conformance  # noqa: E402  (bench/ is not a package)
-
-# Known limits: calibration data and the bundle's stored sample hold tensors only.
-KNOWN_REFUSALS = {
-    "test_sequence_map_add_1_sequence_1_tensor": "is a sequence",
-    "test_sequence_map_identity_2_sequences": "is a sequence",
-}
 
 
 @functools.cache
@@ -43,7 +37,4 @@ def test_build_matches_the_backend_test(name, passes, tmp_path):
     if why_not:
         pytest.skip(f"ORT itself does not pass this test: {why_not}")
     outcome = conformance.run_edgec(case, [passes], tmp_path)
-    if name in KNOWN_REFUSALS:
-        assert outcome.status == "refused" and KNOWN_REFUSALS[name] in outcome.detail, outcome
-        return
     assert outcome.status == "ok", f"{outcome.status}: {outcome.detail}"

@@ -231,3 +231,162 @@ def test_extra_sample_that_does_not_fit_the_model_is_refused(tmp_path, tiny_mode
         write_bundle(tmp_path / "b", model=tiny_model, target=get_target("cpu-x86"), sample_inputs=tiny_feeds,
                      extra_samples=[four_channels])
     assert list(tmp_path.iterdir()) == []
+
+
+# --- sequences and optionals ----------------------------------------------------------------------------
+
+BIAS = np.array([0.5, -1.0, 2.0], np.float32)
+
+
+def _sequence_model() -> onnx.ModelProto:
+    """y = xs[0] * 1 + bias (cleanup folds the * 1), ys = xs with y appended: a sequence in, a sequence out."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("SequenceAt", ["xs", "zero"], ["first"]),
+             helper.make_node("Mul", ["first", "one"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "bias"], ["y"]),
+             helper.make_node("SequenceInsert", ["xs", "y"], ["ys"])]
+    inits = [helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+             helper.make_tensor("bias", TensorProto.FLOAT, [3], BIAS.tolist())]
+    graph = helper.make_graph(nodes, "seq",
+                              [helper.make_tensor_sequence_value_info("xs", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3]),
+                               helper.make_tensor_sequence_value_info("ys", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _build_cli(tmp_path, target: str):
+    from click.testing import CliRunner
+
+    from edgec.compiler.cli import cli
+
+    onnx.save(_sequence_model(), tmp_path / "model.onnx")
+    xs = [np.arange(6, dtype=np.float32).reshape(2, 3), np.full((1, 3), -4.0, np.float32)]
+    np.savez(tmp_path / "x.npz", **{"xs/0": xs[0], "xs/1": xs[1]})
+    out = tmp_path / f"bundle-{target}"
+    result = CliRunner().invoke(cli, ["build", str(tmp_path / "model.onnx"), "--target", target, "--passes",
+                                      "cleanup,fuse", "--calib", str(tmp_path / "x.npz"), "-o", str(out), "--quiet"],
+                                catch_exceptions=False)
+    return result, out, xs
+
+
+def test_sequence_io_built_and_verified_through_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from edgec.compiler.cli import cli
+
+    result, out, xs = _build_cli(tmp_path, "cpu-x86")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"] == [{"name": "xs", "shape": ["n", 3], "dtype": "float32", "kind": "sequence"}]
+    assert manifest["outputs"] == [{"name": "y", "shape": ["n", 3], "dtype": "float32"},
+                                   {"name": "ys", "shape": ["n", 3], "dtype": "float32", "kind": "sequence"}]
+    assert manifest["samples"] == [{"file": "sample.npz", "input_shapes": {"xs": [[2, 3], [1, 3]]}}]
+    with np.load(out / "sample.npz", allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["input/xs/0", "input/xs/1", "output/y", "output/ys/0", "output/ys/1",
+                                     "output/ys/2"]
+    loaded = load_bundle(out)
+    assert [a.shape for a in loaded.sample_inputs["xs"]] == [(2, 3), (1, 3)]
+    np.testing.assert_array_equal(loaded.sample_inputs["xs"][1], xs[1])
+    # The stored outputs are the model's: y = xs[0] + bias, ys = xs + [y].
+    np.testing.assert_allclose(loaded.sample_outputs["y"], xs[0] + BIAS, rtol=0, atol=1e-6)
+    assert [a.shape for a in loaded.sample_outputs["ys"]] == [(2, 3), (1, 3), (2, 3)]
+    np.testing.assert_allclose(loaded.sample_outputs["ys"][2], xs[0] + BIAS, rtol=0, atol=1e-6)
+    got = run(loaded.session, loaded.sample_inputs)
+    np.testing.assert_allclose(got["y"], loaded.sample_outputs["y"], rtol=0, atol=1e-6)
+    for have, want in zip(got["ys"], loaded.sample_outputs["ys"], strict=True):
+        np.testing.assert_allclose(have, want, rtol=0, atol=1e-6)
+    assert [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node] == ["SequenceAt", "Add",
+                                                                                   "SequenceInsert"]
+    verified = CliRunner().invoke(cli, ["verify", str(out)])
+    assert verified.exit_code == 0, verified.stdout
+    assert "sample sample.npz: xs [2x3, 1x3]: 2 output(s), max abs 0" in verified.stdout
+    with pytest.raises(BundleError, match=r"input 'xs' is a sequence: device runs take tensors only"):
+        loaded.check_tensor_io("device runs")
+
+
+def test_mobile_target_refuses_sequence_io_naming_the_input(tmp_path):
+    result, out, _ = _build_cli(tmp_path, "android-arm64")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: input 'xs' is a sequence: android-arm64 bundles are fed by app loaders that take tensors only; "
+        "build for a host target such as cpu-x86"]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _optional_model() -> onnx.ModelProto:
+    """t = Identity(t_opt), s = Identity(s_opt): optional inputs passed to optional outputs."""
+    from onnx import TensorProto, helper
+
+    opt_tensor = helper.make_optional_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, [3]))
+    opt_seq = helper.make_optional_type_proto(helper.make_sequence_type_proto(
+        helper.make_tensor_type_proto(TensorProto.INT64, [None])))
+    graph = helper.make_graph([helper.make_node("Identity", ["t_opt"], ["t"]),
+                               helper.make_node("Identity", ["s_opt"], ["s"])], "opt",
+                              [helper.make_value_info("t_opt", opt_tensor), helper.make_value_info("s_opt", opt_seq)],
+                              [helper.make_value_info("t", opt_tensor), helper.make_value_info("s", opt_seq)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("fmt", ["dir", "zip"])
+def test_absent_optionals_and_empty_sequences_round_trip(tmp_path, fmt):
+    samples = [{"t_opt": None, "s_opt": []}, {"t_opt": np.ones(3, np.float32), "s_opt": None},
+               {"t_opt": None, "s_opt": [np.arange(2), np.arange(5)]}]
+    out = write_bundle(tmp_path / f"b.{fmt}", model=_optional_model(), target=get_target("cpu-x86"),
+                       sample_inputs=samples[0], extra_samples=samples[1:], fmt=fmt)
+    loaded = load_bundle(out)
+    specs = loaded.manifest["inputs"] + loaded.manifest["outputs"]
+    assert [(s["kind"], s["element_kind"], s["dtype"]) for s in specs] == [
+        ("optional", "tensor", "float32"), ("optional", "sequence", "int64")] * 2
+    assert [s["input_shapes"] for s in loaded.manifest["samples"]] == [
+        {"t_opt": None, "s_opt": []}, {"t_opt": [3], "s_opt": None}, {"t_opt": None, "s_opt": [[2], [5]]}]
+    assert loaded.sample_inputs == {"t_opt": None, "s_opt": []}
+    assert loaded.sample_outputs == {"t": None, "s": []}
+    with zipfile.ZipFile(out) if out.is_file() else contextlib.nullcontext() as zf:
+        data = zf.read("sample.npz") if zf else (out / "sample.npz").read_bytes()
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:  # absent: no key; empty: the marker
+        assert sorted(npz.files) == ["input/s_opt/__empty__", "output/s/__empty__"]
+        assert npz["input/s_opt/__empty__"].dtype == np.int64 and npz["input/s_opt/__empty__"].size == 0
+    report = verify_bundle(out)
+    assert report.ok, report.problems
+    assert [c.detail.split(":")[0] for c in report.checks if c.name.startswith("sample")] == [
+        "t_opt absent, s_opt []", "t_opt 3, s_opt absent", "t_opt absent, s_opt [2, 5]"]
+
+
+def test_an_absent_optional_output_differs_from_a_present_one():
+    from edgec.runtime.session import compare_outputs
+
+    (same,) = compare_outputs([{"t": None}], [{"t": None}])
+    (absent,) = compare_outputs([{"t": None}], [{"t": []}])
+    (present,) = compare_outputs([{"t": np.zeros(0, np.float32)}], [{"t": None}])
+    assert same.max_abs == 0 and absent.max_abs == present.max_abs == float("inf")
+
+
+def test_sample_values_must_fit_their_kind(tmp_path):
+    model, target = _optional_model(), get_target("cpu-x86")
+    with pytest.raises(BundleError, match=r"sample input 's_opt' is an optional sequence: expected a list of arrays"):
+        write_bundle(tmp_path / "b", model=model, target=target, sample_inputs={"s_opt": np.arange(3)})
+    with pytest.raises(BundleError, match=r"sample input 's_opt' element 1 is int32, the model takes int64"):
+        write_bundle(tmp_path / "b", model=model, target=target,
+                     sample_inputs={"s_opt": [np.arange(3), np.arange(2, dtype=np.int32)]})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_kind_is_checked_and_string_samples_need_no_pickle(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "strings",
+                              [helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
+                              [helper.make_tensor_value_info("t", TensorProto.STRING, [2])])
+    out = write_bundle(tmp_path / "b", model=helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                       target=get_target("cpu-x86"), sample_inputs={"s": np.array(["a", "bc"], dtype=object)})
+    loaded = load_bundle(out)  # stored as unicode, read back as ONNX strings (object arrays)
+    assert loaded.sample_inputs["s"].dtype == object and loaded.sample_outputs["t"].tolist() == ["a", "bc"]
+    assert verify_bundle(out).ok
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["inputs"][0]["kind"] = "map"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"manifest.json: input 's' has kind 'map', element_kind None; expected kind "
+                                          "tensor/sequence/optional"):
+        load_bundle(out)
