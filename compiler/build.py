@@ -194,7 +194,7 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     calib = load_calibration(cfg.calib, loaded.proto, zoo_feeds=zoo.calibration(cfg.calib_samples) if zoo else None,
                              image_config=image,
                              tokenizer_dir=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else loaded.tokenizer_dir,
-                             n=cfg.calib_samples, seed=cfg.seed)
+                             n=cfg.calib_samples, seed=cfg.seed, allow_nonfinite=cfg.calib_allow_nonfinite)
     loaded = confirm_opset_upgrade(loaded, calib.feeds[:VERIFY_SAMPLES])
     check_target_ops(loaded.proto, target)
     # ORT loads the model and runs the data; declarations its outputs contradict are not passed on. The

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import zipfile
-import zlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import onnx
 from edgec.compiler._inputs import InputSpec, check_sample, fits, model_inputs
 from edgec.compiler.context import Feeds
 from edgec.compiler.errors import CalibrationError, ConfigError
+from edgec.runtime.safe_npz import NpzError, npz_limit, read_npz
 from edgec.runtime.values import decode, group_keys, kind_phrase, value_shape
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,11 @@ class CalibrationSet:
 
 def load_calibration(spec: str | None, model: onnx.ModelProto, *, zoo_feeds: list[Feeds] | None = None,
                      image_config: ImagePreprocess | None = None, tokenizer_dir: Path | None = None,
-                     n: int = 16, seed: int = 0) -> CalibrationSet:
-    """Feeds for ``model`` from ``spec`` (None, 'random', .npz, image folder, .txt); at most ``n`` samples."""
+                     n: int = 16, seed: int = 0, allow_nonfinite: bool = False) -> CalibrationSet:
+    """Feeds for ``model`` from ``spec`` (None, 'random', .npz, image folder, .txt); at most ``n`` samples.
+
+    Samples holding NaN or infinity are refused unless ``allow_nonfinite``.
+    """
     inputs = model_inputs(model)
     if not inputs:  # a model of constants: one empty feed runs it
         return CalibrationSet([{}], "no inputs", [])
@@ -81,9 +84,25 @@ def load_calibration(spec: str | None, model: onnx.ModelProto, *, zoo_feeds: lis
         result = _random(inputs, n, seed)
     else:
         result = _from_path(spec, inputs, image_config, tokenizer_dir, n)
-    for sample in result.feeds:
+    for index, sample in enumerate(result.feeds):
         check_sample(sample, inputs, result.source)
+        if not allow_nonfinite:
+            _check_finite(sample, index, result.source)
     return result
+
+
+def _check_finite(sample: Feeds, index: int, source: str) -> None:
+    """NaN or infinity in calibration data skews every range and reference built from it: refused."""
+    for name, value in sample.items():
+        for array in value if isinstance(value, list | tuple) else [value]:
+            if array is None or not hasattr(array, "dtype") or array.dtype.kind not in "fc":
+                continue
+            finite = np.isfinite(array)
+            if not finite.all():
+                nan = int(np.isnan(array).sum())
+                raise CalibrationError(f"{source}: sample {index} input {name!r} holds {nan} NaN and "
+                                       f"{int(finite.size - finite.sum()) - nan} infinite values; if the model "
+                                       "expects them, set allow-nonfinite = true in [calibration]")
 
 
 def _from_path(spec: str, inputs: list[InputSpec], image_config: ImagePreprocess | None,
@@ -95,6 +114,8 @@ def _from_path(spec: str, inputs: list[InputSpec], image_config: ImagePreprocess
         return _images(path, inputs, image_config, n)
     if not path.exists():
         raise CalibrationError(f"--calib {spec}: no such file or folder")
+    if not path.is_file():  # a FIFO or a device would block the read, or never end
+        raise CalibrationError(f"--calib {spec}: not a regular file or a folder")
     if path.suffix.lower() == ".npz":
         return _npz(path, inputs, n)
     if path.suffix.lower() == ".txt":
@@ -154,7 +175,7 @@ def _npz(path: Path, inputs: list[InputSpec], n: int) -> CalibrationSet:
     A sequence input's elements are arrays ``name/0``, ``name/1``, ... (``name/__empty__``, a 0-size array, for
     an empty one): one sample per file. An optional input with no arrays is absent (None) in every sample.
     """
-    arrays = _read_npz(path)
+    arrays = _read_npz(path, inputs, n)
     try:
         groups, stray = group_keys(arrays, {s.name: s.sequence for s in inputs})
     except ValueError as err:
@@ -177,7 +198,8 @@ def _npz(path: Path, inputs: list[InputSpec], n: int) -> CalibrationSet:
         raise CalibrationError(f"{path}: inputs hold different numbers of samples ({listed})")
     total = next(iter(counts.values()), 1)  # only absent optionals: one sample of them
     if total == 0:
-        raise CalibrationError(f"{path}: holds no samples")
+        empty = ", ".join(f"{name!r} (shape {arrays[name].shape})" for name in counts if name in arrays)
+        raise CalibrationError(f"{path}: input {empty} is empty: it holds no samples")
     feeds = [{s.name: per_input[s.name][i] if s.name in per_input else None for s in inputs}
              for i in range(min(total, n))]
     return CalibrationSet(feeds, str(path), _cap_warning(path, total, n))
@@ -204,15 +226,16 @@ def _npz_folder(folder: Path, inputs: list[InputSpec], n: int) -> CalibrationSet
     return CalibrationSet(feeds, str(folder), warnings)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, inputs: list[InputSpec], n: int) -> dict[str, np.ndarray]:
+    """The arrays, each member's size checked first against a limit from the inputs' sizes (bombs, huge headers)."""
+    if not path.is_file():
+        raise CalibrationError(f"{path}: not a regular file")
+    sample_bytes = {s.name: math.prod(s.dims) * s.dtype.itemsize for s in inputs
+                    if s.dims is not None and all(d is not None for d in s.dims) and s.dtype.kind != "O"}
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise CalibrationError(f"{path}: not an .npz archive (a single .npy array?)")
-        with data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise CalibrationError(f"{path}: cannot read .npz ({_first_line(err)})") from err
+        return read_npz(path, npz_limit(sample_bytes, n))
+    except NpzError as err:
+        raise CalibrationError(f"{path}: cannot read .npz: {err}") from err
 
 
 def _split_samples(path: Path, arr: np.ndarray, spec: InputSpec) -> list[np.ndarray]:
@@ -241,6 +264,8 @@ def _images(folder: Path, inputs: list[InputSpec], cfg: ImagePreprocess | None, 
     if cfg is None:
         cfg = ImagePreprocess()
         warnings.append(f"{folder}: no [calibration.image] settings; pixels scaled to [0, 1], not normalized")
+    from PIL import Image
+
     size, channels = _image_geometry(folder, spec, cfg)
     batch = spec.dims[0] or 1
     pictures: list[np.ndarray] = []
@@ -253,13 +278,15 @@ def _images(folder: Path, inputs: list[InputSpec], cfg: ImagePreprocess | None, 
             continue
         try:
             pictures.append(_read_image(file, size, channels, cfg))
-        except (OSError, ValueError) as err:  # PIL raises UnidentifiedImageError (an OSError) for junk
+        # PIL raises UnidentifiedImageError (an OSError) for junk, DecompressionBombError past ~179M pixels
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
             skipped.append(f"{file.name} ({_first_line(err)})")
     if skipped:
         warnings.append(f"{folder}: skipped {len(skipped)} non-image files: {', '.join(skipped[:5])}"
                         + (" ..." if len(skipped) > 5 else ""))
     if len(pictures) < batch:
-        raise CalibrationError(f"{folder}: no readable .png or .jpg images (need {batch} per sample)")
+        why = f"; skipped {', '.join(skipped[:3])}" if skipped else ""
+        raise CalibrationError(f"{folder}: no readable .png or .jpg images (need {batch} per sample){why}")
     if len(pictures) % batch:
         warnings.append(f"{folder}: left out {len(pictures) % batch} images that do not fill a batch of {batch}")
     feeds = [{spec.name: np.stack(group).astype(spec.dtype)} for group in _batches(pictures, batch)]

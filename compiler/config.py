@@ -37,7 +37,7 @@ from edgec.compiler.errors import ConfigError
 DEFAULT_PASSES = ("cleanup", "fuse")
 _TOP_KEYS = {"model", "target", "task", "passes", "pass-options", "calibration", "input-shapes", "format", "seed",
              "max-drop", "search"}
-_CALIB_KEYS = {"source", "samples", "image", "tokenizer"}
+_CALIB_KEYS = {"source", "samples", "image", "tokenizer", "allow-nonfinite"}
 _IMAGE_KEYS = {"size", "mean", "std", "layout", "channels"}
 _SEARCH_KEYS = {"latency-ms": "latency_ms", "latency-ratio": "latency_ratio", "budget": "budget",
                 "strategy": "strategy", "scheduler": "scheduler", "metric": "metric", "device-file": "device_file"}
@@ -55,6 +55,7 @@ class BuildConfig:
     pass_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     calib: str | None = None
     calib_samples: int = 16
+    calib_allow_nonfinite: bool = False  # NaN/Inf in calibration data is refused unless the model expects it
     image_preprocess: dict[str, Any] | None = None
     tokenizer_dir: str | None = None
     input_shapes: tuple[str, ...] = ()
@@ -109,6 +110,8 @@ def config_file_fields(path: Path) -> dict[str, Any]:
     calib = data.get("calibration", {})
     _check_keys(calib, _CALIB_KEYS, f"{path} [calibration]")
     _check_keys(calib.get("image", {}), _IMAGE_KEYS, f"{path} [calibration.image]")
+    if not isinstance(calib.get("allow-nonfinite", False), bool):
+        raise ConfigError(f"{path} [calibration]: allow-nonfinite must be true or false")
     search = data.get("search", {})
     _check_keys(search, set(_SEARCH_KEYS), f"{path} [search]")
     passes = data.get("passes")
@@ -124,6 +127,7 @@ def config_file_fields(path: Path) -> dict[str, Any]:
         "pass_options": data.get("pass-options"),
         "calib": calib.get("source"),
         "calib_samples": calib.get("samples"),
+        "calib_allow_nonfinite": calib.get("allow-nonfinite"),
         "image_preprocess": calib.get("image"),
         "tokenizer_dir": calib.get("tokenizer"),
         "input_shapes": tuple(data["input-shapes"]) if "input-shapes" in data else None,

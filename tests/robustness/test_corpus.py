@@ -361,11 +361,12 @@ def _image_folder(files: dict[str, bytes]):
 
 CALIB_CASES = [
     _calib_case("calib-npz-bomb", lambda p: inputs.write_bomb(p, "x.npy", header=inputs.npy_header((1 << 28,))),
-                "x.npy"),
-    _calib_case("calib-huge-npy-header", _zip_members({"x.npy": inputs.npy_header((1 << 40, 3, 8, 8))}), "x.npy"),
+                "member 'x'"),
+    _calib_case("calib-huge-npy-header", _zip_members({"x.npy": inputs.npy_header((1 << 40, 3, 8, 8))}),
+                "member 'x'"),
     _calib_case("calib-huge-npy-file", lambda p: p.write_bytes(inputs.npy_header((1 << 40,))), "calib.npy",
                 "calib.npy"),
-    _calib_case("calib-pickled-member", _pickled_npy, "x"),
+    _calib_case("calib-pickled-member", _pickled_npy, "member 'x'"),
     _calib_case("calib-nan", _with_sample(np.nan), "sample 2"),
     _calib_case("calib-inf", _with_sample(np.inf), "sample 2"),
     _calib_case("calib-empty-batch", lambda p: inputs.write_calib(p, x=np.zeros((0, *inputs.INPUT_SHAPE), np.float32)),
@@ -566,6 +567,24 @@ def _symlink_member(workdir: pathlib.Path, bundles: dict[str, pathlib.Path]) -> 
     return ["verify", "bundle.zip"]
 
 
+def _raw_bundle(data):
+    def make(workdir: pathlib.Path, bundles: dict[str, pathlib.Path]) -> list[str]:
+        (workdir / "bundle.zip").write_bytes(data(bundles))
+        return ["verify", "bundle.zip"]
+
+    return make
+
+
+def _non_utf8_member(workdir: pathlib.Path, bundles: dict[str, pathlib.Path]) -> list[str]:
+    """A member whose name is the byte 0xE9 in a zip that does not say its names are UTF-8."""
+    with zipfile.ZipFile(bundles["zip"]) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    inputs.zip_with(workdir / "bundle.zip", {**members, "cafX.txt": b"x"})
+    data = (workdir / "bundle.zip").read_bytes().replace(b"cafX.txt", b"caf\xe9.txt")
+    (workdir / "bundle.zip").write_bytes(data)
+    return ["verify", "bundle.zip"]
+
+
 def _drifted_sample(bundle: pathlib.Path, _: pathlib.Path) -> None:
     import hashlib
     import io
@@ -603,11 +622,9 @@ BUNDLE_CASES = [
     ("bundle-unknown-schema", _zip_rewrite(_manifest_edit(lambda m: m.update(schema_version=99))), "schema"),
     ("bundle-no-model-file", _zip_rewrite(_drop("model.onnx")), "model.onnx"),
     ("bundle-pickled-sample", _zip_rewrite(_set("sample.npz", b"")), "sample.npz"),
-    ("bundle-non-utf8-member", _zip_rewrite(_set("caf\udce9.txt", b"x")), "bundle.zip"),
-    ("bundle-truncated-zip", lambda w, b: (w / "bundle.zip").write_bytes(b["zip"].read_bytes()[:200])
-     or ["verify", "bundle.zip"], "bundle.zip"),
-    ("bundle-not-a-zip", lambda w, b: (w / "bundle.zip").write_text("hello") or ["verify", "bundle.zip"],
-     "bundle.zip"),
+    ("bundle-non-utf8-member", _non_utf8_member, "caf"),
+    ("bundle-truncated-zip", _raw_bundle(lambda b: b["zip"].read_bytes()[:200]), "bundle.zip"),
+    ("bundle-not-a-zip", _raw_bundle(lambda b: b"hello"), "bundle.zip"),
     ("bundle-dir-sample-drift", _dir_edit(_drifted_sample), "sample.npz"),
     ("bundle-dir-symlink-out", _dir_edit(_symlinked_dir_file), "sample.npz"),
     ("bundle-dir-manifest-absolute-file",
