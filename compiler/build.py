@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -231,9 +232,9 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                               extra_samples=calib.feeds[1:], pass_records=[r.to_json() for r in result.records],
                               metrics=metrics, fmt=cfg.fmt, force=cfg.force)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile: nothing was published
-        where = exc.filename or cfg.output
-        raise BundleError(f"{cfg.output}: cannot write the bundle ({where}: {exc.strerror or exc}); "
-                          "nothing was written") from exc
+        why = "no space left" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "cannot write it"
+        detail = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror or str(exc)
+        raise BundleError(f"{cfg.output}: {why} ({detail}); nothing was written") from exc
     if search is not None:  # after the bundle: they describe it, and must not exist without it
         search_report.write_sidecars(cfg, search, sidecars)
     notes = [*loaded.notes, *(f"sensitivity plot: {path}" for path in _sensitivity_plots(cfg.output, result.records))]

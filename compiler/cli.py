@@ -6,10 +6,13 @@ Exit codes: 0 ok, 2 user error (one line naming the culprit), 1 internal error (
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,22 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; nothing was written", 2)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise
+            where = exc.filename or "a temporary file"
+            _fail(f"no space left writing {where} ({exc.strerror}); nothing was written", 2)
 
     return wrapper
+
+
+# A full disk, a quota, or a file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored).
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM ends a build like Ctrl-C: the same cleanup (temp dirs, staged bundle), exit 2."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _emit_json(data: Any) -> None:
@@ -59,6 +76,8 @@ class _OneLineUsageErrors(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.ClickException as exc:
@@ -66,6 +85,9 @@ class _OneLineUsageErrors(click.Group):
             _fail(" ".join(exc.format_message().split()) + hint, 2)
         except click.exceptions.Abort:
             _fail("interrupted; nothing was written", 2)
+        finally:
+            if on_main_thread:
+                signal.signal(signal.SIGTERM, previous)
         sys.exit(code if isinstance(code, int) else 0)
 
 

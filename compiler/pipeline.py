@@ -7,6 +7,7 @@ calibration feeds within the tolerance the pass declares. Each pass leaves a Pas
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +22,8 @@ from edgec.compiler.errors import CalibrationError, UnsupportedOpError, Verifica
 from edgec.passes.base import EdgecPass
 from edgec.runtime.session import OutputError, compare_outputs, make_session, run
 from edgec.targets.profile import TargetProfile
+
+logger = logging.getLogger(__name__)
 
 # Verification runs the graph as written (no ORT rewrites), so a pass is judged on its own output.
 VERIFY_LEVEL = "disabled"
@@ -209,6 +212,7 @@ def run_pipeline(proto: onnx.ModelProto, passes: Sequence[EdgecPass[Any]], ctx: 
     first = reference
     records = []
     for pass_ in passes:
+        logger.info("pass %s", pass_.name)
         if on_pass:
             on_pass(pass_.name)
         proto, reference, record = run_pass(pass_, proto, reference, ctx)

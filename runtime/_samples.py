@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import pathlib
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from edgec.compiler.errors import BundleError
+from edgec.runtime.safe_npz import NpzError, read_npz
 from edgec.runtime.values import decode, encode, group_keys, shape_text, value_shape
 
 SAMPLE_FILE = "sample.npz"  # always the first sample: app loaders and older readers know only this one
@@ -85,10 +85,9 @@ def load_sample(path: pathlib.Path, rel: str, manifest: dict[str, Any],
 
     A sequence comes back as a list of arrays and an absent optional as None.
     """
-    try:
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    try:  # each member's size is checked before it is read: a sample cannot be a decompression bomb
+        arrays = read_npz(path.read_bytes())
+    except (NpzError, OSError) as exc:
         raise BundleError(f"{source}: {rel} is not a plain npz archive ({exc})") from exc
     values: dict[str, dict[str, Any]] = {}
     for key, prefix in (("inputs", "input/"), ("outputs", "output/")):

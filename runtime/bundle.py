@@ -58,6 +58,7 @@ transforms that ``.ort`` leaves out.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -278,10 +279,15 @@ def _publish(staged: pathlib.Path, out: pathlib.Path, force: bool, trash: pathli
         old = trash
         out.rename(old)
     try:
-        staged.rename(out)
-    except BaseException:
-        if old is not None:
+        if staged.is_dir():
+            staged.rename(out)  # fails (ENOTEMPTY/EEXIST) on a bundle another build published meanwhile
+        else:
+            os.link(staged, out)  # unlike rename, never replaces a file that appeared meanwhile
+    except BaseException as exc:
+        if old is not None and not (out.exists() or out.is_symlink()):
             old.rename(out)
+        if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise BundleError(f"{out}: another build wrote it while this one ran; this one wrote nothing") from exc
         raise
 
 

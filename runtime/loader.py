@@ -13,6 +13,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -152,7 +153,10 @@ def _bundle_root(path: pathlib.Path) -> Iterator[pathlib.Path]:
     try:
         with zf:
             _check_zip_members(zf, path)
-            zf.extractall(tmp)
+            try:
+                zf.extractall(tmp)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # a corrupt or lying member
+                raise BundleError(f"{path}: cannot unpack the bundle ({_one_line(exc)})") from exc
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

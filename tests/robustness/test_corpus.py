@@ -213,7 +213,22 @@ def _dangling_symlink(workdir: pathlib.Path) -> None:
     (workdir / "model.onnx").symlink_to(workdir / "gone.onnx")
 
 
+_NON_UTF8 = os.fsdecode(b"mod\xe9l.onnx")  # a file name that is not UTF-8 (Latin-1 bytes)
+
+
+def _non_utf8_name(valid: bool) -> Case:
+    def make(workdir: pathlib.Path) -> list[str]:
+        (workdir / _NON_UTF8).write_bytes(_tiny_bytes() if valid else _tiny_bytes()[:100])
+        inputs.write_calib(workdir / "calib.npz")
+        return ["build", _NON_UTF8, "--target", "cpu-x86", "--passes", "cleanup", "--calib", "calib.npz", "-o", "out"]
+
+    name = f"non-utf8-model-name-{'valid' if valid else 'corrupt'}"
+    return Case(name, make, "" if valid else "mod", 0 if valid else 2)
+
+
 MODEL_CASES = [
+    _non_utf8_name(valid=True),
+    _non_utf8_name(valid=False),
     _model_case("missing-model", lambda _: None, "model.onnx"),
     _model_case("empty-file", lambda _: b"", "model.onnx"),
     _model_case("random-bytes", lambda _: np.random.default_rng(1).bytes(4096), "model.onnx"),
