@@ -9,8 +9,8 @@ Every model is built in-process with ``run_build`` for the cpu-x86 target under 
 with the search (``--latency-ratio 0.5``); per build: status (ok / refused with edgec's one-line message /
 crash with the place), node count (subgraphs included), the task figure of the original and of the
 bundle's model.onnx on the same held-out real inputs, and the latency ratio bundle / original, timed
-interleaved round-robin on 1 thread. Models with symbolic input dims are built (and evaluated, original
-included) at the fixed calibration shape named in the table. Writes (or replaces) the
+interleaved round-robin on 1 thread. Models are built as shipped: symbolic input dims stay symbolic (edgec
+analyses them at the calibration samples' shapes). Writes (or replaces) the
 ``## Real models from PyPI wheels`` section of bench/RESULTS.md. tests/realmodels reuses the wheel and
 build helpers.
 
@@ -200,16 +200,6 @@ def count_nodes(graph: onnx.GraphProto) -> int:
     return total
 
 
-def fixed_shapes(model: onnx.ModelProto, feed: data.Feeds) -> tuple[str, ...]:
-    """``name=1x3x48x320`` for each input that has a symbolic dim, fixed to the calibration feed's shape."""
-    out = []
-    for inp in model.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if inp.name in feed and any(not d.HasField("dim_value") for d in dims) and feed[inp.name].ndim:
-            out.append(f"{inp.name}={'x'.join(str(d) for d in feed[inp.name].shape)}")
-    return tuple(out)
-
-
 def write_calibration(calib: list[data.Feeds], path: pathlib.Path) -> pathlib.Path:
     """An .npz keyed by input name, the samples stacked on a new leading axis."""
     np.savez(path, **{name: np.stack([f[name] for f in calib]) for name in calib[0]})
@@ -239,11 +229,11 @@ def fmt_metric(before: dict[str, float], after: dict[str, float] | None) -> str:
 
 # --- one build ---------------------------------------------------------------------------------------
 
-def build_config(model_path: pathlib.Path, pipeline: str, calib_npz: pathlib.Path, shapes: tuple[str, ...],
+def build_config(model_path: pathlib.Path, pipeline: str, calib_npz: pathlib.Path,
                  out: pathlib.Path) -> BuildConfig:
     """The in-process equivalent of ``edgec build MODEL --target cpu-x86 --calib CALIB ...`` for one pipeline."""
     return BuildConfig(model=str(model_path), target="cpu-x86", output=out, calib=str(calib_npz),
-                       calib_samples=data.N_CALIB, input_shapes=shapes, **PIPELINES[pipeline])
+                       calib_samples=data.N_CALIB, **PIPELINES[pipeline])
 
 
 def search_choice(search: dict[str, Any]) -> str:
@@ -254,14 +244,14 @@ def search_choice(search: dict[str, Any]) -> str:
             f"{search['evaluations']} candidates, {search['failed']} failed, {search['wall_s']:.0f} s")
 
 
-def build_once(model_path: pathlib.Path, pipeline: str, calib_npz: pathlib.Path, shapes: tuple[str, ...],
+def build_once(model_path: pathlib.Path, pipeline: str, calib_npz: pathlib.Path,
                work: pathlib.Path) -> tuple[str, str, pathlib.Path | None, str]:
     """Build one bundle; (status, detail, bundle model path or None, search choice). Never raises for a failure."""
     out = work / pipeline.strip("+-").replace(" ", "-").replace(",", "-")
     start = time.perf_counter()
     try:
         with contextlib.chdir(work):  # ORT's quantization tools leave temp files in the cwd when they fail
-            result = run_build(build_config(model_path, pipeline, calib_npz, shapes, out))
+            result = run_build(build_config(model_path, pipeline, calib_npz, out))
     except EdgecError as exc:
         return f"refused: {first_line(exc)}", f"refused ({type(exc).__name__}): {first_line(exc)}", None, ""
     except Exception as exc:  # noqa: BLE001 - a crash is a bench result (and a bug to report)
@@ -310,16 +300,13 @@ def bench_model(m: RealModel, rounds: int, runs: int, scratch: pathlib.Path) -> 
     task = m.task(files)
     orig = files["model"].read_bytes()
     proto = onnx.load_from_string(orig)
-    shapes = fixed_shapes(proto, task.calib[0])
-    if shapes:
-        base.model += f" (fixed {', '.join(shapes)})"
     before = task.score(orig)
     log.info("%s: original %s on %d held-out samples", m.key, before, task.held_out)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f"{m.key}-", dir=scratch))
     calib_npz = write_calibration(task.calib, work / "calib.npz")
     rows = []
     for pipeline in m.pipelines:
-        status, detail, bundle, chose = build_once(files["model"], pipeline, calib_npz, shapes, work)
+        status, detail, bundle, chose = build_once(files["model"], pipeline, calib_npz, work)
         row = dataclasses.replace(base, pipeline=pipeline, status=status, detail=detail, chose=chose,
                                   metric=fmt_metric(before, None))
         if bundle is not None:
@@ -348,8 +335,8 @@ def render(rows: list[Row], command: str) -> str:
              f"`{SEARCH_FUSED}` has it prune the fused model instead. "
              "Nodes include If subgraphs. Task figure: the original model and the bundle's model.onnx run in ORT "
              "on the same held-out real inputs (rendered text, stdlib files, synthetic speech), never seen in "
-             "calibration. Models with symbolic dims are built at the fixed shape shown, and both models are "
-             "evaluated at it. Latency ratio: bundle / original median, 1 thread, timed interleaved "
+             "calibration. Models are built as shipped: symbolic input dims stay symbolic (edgec analyses them at "
+             "the calibration samples' shapes). Latency ratio: bundle / original median, 1 thread, timed interleaved "
              "round-robin on a shared 2-core host (expect a few % of noise).", "",
              "| model | package==version | exporter | pipeline | status | nodes before→after "
              "| task metric before → after | latency ratio |", "|---|---|---|---|---|---|---|---|"]
@@ -358,10 +345,10 @@ def render(rows: list[Row], command: str) -> str:
     chose = [r for r in rows if r.chose]
     if chose:
         lines += ["", "What the search chose:", ""]
-        lines += [f"- {r.model.split(' (fixed')[0]}: {r.chose}" for r in chose]
+        lines += [f"- {r.model}: {r.chose}" for r in chose]
     failed = [r for r in rows if r.detail]
     lines += ["", "What failed and why:", ""]
-    lines += [f"- {r.model.split(' (fixed')[0]}, {r.pipeline}: {r.detail}" for r in failed] or ["- nothing"]
+    lines += [f"- {r.model}, {r.pipeline}: {r.detail}" for r in failed] or ["- nothing"]
     lines += ["", "Produced by:", "", "```", command, "```", ""]
     return "\n".join(lines)
 
