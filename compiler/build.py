@@ -21,6 +21,7 @@ from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.frontend.load import confirm_opset_upgrade
 from edgec.compiler.frontend.normalize import drop_contradicted_output_shapes
 from edgec.compiler.frontend.onnx_file import nonfinite_weights
+from edgec.compiler.memory_bound import check_tensor_sizes
 from edgec.compiler.pipeline import VERIFY_SAMPLES, PassRecord, PipelineResult, input_reference, run_pipeline
 from edgec.compiler.search import report as search_report
 from edgec.compiler.search.evaluate import make_scorer
@@ -198,6 +199,7 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                              n=cfg.calib_samples, seed=cfg.seed, allow_nonfinite=cfg.calib_allow_nonfinite)
     loaded = confirm_opset_upgrade(loaded, calib.feeds[:VERIFY_SAMPLES])
     check_target_ops(loaded.proto, target)
+    check_tensor_sizes(loaded.proto, calib.feeds[0], cfg.model)
     # ORT loads the model and runs the data; declarations its outputs contradict are not passed on. The
     # outputs are the pipeline's reference too (dropping a declared shape changes no value).
     reference = input_reference(loaded.proto, calib.feeds[:VERIFY_SAMPLES], calib.source, target)
