@@ -237,7 +237,8 @@ def _time(outcomes: Sequence[CandidateOutcome], latency: HostLatency | Predicted
     return digests
 
 
-def _unreachable(objective: Objective, evaluations: list[Evaluation], target: str) -> SearchError:
+def _unreachable(objective: Objective, evaluations: list[Evaluation], target: str,
+                 latency_ratio: float | None = None, baseline_ms: float = 0.0) -> SearchError:
     done = [e for e in evaluations if e.ok]
     if not done:
         first = next((e.error for e in evaluations if e.error), "no candidate was built")
@@ -246,8 +247,10 @@ def _unreachable(objective: Objective, evaluations: list[Evaluation], target: st
         fastest = min(done, key=lambda e: e.ms)
         near = (f" (within the target but not its {1 - HEADROOM:.0%} headroom for timing noise)"
                 if fastest.ms <= objective.latency_ms else "")
-        return SearchError(f"--latency-ms {objective.latency_ms:g}: unreachable on {target}; the fastest "
-                           f"candidate found runs in {fastest.latency_ms:.4g} ms{near} ({describe(fastest.candidate)}, "
+        goal = (f"--latency-ratio {latency_ratio:g} ({objective.latency_ms:.4g} ms of the original's "
+                f"{baseline_ms:.4g} ms)" if latency_ratio is not None else f"--latency-ms {objective.latency_ms:g}")
+        return SearchError(f"{goal}: unreachable on {target}; the fastest candidate found runs in "
+                           f"{fastest.latency_ms:.4g} ms{near} ({describe(fastest.candidate)}, "
                            f"{len(evaluations)} candidates tried)")
     pool = [e for e in done if objective.fits_latency(e)]
     closest = min(pool, key=lambda e: e.lost)
@@ -357,7 +360,7 @@ def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSe
     finally:
         executor.close()
     if chosen is None:
-        raise _unreachable(objective, evaluations, target.name)
+        raise _unreachable(objective, evaluations, target.name, settings.latency_ratio, latency.baseline_ms)
     return SearchResult(evaluations, chosen, objective, settings.strategy, settings.budget,
                         latency.baseline_ms, baseline_accuracy, latency, scorer.label,
                         time.perf_counter() - progress.start, warnings, confirmations)

@@ -79,6 +79,14 @@ def test_unreachable_target_exits_2_with_the_fastest_latency(runner, tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())  # no bundle, no search files
 
 
+def test_an_unreachable_latency_ratio_is_named_as_such(runner, tmp_path):
+    result = _search(runner, "zoo:digits-cnn", tmp_path / "b", "--latency-ratio", "0.001", "--budget", 2)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"--latency-ratio 0.001 \([0-9.e-]+ ms of the original's [0-9.e-]+ ms\): "
+                                         r"unreachable on cpu-x86", lines[0]), lines
+
+
 def test_max_drop_alone_finds_the_fastest_within_the_drop(runner, tmp_path):
     out = tmp_path / "b"
     result = _search(runner, "zoo:digits-cnn", out, "--max-drop", "0.01", "--budget", 8)
