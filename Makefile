@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export EDGEC_CACHE ?= $(CURDIR)/.cache/edgec
 
-.PHONY: demo test hf-venv real-model-wheels conformance test-timing-chaos test-under-load install node-deps test-deps arm64-check crossruntime-zoo bench-fusion lint clean
+.PHONY: demo test hf-venv real-model-wheels conformance fuzz test-timing-chaos test-under-load install node-deps test-deps arm64-check crossruntime-zoo bench-fusion lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -74,6 +74,12 @@ test: $(STAMP) $(HF_STAMP) node-deps test-deps real-model-wheels
 # section of bench/RESULTS.md.
 conformance: $(STAMP)
 	cd bench && ../$(BIN)/python conformance.py --passes cleanup fuse quantize-int8 quantize-dynamic fp16
+
+# The mutation fuzzer (bench/fuzz.py): 2,000 seeded mutants of small real models (byte flips, ModelProto field
+# edits, calibration edits), each held to the error contract: exit 0, or exit 2 with one stderr line (about 4
+# minutes). CI runs the first 200 (tests/robustness/test_fuzz.py). Writes the Fuzzing section of bench/RESULTS.md.
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --mutants 2000 --seed 0
 
 # The suite on a simulated noisy host (tests/conftest.py --timing-chaos): a test that fails here asserts
 # something that timing noise decides. Three seeds, about 6 minutes each.

@@ -37,6 +37,11 @@ class PrecisionError(ConfigError):
     """A precision the target cannot run (fp8 on a phone, say)."""
 
 
+class ToleranceError(EdgecError):
+    """A lossy pass lost more accuracy on this model than its tolerance allows: a property of the model
+    (sensitive nodes, extreme weights), so exit 2 with what to try, not a bug."""
+
+
 class VerificationError(EdgecError):
     """A transformed model failed its numeric or structural check against its input."""
 

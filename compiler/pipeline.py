@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from edgec.compiler.analysis import model_stats
 from edgec.compiler.context import BuildContext, Feeds
-from edgec.compiler.errors import CalibrationError, UnsupportedOpError, VerificationError
+from edgec.compiler.errors import CalibrationError, ToleranceError, UnsupportedOpError, VerificationError
 from edgec.passes.base import EdgecPass
 from edgec.runtime.session import OutputError, compare_outputs, make_session, run
 from edgec.targets.profile import TargetProfile
@@ -148,8 +148,9 @@ def _judge(pass_: EdgecPass[Any], errors: list[OutputError], dtypes: dict[str, A
         rtol = _lossless_rtol(tol.rtol, dtypes.get(err.name))
         if tol.lossy:
             if tol.min_cosine is not None and err.cosine < tol.min_cosine:
-                raise VerificationError(
-                    f"pass {pass_.name!r}: output {err.name!r} cosine {err.cosine:.5f} < {tol.min_cosine}")
+                raise ToleranceError(
+                    f"pass {pass_.name!r}: output {err.name!r} cosine {err.cosine:.5f} < {tol.min_cosine}; this "
+                    "model is too sensitive for it as configured (keep nodes float, or leave the pass out)")
         elif err.max_rel > rtol:
             raise VerificationError(
                 f"pass {pass_.name!r} changed output {err.name!r} by {err.max_rel:.2e} (relative), "

@@ -10,6 +10,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from edgec.compiler.context import Feeds
 from edgec.compiler.errors import CalibrationError
+from edgec.runtime.session import make_session, run
 
 
 class FeedReader(CalibrationDataReader):
@@ -74,3 +75,17 @@ def checked_feeds(proto: onnx.ModelProto, feeds: Sequence[Feeds], samples: int, 
     for index, feed in enumerate(chosen):
         _check_one(index, feed, inputs, who)
     return chosen
+
+
+def check_finite_outputs(proto: onnx.ModelProto, feeds: Sequence[Feeds], who: str) -> None:
+    """Refuse a sample on which the float model computes NaN or infinity (finite inputs that overflow it).
+
+    Its ranges are no int8 ranges, and no int8 model can match the float one on it: the check after the pass
+    would fail on a cosine of 0 without saying why.
+    """
+    session = make_session(proto.SerializeToString(), level="disabled")
+    for index, feed in enumerate(feeds):
+        for name, value in run(session, feed).items():
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise CalibrationError(f"{who}: calibration sample {index} makes the float model compute NaN or "
+                                       f"infinity in output {name!r}; values far outside the model's range?")

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
@@ -43,6 +44,25 @@ def require_dtype(ctx: BuildContext, dtype: str, pass_name: str) -> None:
                              f"runs {dtype}")
 
 
+# Ops whose constant inputs (weights, biases) the int8 quantizers turn into integers with a scale.
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def nonfinite_weight(model: ir.Model) -> str | None:
+    """The first constant input of a WEIGHTED_OPS node of the main graph holding NaN or infinity, in words."""
+    for node in model.graph:
+        if node.op_type not in WEIGHTED_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        for value in node.inputs:
+            tensor = value.const_value if value is not None else None
+            if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+                continue
+            if not np.isfinite(tensor.numpy()).all():
+                return (f"weight {value.name!r} of node {node.name!r} holds NaN or infinite values, which no "
+                        "integer with a scale represents")
+    return None
+
+
 def opset_of(proto: onnx.ModelProto) -> int:
     """The default-domain opset of a model."""
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -74,10 +94,23 @@ def replace_model(model: ir.Model, proto: onnx.ModelProto) -> None:
     new = ir.serde.deserialize_model(proto)
     # fp16's converter appends its I/O Casts at the end of the node list; the checker wants order.
     ir.passes.common.TopologicalSortPass()(new)
+    _keep_declared_io_shapes(model.graph, new.graph)
     model.graph = new.graph
     model.ir_version = new.ir_version
     model.functions.clear()
     model.functions.update(new.functions)
+
+
+def _keep_declared_io_shapes(before: ir.Graph, after: ir.Graph) -> None:
+    """Graph inputs and outputs keep the shapes they were declared with when a tool's rewrite dropped them.
+
+    ORT's quantization preprocessing rewrites an output whose shape only data decides (a MelWeightMatrix of
+    its inputs' values) without any shape; the checker then rejects the model.
+    """
+    declared = {v.name: v.shape for v in [*before.inputs, *before.outputs] if v.shape is not None}
+    for value in [*after.inputs, *after.outputs]:
+        if value.shape is None and value.name in declared:
+            value.shape = declared[value.name]
 
 
 @contextlib.contextmanager

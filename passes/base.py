@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import ConfigError
+from edgec.passes._library_logs import quiet_library_logs
 
 ConfigT = TypeVar("ConfigT")
 
@@ -44,6 +45,11 @@ class EdgecPass(ir.passes.InPlacePass, Generic[ConfigT]):
         super().__init__()
         self.config = config
         self.ctx = ctx
+
+    def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> ir.passes.PassResult:
+        """onnx_ir's pass call (requires, call, ensures), with the libraries' warnings kept off stderr."""
+        with quiet_library_logs():
+            return super().__call__(model_or_result)
 
     def record(self, **stats: Any) -> None:
         """Attach figures to this pass's record."""

@@ -81,6 +81,9 @@ class FuseGraphPass(EdgecPass[FuseConfig]):
         nodes_before = count_nodes(model)
         contrib_before = contrib_ops_in(model)
         failures: list[str] = []
+        passed_through = [v.name for v in model.graph.outputs if v.is_graph_input()]
+        if passed_through:  # onnxscript's optimizer would rename that input (x_orig): it is not run
+            failures.append(f"output {passed_through[0]!r} is a graph input itself, which it would rename")
         cleaned = clean(model, failures=failures)
         counts = self._run_steps(model, STANDARD_STEPS)
         if self.config.transformer_fusions:

@@ -32,6 +32,11 @@ def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel:
     with a note each, as is any Gemm it kept.
     """
     require_format(pass_.ctx, INT8_DYNAMIC, pass_.name)
+    if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):
+        # ORT's quantizer needs the ONNX domain (it raises "Failed to find proper ai.onnx domain"), and a
+        # model without it (ai.onnx.ml only) has no MatMul, Attention or Gather to quantize anyway.
+        pass_.skip("model", "no ONNX-domain ops (ai.onnx.ml only): nothing to quantize")
+        return proto
     for path, _, node, _ in walk(proto.graph):
         if node.op_type in REFUSED_OPS:
             pass_.skip(path, "dynamic int8 Conv becomes ConvInteger, slower than fp32; use quantize-int8")

@@ -10,7 +10,7 @@ from typing import Literal
 import onnx
 import onnx_ir as ir
 
-from edgec.compiler.errors import ConfigError
+from edgec.compiler.errors import CalibrationError, ConfigError, UnsupportedOpError
 from edgec.compiler.pipeline import to_proto
 from edgec.passes import _quant_int8ops as int8ops
 from edgec.passes import _quant_placement as placement
@@ -18,13 +18,14 @@ from edgec.passes import _quant_sensitivity as sens
 from edgec.passes import _quant_static as static
 from edgec.passes import _quant_subgraphs as subgraphs
 from edgec.passes._quant_analysis import explain
-from edgec.passes._quant_calib import checked_feeds
+from edgec.passes._quant_calib import check_finite_outputs, checked_feeds
 from edgec.passes._quant_common import (
     INT8_DYNAMIC,
     INT8_QDQ,
     ensure_opset,
     has_op,
     name_nodes,
+    nonfinite_weight,
     replace_model,
     require_format,
     workdir,
@@ -84,8 +85,17 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
     search_space = {"calibration": ("minmax", "entropy", "percentile"), "per_channel": (True, False),
                     "placement": ("auto", "all"), "keep_float": (0, 1, 4)}
 
+    def requires(self, model: ir.Model) -> None:
+        """Finite weights: a NaN or infinite one has no int8 scale (ORT would quantize it to garbage)."""
+        found = nonfinite_weight(model)
+        if found:
+            raise ir.passes.PreconditionError(found)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = to_proto(model)
+        if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):
+            self.skip("model", "no ONNX-domain ops (ai.onnx.ml only): nothing to quantize")
+            return ir.passes.PassResult(model, modified=False)
         if self._use_dynamic(proto):
             replace_model(model, dynamic_quantize(self, proto, per_channel=self.config.per_channel,
                                                   exclude=self.config.exclude_nodes))
@@ -95,6 +105,7 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         if self.config.keep_float < 0:
             raise ConfigError(f"pass {self.name!r}: keep_float must be 0 or more, not {self.config.keep_float}")
         feeds = checked_feeds(proto, self.ctx.calibration, self.config.samples, self.name)
+        check_finite_outputs(proto, feeds, self.name)
         if self.config.per_channel:
             proto, old = ensure_opset(proto, PER_CHANNEL_OPSET, "per-channel int8 weights")
             if old is not None:
@@ -199,7 +210,13 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
             return []
         candidates = {"all": [], **placement.prefix_candidates(pre)}
         models = {name: build(excl).SerializeToString() for name, excl in candidates.items()}
-        best, ratios = placement.fastest(models, fp32.SerializeToString(), feeds[0])
+        try:
+            best, ratios = placement.fastest(models, fp32.SerializeToString(), feeds[0])
+        except Exception as exc:  # noqa: BLE001 - ORT's run errors have several types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CalibrationError(f"{self.name}: ONNX Runtime cannot run the int8 model on the calibration data "
+                                   f"({reason}); extreme values in the data give ranges int8 cannot compute "
+                                   "with") from exc
         if best != "float":
             best = self._settle_tie(models, ratios, fp32, feeds)
         self.record(placement=best, placement_latency_ratio={k: round(v, 3) for k, v in ratios.items()})
@@ -249,5 +266,13 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         return result.model
 
     def _explain(self, quantized: onnx.ModelProto, fp32: onnx.ModelProto) -> None:
-        if self.ctx.target.host_measurable:
-            self.record(why_not_faster=explain(quantized.SerializeToString(), fp32).to_json())
+        if not self.ctx.target.host_measurable:
+            return
+        try:
+            report = explain(quantized.SerializeToString(), fp32)
+        except Exception as exc:  # noqa: BLE001 - ORT's load errors are plain Exception subclasses
+            # ORT's quantizer wrote what ORT itself cannot load (float16 scales on QLinearConcat, a
+            # QuantizeLinear at an opset ORT has no kernel for): a refusal naming the node ORT names.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedOpError(f"quantize-int8: ONNX Runtime cannot load the quantized model ({reason})") from exc
+        self.record(why_not_faster=report.to_json())

@@ -76,12 +76,12 @@ def upgrade_opset(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
         upgraded = version_converter.convert_version(proto, TARGET_OPSET)
     except Exception as err:  # the C++ converter raises RuntimeError, ValueError or its own types
         reason = _CXX_PREFIX.sub("", str(err).strip().splitlines()[0]) if str(err).strip() else type(err).__name__
-        logger.warning("opset %d kept: version converter failed (%s)", version, reason)
+        logger.info("opset %d kept: version converter failed (%s)", version, reason)
         notes.append(f"kept opset {version}: the version converter failed ({reason})")
         return proto
     changed = _signature_change(proto, upgraded)
     if changed:
-        logger.warning("opset %d kept: the version converter changed %s", version, changed)
+        logger.info("opset %d kept: the version converter changed %s", version, changed)
         notes.append(f"kept opset {version}: the version converter changed {changed}")
         return proto
     notes.append(f"upgraded opset {version} -> {TARGET_OPSET}")
@@ -179,14 +179,41 @@ def note_dynamic_dims(proto: onnx.ModelProto, notes: list[str]) -> None:
 
 
 def infer_shapes(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """ONNX shape inference, not strict; on failure keep the model's own shapes and say so."""
+    """ONNX shape inference; on failure keep the model's own shapes and say so.
+
+    Strict first: when the model's value_info contradicts what its graph computes (a shape or type
+    inference derives otherwise), the declarations are dropped and inferred again, since a pass that
+    trusts them (constant folding, a Concat input declared empty) would change what the model computes.
+    Otherwise not strict, as before. What normalizing did reaches the user as notes (the build summary,
+    inspect), so it is logged at INFO: a warning on stderr would be a second line next to a later error.
+    """
     try:
-        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        return _infer(proto, strict=True)
+    except Exception as err:  # noqa: BLE001 - the C++ inference raises InferenceError, ValueError (too large)...
+        conflict = next((line.strip() for line in str(err).splitlines() if "differ" in line), "")
+    if conflict:
+        declared = list(proto.graph.value_info)
+        del proto.graph.value_info[:]
+        try:
+            inferred = _infer(proto, strict=False)
+        except Exception:  # noqa: BLE001
+            inferred = None
+        proto.graph.value_info.extend(declared)
+        if inferred is not None:
+            logger.info("value_info contradicts the graph: %s", conflict)
+            notes.append(f"the model's value_info contradicts its graph ({conflict}); shapes inferred without it")
+            return inferred
+    try:
+        return _infer(proto, strict=False)
     except Exception as err:  # the C++ inference raises InferenceError, ValueError (too large)...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        logger.warning("shape inference failed: %s", reason)
+        logger.info("shape inference failed: %s", reason)
         notes.append(f"shape inference failed ({reason}); kept the shapes the model had")
         return proto
+
+
+def _infer(proto: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=strict, data_prop=True)
 
 
 def format_dims(dims: Iterable[onnx.TensorShapeProto.Dimension]) -> str:
@@ -201,7 +228,8 @@ def drop_contradicted_output_shapes(proto: onnx.ModelProto, outputs: dict[str, o
     Exporters sometimes declare an output shape the graph does not compute (ddddocr declares
     [1, seqlen] for a [T, 1, 8210] output). ORT runs such a model fine, but a rewrite that trusts the
     declaration (constant folding a Reshape's target shape from it) changes what the model computes.
-    The value_info derived from the declarations goes too, and shape inference runs again.
+    The value_info derived from the declarations goes too, and shape inference runs again. The output keeps
+    the rank it computes, with every dim unknown.
     """
     notes = []
     for vi in proto.graph.output:
@@ -213,7 +241,9 @@ def drop_contradicted_output_shapes(proto: onnx.ModelProto, outputs: dict[str, o
                                            for d, a in zip(dims, actual, strict=True)):
             notes.append(f"output {vi.name} is declared {format_dims(dims)} but the model computes "
                          f"{'x'.join(map(str, actual)) or 'a scalar'}: the declared shape was dropped")
-            vi.type.tensor_type.ClearField("shape")
+            # Unknown dims of the computed rank, not no shape: the checker requires a graph output's shape field.
+            del dims[:]
+            dims.extend(onnx.TensorShapeProto.Dimension() for _ in actual)
     if notes:
         del proto.graph.value_info[:]
         inferred = infer_shapes(proto, notes)

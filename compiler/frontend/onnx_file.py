@@ -13,6 +13,7 @@ import onnx.numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
 
 from edgec.compiler.errors import ModelLoadError
+from edgec.compiler.frontend._proto_checks import check_fields, check_passthrough_outputs, check_raw_size
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def read_onnx(path: Path) -> tuple[onnx.ModelProto, list[str]]:
     if not path.is_file():
         raise ModelLoadError(f"{path}: not a file")
     proto = _parse(path)
+    check_fields(path, proto)
     base_dir = path.parent
     external = [t for t in iter_tensors(proto) if uses_external_data(t)]
     data_bytes = sum(_check_external(path, base_dir, t) for t in external)
@@ -63,11 +65,17 @@ def _parse(path: Path) -> onnx.ModelProto:
 
 
 def _check_model(path: Path, proto: onnx.ModelProto) -> None:
-    """Structural check, which catches files cut at a field boundary that still parse."""
+    """Structural check (it catches files cut at a field boundary that still parse), and what it leaves out.
+
+    Raw data of another size than its dims, and a graph output that is a graph input declared otherwise.
+    """
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as err:
         raise ModelLoadError(f"{path}: invalid ONNX model: {_first_line(err)}") from err
+    for tensor in iter_tensors(proto):
+        check_raw_size(path, tensor)
+    check_passthrough_outputs(path, proto)
 
 
 def _check_external(path: Path, base_dir: Path, tensor: onnx.TensorProto) -> int:

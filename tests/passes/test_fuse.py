@@ -177,3 +177,19 @@ def test_channel_reduce_mean_is_left_alone():
     result = _fuse(proto)
     assert _ops(result.model)["ReduceMean"] == 1
     assert result.records[0].max_rel_error <= RTOL
+
+
+def test_an_input_that_is_also_an_output_keeps_its_name_and_skips_the_optimizer():
+    # onnxscript's optimizer renames such an input (x -> x_orig); fuse goes on without it and says so.
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["": 17]>
+        g (float[2, 3] x) => (float[2, 3] x, float[2, 3] y) {
+            y = Relu(x)
+        }""")
+    feeds = [{"x": np.array([[-1.0, 0.5, 2.0], [3.0, -4.0, 0.0]], np.float32)}]
+    ctx = BuildContext(get_target("cpu-x86"), feeds)
+    result = run_pipeline(model, [create_pass("fuse", ctx, {})], ctx)
+    assert [i.name for i in result.model.graph.input] == ["x"]
+    assert [o.name for o in result.model.graph.output] == ["x", "y"]
+    assert any("is a graph input itself" in s["reason"] for s in result.records[0].skips)
+    assert result.records[0].max_rel_error == 0.0

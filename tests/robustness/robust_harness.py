@@ -31,6 +31,10 @@ _PRELOAD = ["numpy", "onnx", "onnx.reference", "onnxruntime", "onnx_ir", "onnxsc
             "edgec.compiler.cli", "edgec.compiler.build"]
 
 
+class RunTimeoutError(AssertionError):
+    """The child ran past its time limit and was killed."""
+
+
 @dataclasses.dataclass
 class Run:
     code: int
@@ -66,8 +70,9 @@ def _child(args: list[str], cwd: str, out: str, err: str, opened: str, env: dict
     with open(out, "wb") as out_file, open(err, "wb") as err_file:
         os.dup2(out_file.fileno(), 1)
         os.dup2(err_file.fileno(), 2)
-    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the process ends with the case
-    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    # As the interpreter sets them up under a UTF-8 locale: stdout strict, stderr backslashreplace.
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - the process ends with the case
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
     paths: list[str] = []
 
     def audit(event: str, event_args: tuple) -> None:
@@ -89,7 +94,7 @@ def _child(args: list[str], cwd: str, out: str, err: str, opened: str, env: dict
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        pathlib.Path(opened).write_text("\n".join(paths))
+        pathlib.Path(opened).write_text("\n".join(paths), errors="surrogateescape")
     os._exit(code)
 
 
@@ -100,21 +105,26 @@ def _vm_size() -> int:
     raise RuntimeError("no VmSize in /proc/self/status")
 
 
-def run_edgec(args: Sequence[str], cwd: pathlib.Path, env: dict[str, str] | None = None) -> Run:
-    """``edgec ARGS`` in a forked child under the memory cap; the run's code, output and opened files."""
+def run_edgec(args: Sequence[str], cwd: pathlib.Path, env: dict[str, str] | None = None,
+              timeout_s: float = TIMEOUT_S) -> Run:
+    """``edgec ARGS`` in a forked child under the memory cap; the run's code, output and opened files.
+
+    A child still running after ``timeout_s`` is killed and RunTimeoutError raised.
+    """
     logs = cwd / ".edgec-case-logs"
     logs.mkdir(exist_ok=True)
     out, err, opened = logs / "stdout", logs / "stderr", logs / "opened"
     proc = _CTX.Process(target=_child, args=(list(args), str(cwd), str(out), str(err), str(opened), env or {}))
     proc.start()
-    proc.join(TIMEOUT_S)
+    proc.join(timeout_s)
     if proc.is_alive():
         proc.kill()
         proc.join()
-        raise AssertionError(f"edgec {' '.join(args)} ran past {TIMEOUT_S} s")
+        raise RunTimeoutError(f"edgec {' '.join(args)} ran past {timeout_s} s")
     code = proc.exitcode if proc.exitcode is not None else -1
     read = (lambda p: p.read_text(errors="replace") if p.exists() else "")  # noqa: E731
-    return Run(code, read(out), read(err), [p for p in read(opened).splitlines() if p])
+    paths = opened.read_text(errors="surrogateescape").splitlines() if opened.exists() else []
+    return Run(code, read(out), read(err), [p for p in paths if p])
 
 
 def snapshot(root: pathlib.Path) -> set[str]:
