@@ -42,20 +42,27 @@ def value_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
     ``input_shapes`` (a calibration sample's) stand in for the inputs' symbolic dims, on a copy: a
     detector exported with dynamic height and width has FLOPs at the size it is run at.
     """
+    return {name: dims for name, (dims, _) in value_types(model, input_shapes).items()}
+
+
+def value_types(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                ) -> dict[str, tuple[list[int | None], int]]:
+    """``value_shapes`` with each value's ONNX element type (0 when unknown), from the same inference."""
     if input_shapes:
         model = _with_input_shapes(model, input_shapes)
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes are a best effort for statistics only
         inferred = model
-    shapes: dict[str, list[int | None]] = {}
+    types: dict[str, tuple[list[int | None], int]] = {}
     for graph in _all_graphs(inferred.graph):
         for vi in [*graph.input, *graph.value_info, *graph.output]:
-            dims = vi.type.tensor_type.shape.dim
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+            tensor = vi.type.tensor_type
+            types[vi.name] = ([d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim],
+                              tensor.elem_type)
         for init in graph.initializer:
-            shapes[init.name] = list(init.dims)
-    return shapes
+            types[init.name] = (list(init.dims), init.data_type)
+    return types
 
 
 def _with_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -152,7 +159,7 @@ def model_stats(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
     shapes = value_shapes(model, input_shapes)
     costs = tuple(_graph_costs(model.graph, shapes))
     histogram: collections.Counter[str] = collections.Counter()
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model.graph):
         histogram[node.op_type] += 1
     initializers = [t for graph in _all_graphs(model.graph) for t in graph.initializer]
     params = sum(math.prod(t.dims) for t in initializers)
@@ -167,6 +174,7 @@ def model_stats(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
     )
 
 
-def _all_nodes(graph: onnx.GraphProto):
+def all_nodes(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of the If/Loop/Scan bodies in it, at every depth."""
     for sub in _all_graphs(graph):
         yield from sub.node

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgec.compiler.analysis import value_shapes
+from edgec.compiler.analysis import all_nodes, value_types
 from edgec.compiler.errors import UnsupportedOpError
 
 FACTOR = 64
@@ -34,14 +34,13 @@ def check_tensor_sizes(model: onnx.ModelProto, sample: Mapping[str, Any], source
     probe.CopyFrom(model)
     for output in probe.graph.output:
         output.type.tensor_type.ClearField("shape")
-    shapes = value_shapes(probe, input_shapes)
-    itemsize = _itemsizes(model)
-    for node in _all_nodes(model.graph):
+    types = value_types(probe, input_shapes)
+    for node in all_nodes(model.graph):
         for name in node.output:
-            dims = shapes.get(name)
+            dims, elem_type = types.get(name, ([], 0))
             if not dims or any(d is None or d < 0 for d in dims):
                 continue
-            nbytes = math.prod(dims) * itemsize.get(name, 4)
+            nbytes = math.prod(dims) * _itemsize(elem_type)
             if nbytes > limit:
                 raise UnsupportedOpError(
                     f"{source}: node {node.name or node.op_type!r} ({node.op_type}) would make a tensor of shape "
@@ -49,26 +48,9 @@ def check_tensor_sizes(model: onnx.ModelProto, sample: Mapping[str, Any], source
                     "its inputs can need; refusing to allocate it")
 
 
-def _itemsizes(model: onnx.ModelProto) -> dict[str, int]:
-    """Bytes per element of each typed value (after shape inference), default 4."""
-    sizes: dict[str, int] = {}
+def _itemsize(elem_type: int) -> int:
+    """Bytes per element of an ONNX element type; 4 when unknown (the bound stays an estimate)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - sizes are a bound: an unknown type counts as 4 bytes
-        return sizes
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-        elem = vi.type.tensor_type.elem_type
-        if elem:
-            try:
-                sizes[vi.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).itemsize
-            except (KeyError, TypeError):
-                continue
-    return sizes
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                yield from _all_nodes(sub)
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return 4

@@ -63,6 +63,11 @@ def nonfinite_weight(model: ir.Model) -> str | None:
     return None
 
 
+def has_onnx_domain(proto: onnx.ModelProto) -> bool:
+    """Whether the model imports the ONNX domain (an ai.onnx.ml-only model has nothing to quantize)."""
+    return any(o.domain in ("", "ai.onnx") for o in proto.opset_import)
+
+
 def opset_of(proto: onnx.ModelProto) -> int:
     """The default-domain opset of a model."""
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)

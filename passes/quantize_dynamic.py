@@ -12,7 +12,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from edgec.compiler.pipeline import to_proto
 from edgec.passes._quant_attention import unpack_attention
-from edgec.passes._quant_common import INT8_DYNAMIC, replace_model, require_format, workdir
+from edgec.passes._quant_common import INT8_DYNAMIC, has_onnx_domain, replace_model, require_format, workdir
 from edgec.passes._quant_subgraphs import walk
 from edgec.passes.base import EdgecPass, Tolerance, register_pass
 
@@ -32,7 +32,7 @@ def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel:
     with a note each, as is any Gemm it kept.
     """
     require_format(pass_.ctx, INT8_DYNAMIC, pass_.name)
-    if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):
+    if not has_onnx_domain(proto):
         # ORT's quantizer needs the ONNX domain (it raises "Failed to find proper ai.onnx domain"), and a
         # model without it (ai.onnx.ml only) has no MatMul, Attention or Gather to quantize anyway.
         pass_.skip("model", "no ONNX-domain ops (ai.onnx.ml only): nothing to quantize")

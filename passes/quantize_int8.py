@@ -23,6 +23,7 @@ from edgec.passes._quant_common import (
     INT8_DYNAMIC,
     INT8_QDQ,
     ensure_opset,
+    has_onnx_domain,
     has_op,
     name_nodes,
     nonfinite_weight,
@@ -93,7 +94,7 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = to_proto(model)
-        if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):
+        if not has_onnx_domain(proto):
             self.skip("model", "no ONNX-domain ops (ai.onnx.ml only): nothing to quantize")
             return ir.passes.PassResult(model, modified=False)
         if self._use_dynamic(proto):

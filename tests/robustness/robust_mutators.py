@@ -109,12 +109,17 @@ def dup_node(rng: random.Random, model: onnx.ModelProto) -> str | None:
     return f"duplicated node {_node_name(graph, k)}" + (" (outputs renamed)" if renamed else " (same outputs)")
 
 
+def _node_with_inputs(rng: random.Random, graph: onnx.GraphProto) -> int | None:
+    """The index of a random node that reads something, or None when no node does."""
+    candidates = [i for i, n in enumerate(graph.node) if n.input]
+    return rng.choice(candidates) if candidates else None
+
+
 def rewire_input(rng: random.Random, model: onnx.ModelProto) -> str | None:
     graph = model.graph
-    candidates = [i for i, n in enumerate(graph.node) if n.input]
-    if not candidates:
+    k = _node_with_inputs(rng, graph)
+    if k is None:
         return None
-    k = rng.choice(candidates)
     node = graph.node[k]
     new = rng.choice([*_value_names(graph), "ghost", ""])
     if rng.random() < 0.2:
@@ -338,10 +343,9 @@ def outputs(rng: random.Random, model: onnx.ModelProto) -> str | None:
 
 def cycle(rng: random.Random, model: onnx.ModelProto) -> str | None:
     graph = model.graph
-    candidates = [i for i, n in enumerate(graph.node) if n.input]
-    if not candidates:
+    k = _node_with_inputs(rng, graph)
+    if k is None:
         return None
-    k = rng.choice(candidates)
     later = [o for n in graph.node[k:] for o in n.output if o]
     if not later:
         return None
