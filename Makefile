@@ -70,7 +70,7 @@ test: $(STAMP) $(HF_STAMP) node-deps test-deps real-model-wheels
 
 # edgec build over every model of ONNX's backend test data that ORT runs (bench/conformance.py; CI runs
 # a fixed sample in tests/conformance): cleanup and fuse on all of them, the lossy passes on those with a
-# float input, onnxscript's optimizer beside them (about an hour on 2 cores). Writes the Conformance
+# float input, onnxscript's optimizer beside them (about 10 minutes on 2 cores). Writes the Conformance
 # section of bench/RESULTS.md.
 conformance: $(STAMP)
 	cd bench && ../$(BIN)/python conformance.py --passes cleanup fuse quantize-int8 quantize-dynamic fp16
