@@ -269,7 +269,7 @@ def run_edgec(case: Case, passes: Sequence[str], workdir: pathlib.Path) -> Outco
     """``edgec build --target cpu-x86 --passes ... --calib case.npz`` and the bundle judged."""
     from edgec.compiler.build import run_build
     from edgec.compiler.config import BuildConfig
-    from edgec.compiler.errors import EdgecError
+    from edgec.core.errors import EdgecError
 
     tool = "edgec " + ",".join(passes)
     model_path, calib_path, out = workdir / "model.onnx", workdir / "calib.npz", workdir / "bundle"

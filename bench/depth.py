@@ -14,9 +14,9 @@ import matplotlib
 import numpy as np
 import onnx_ir as ir
 
-from edgec.compiler.context import BuildContext
 from edgec.models.zoo import get_zoo_model
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.runtime.timing import interleaved_medians
 from edgec.targets.registry import get_target
 
@@ -85,7 +85,7 @@ def mnist_rows() -> tuple[list[str], dict[str, list[float]]]:
 
 def random_vs_importance(granularity: str, k: int) -> tuple[float, list[float]]:
     """mean_cosine of the importance pick, and of SEEDS random picks of k blocks."""
-    from edgec.passes._blocks import candidates
+    from edgec.passes.depth.blocks import candidates
 
     names = [b.name for b in candidates(ir.load(str(get_zoo_model("minilm").onnx_path())).graph, granularity)
              if b.removable]

@@ -22,9 +22,9 @@ import onnx
 from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
 from edgec.compiler.calibration import load_calibration
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.runtime.timing import interleaved_medians
 from edgec.targets.registry import get_target
 

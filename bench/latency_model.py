@@ -27,12 +27,13 @@ import sys
 import onnx
 from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.compiler.search.latency_model import LatencyModel, scaled_conv_model
 from edgec.compiler.search.measure import measure_latencies
+from edgec.compiler.sweep_models import load_sweep_models
 from edgec.models.zoo import get_zoo_model
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.runtime.devices import export_device_file
 from edgec.runtime.devices.sweep import load_device_file
 from edgec.targets.registry import get_target
@@ -197,7 +198,8 @@ def device_file(work: pathlib.Path) -> pathlib.Path:
             out = work / f"scaled_{name}_{factor}.onnx"
             onnx.save(scaled_conv_model(onnx.load(str(get_zoo_model(name).onnx_path())), factor), out)
             extra.append(str(out))
-    export_device_file("local", path, target="cpu-x86", models=[*SWEEP_MODELS, *extra], max_per_op=400, runs=20,
+    export_device_file("local", path, target="cpu-x86", models=load_sweep_models([*SWEEP_MODELS, *extra]),
+                       max_per_op=400, runs=20,
                        warmup=3)
     return path
 

@@ -32,14 +32,14 @@ import onnx_ir.passes.common as common
 from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 from onnx import helper, numpy_helper
 
-from edgec.compiler.analysis import model_stats
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
+from edgec.core.stats import model_stats
 from edgec.models.zoo import get_zoo_model
-from edgec.passes._channel_export import apply_plan, choose_orders
-from edgec.passes._channel_graph import analyze, static_shape
-from edgec.passes._prune_plan import make_plan
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
+from edgec.passes.pruning.channel_export import apply_plan, choose_orders
+from edgec.passes.pruning.channel_graph import analyze, static_shape
+from edgec.passes.pruning.plan import make_plan
 from edgec.runtime.session import compare_outputs, make_session, run
 from edgec.runtime.timing import interleaved_medians
 from edgec.targets.registry import get_target

@@ -34,14 +34,14 @@ import onnx_ir as ir  # noqa: E402
 import onnx_ir.passes.common as common  # noqa: E402
 from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
-from edgec.compiler.analysis import model_stats  # noqa: E402
-from edgec.compiler.context import BuildContext  # noqa: E402
 from edgec.compiler.pipeline import run_pipeline  # noqa: E402
+from edgec.core.stats import model_stats  # noqa: E402
 from edgec.models.zoo import get_zoo_model  # noqa: E402
-from edgec.passes._channel_export import apply_plan, choose_orders  # noqa: E402
-from edgec.passes._channel_graph import analyze  # noqa: E402
-from edgec.passes._prune_plan import input_mean_squares, make_plan  # noqa: E402
 from edgec.passes.base import create_pass  # noqa: E402
+from edgec.passes.context import BuildContext  # noqa: E402
+from edgec.passes.pruning.channel_export import apply_plan, choose_orders  # noqa: E402
+from edgec.passes.pruning.channel_graph import analyze  # noqa: E402
+from edgec.passes.pruning.plan import input_mean_squares, make_plan  # noqa: E402
 from edgec.targets.registry import get_target  # noqa: E402
 
 log = logging.getLogger("bench.pruning_accuracy")

@@ -23,10 +23,10 @@ import onnx
 from _results import RESULTS, write_section  # noqa: E402  (bench/ is on sys.path when run)
 from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
 
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.models.zoo import ZOO_NAMES, get_zoo_model
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.runtime.session import compare_outputs, make_session, run
 from edgec.runtime.timing import interleaved_medians
 from edgec.targets.registry import get_target

@@ -44,7 +44,7 @@ from _results import write_section  # noqa: E402
 
 from edgec.compiler.build import run_build
 from edgec.compiler.config import BuildConfig
-from edgec.compiler.errors import EdgecError
+from edgec.core.errors import EdgecError
 from edgec.runtime.session import make_session
 from edgec.runtime.timing import interleaved_medians
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgec.compiler.context import Feeds
-from edgec.compiler.errors import CalibrationError
 from edgec.compiler.frontend.normalize import real_inputs
+from edgec.core.errors import CalibrationError
+from edgec.core.ir import Feeds
 from edgec.runtime.values import kind_phrase, value_kind
 
 

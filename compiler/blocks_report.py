@@ -7,7 +7,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from edgec.passes._blocks import discover_blocks
+from edgec.passes.depth import discover_blocks
 
 
 def list_blocks(proto: onnx.ModelProto) -> list[dict[str, Any]]:

@@ -15,8 +15,6 @@ import onnx
 
 from edgec.compiler.calibration import ImagePreprocess, load_calibration
 from edgec.compiler.config import DEFAULT_PASSES, BuildConfig
-from edgec.compiler.context import BuildContext
-from edgec.compiler.errors import BundleError, ConfigError, ModelLoadError, UnsupportedOpError
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.frontend.load import confirm_opset_upgrade
 from edgec.compiler.frontend.normalize import drop_contradicted_output_shapes
@@ -29,7 +27,9 @@ from edgec.compiler.search.objective import Objective
 from edgec.compiler.search.orchestrate import DEFAULT_BUDGET, SearchResult, SearchSettings, run_search
 from edgec.compiler.search.space import SEARCH_PASSES, build_space
 from edgec.compiler.search.strategy import STRATEGIES
+from edgec.core.errors import BundleError, ConfigError, ModelLoadError, UnsupportedOpError
 from edgec.passes.base import EdgecPass, available_passes, create_pass
+from edgec.passes.context import BuildContext
 from edgec.runtime.bundle import write_bundle
 from edgec.runtime.session import compare_outputs
 from edgec.runtime.timing import interleaved_medians
@@ -248,7 +248,7 @@ def _sensitivity_plots(output: str | Path, records: list[PassRecord]) -> list[Pa
 
     The ranking itself is in the pass's record in the manifest; the plot is for people.
     """
-    from edgec.passes._quant_sensitivity import plot_ranking
+    from edgec.passes.quant import plot_ranking
 
     out = Path(output)
     paths = []

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 
 from edgec.compiler._inputs import InputSpec, check_sample, fits, model_inputs
-from edgec.compiler.context import Feeds
-from edgec.compiler.errors import CalibrationError, ConfigError
+from edgec.core.errors import CalibrationError, ConfigError
+from edgec.core.ir import Feeds
 from edgec.runtime.safe_npz import NpzError, npz_limit, read_npz
 from edgec.runtime.values import decode, group_keys, kind_phrase, value_shape
 

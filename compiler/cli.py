@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgec.compiler import report
-from edgec.compiler.errors import EdgecError
+from edgec.core.errors import EdgecError
 
 err_console = Console(stderr=True, highlight=False)
 # Piped output (files, CI logs) gets wide tables instead of rich's 80-column default.
@@ -270,6 +270,7 @@ def profile(source: str, runs: int, warmup: int, threads: int, task: str | None,
             runner: Path | None, big_cores: bool, export_device: Path | None, as_json: bool) -> None:
     """Latency p50/p90/p99 and the top nodes by time (ORT profiler) of a model or bundle."""
     if device or export_device:
+        from edgec.compiler.sweep_models import load_sweep_models
         from edgec.runtime.devices import export_device_file, profile_on_device
 
         dev, cfg = device or "local", str(ssh_config) if ssh_config else None
@@ -277,7 +278,8 @@ def profile(source: str, runs: int, warmup: int, threads: int, task: str | None,
                                    runner=str(runner) if runner else None, python=device_python,
                                    ssh_config=cfg, timeout_s=timeout_s, big_cores=big_cores)
         if export_device:
-            doc = export_device_file(dev, export_device, target=source, python=device_python, ssh_config=cfg,
+            doc = export_device_file(dev, export_device, models=load_sweep_models(), target=source,
+                                     python=device_python, ssh_config=cfg,
                                      timeout_s=max(timeout_s, 1800))
             result["device_file"] = {"path": str(export_device), "entries": len(doc["entries"])}
     else:

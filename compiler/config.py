@@ -32,7 +32,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from edgec.compiler.errors import ConfigError
+from edgec.core.errors import ConfigError
 
 DEFAULT_PASSES = ("cleanup", "fuse")
 _TOP_KEYS = {"model", "target", "task", "passes", "pass-options", "calibration", "input-shapes", "format", "seed",

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgec.compiler.analysis import model_stats
 from edgec.compiler.blocks_report import list_blocks
 from edgec.compiler.calibration import load_calibration
 from edgec.compiler.frontend import load_model, parse_input_shapes
+from edgec.core.stats import model_stats
 from edgec.targets.registry import get_target
 from edgec.targets.support import place_nodes
 

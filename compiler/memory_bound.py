@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgec.compiler.analysis import all_nodes, value_types
-from edgec.compiler.errors import UnsupportedOpError
+from edgec.core.errors import UnsupportedOpError
+from edgec.core.stats import all_nodes, value_types
 
 FACTOR = 64
 FLOOR = 1 << 30

@@ -16,10 +16,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.compiler.analysis import model_stats
-from edgec.compiler.context import BuildContext, Feeds
-from edgec.compiler.errors import CalibrationError, ToleranceError, UnsupportedOpError, VerificationError
+from edgec.core.errors import CalibrationError, ToleranceError, UnsupportedOpError, VerificationError
+from edgec.core.ir import Feeds, to_ir, to_proto
+from edgec.core.stats import model_stats
 from edgec.passes.base import EdgecPass
+from edgec.passes.context import BuildContext
 from edgec.runtime.session import OutputError, compare_outputs, make_session, run
 from edgec.targets.profile import TargetProfile
 
@@ -60,16 +61,6 @@ class PipelineResult:
     records: list[PassRecord]
     input_outputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
-
-
-def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """Serialize an IR model."""
-    return ir.serde.serialize_model(model)
-
-
-def to_ir(proto: onnx.ModelProto) -> ir.Model:
-    """Deserialize into a fresh IR model that shares nothing with other candidates."""
-    return ir.serde.deserialize_model(proto)
 
 
 def reference_outputs(proto: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edgec.compiler.errors import CalibrationError, ConfigError
+from edgec.core.errors import CalibrationError, ConfigError
 from edgec.models import _cache
 from edgec.models._export import export_onnx
 from edgec.runtime.session import session_options

@@ -10,9 +10,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import onnx_ir as ir
 
-from edgec.compiler.context import BuildContext
-from edgec.compiler.errors import ConfigError
+from edgec.core.errors import ConfigError
 from edgec.passes._library_logs import quiet_library_logs
+from edgec.passes.context import BuildContext
 
 ConfigT = TypeVar("ConfigT")
 
@@ -79,13 +79,13 @@ def register_pass(name: str) -> Callable[[P], P]:
 
 
 def _load_builtin_passes() -> None:
-    # Importing every module of edgec.passes runs its @register_pass decorators; a new pass
-    # module needs no edit here. Private modules (leading underscore) hold helpers only.
+    # Importing every family package (edgec.passes.pruning, ...) and its modules runs their
+    # @register_pass decorators, so a new pass module in a family needs no edit here.
     import edgec.passes
 
-    for module in pkgutil.iter_modules(edgec.passes.__path__):
-        if not module.name.startswith("_") and not module.ispkg:
-            importlib.import_module(f"edgec.passes.{module.name}")
+    for module in pkgutil.walk_packages(edgec.passes.__path__, prefix="edgec.passes."):
+        if not module.name.rsplit(".", 1)[-1].startswith("_"):
+            importlib.import_module(module.name)
 
 
 def available_passes() -> dict[str, type[EdgecPass[Any]]]:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
+from edgec.runtime.loader import load_bundle as load
 
-
-def load(path: Any) -> Any:
-    """Open a bundle (dir or zip): verify schema and checksums, return a ready LoadedBundle."""
-    from edgec.runtime.loader import load_bundle
-
-    return load_bundle(path)
+__all__ = ["load"]

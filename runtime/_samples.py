@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.compiler.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime.safe_npz import NpzError, read_npz
 from edgec.runtime.values import decode, encode, group_keys, shape_text, value_shape
 

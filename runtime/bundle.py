@@ -75,7 +75,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgec.compiler.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime import mobile
 from edgec.runtime._samples import (
     SAMPLE_FILE,

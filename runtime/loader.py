@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
-from edgec.compiler.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime._samples import EXTRA_SAMPLE_NAME, describe_shapes, holds_sequence, load_sample
 from edgec.runtime.bundle import MANIFEST, ONNX_FILE, REQUIRED_KEYS, SAMPLE_FILE, SCHEMA_VERSION, file_sha256
 from edgec.runtime.session import OutputError, compare_outputs, providers_for, run, session_options

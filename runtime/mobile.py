@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from edgec.compiler.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.targets.profile import TargetProfile
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edgec.compiler.errors import ConfigError, ModelLoadError
+from edgec.core.errors import ConfigError, ModelLoadError
 from edgec.runtime.session import session_options
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edgec.core.ir import Feeds
 from edgec.targets.profile import TargetProfile
-
-Feeds = dict[str, Any]  # name -> an array, a list of arrays (a sequence) or None (an absent optional)
 
 # Sessions that ORT's own tools open (the quantizers' calibration runs) log through the default logger:
 # errors only, as edgec's own sessions do (their warnings, CleanUnusedInitializersAndNodeArgs, are noise).

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgec.core.ir import Feeds
 from edgec.runtime.session import make_session
-
-Feeds = dict[str, np.ndarray]
 
 
 def interleaved_samples(models: Sequence[bytes | str], feeds: Feeds, *, rounds: int = 10, runs: int = 5,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from edgec.compiler.errors import TargetError
+from edgec.core.errors import TargetError
 
 OPT_LEVELS = ("disabled", "basic", "extended", "all")
 

@@ -6,7 +6,7 @@ import functools
 import tomllib
 from importlib import resources
 
-from edgec.compiler.errors import TargetError
+from edgec.core.errors import TargetError
 from edgec.targets.profile import TargetProfile
 
 

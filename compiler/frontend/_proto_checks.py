@@ -15,7 +15,7 @@ import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from edgec.compiler.errors import ModelLoadError
+from edgec.core.errors import ModelLoadError
 
 _DATA_TYPES = frozenset(onnx.TensorProto.DataType.values())
 # int32 fields that hold a TensorProto.DataType: TensorProto.data_type, TypeProto.Tensor/SparseTensor.elem_type,

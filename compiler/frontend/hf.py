@@ -15,8 +15,8 @@ from typing import Any
 
 import onnx
 
-from edgec.compiler.errors import ConfigError, ModelLoadError
 from edgec.compiler.frontend.onnx_file import read_onnx
+from edgec.core.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 

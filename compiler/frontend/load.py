@@ -10,8 +10,8 @@ from pathlib import Path
 
 import onnx
 
-from edgec.compiler.errors import ConfigError, ModelLoadError
 from edgec.compiler.frontend.normalize import default_opset, needs_opset_upgrade, normalize
+from edgec.core.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import onnx
 from onnx import version_converter
 
-from edgec.compiler.errors import ConfigError
+from edgec.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

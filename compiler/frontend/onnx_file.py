@@ -12,8 +12,8 @@ import onnx
 import onnx.numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
 
-from edgec.compiler.errors import ModelLoadError
 from edgec.compiler.frontend._proto_checks import check_fields, check_passthrough_outputs, check_raw_size
+from edgec.core.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from edgec.compiler.errors import ConfigError, ModelLoadError
+from edgec.core.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 

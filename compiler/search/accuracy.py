@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from edgec.compiler.context import Feeds
+from edgec.core.ir import Feeds
 from edgec.runtime.session import compare_outputs, make_session, run
 
 

@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgec.compiler.context import BuildContext, Feeds
-from edgec.compiler.errors import ConfigError, EdgecError
 from edgec.compiler.pipeline import run_pipeline
 from edgec.compiler.search.accuracy import ProxyTask, output_cosine
+from edgec.core.errors import ConfigError, EdgecError
+from edgec.core.ir import Feeds
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.targets.registry import get_target
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _primary(value: Any, source: str) -> float:
 
 def load_metric(spec: str) -> Any:
     """Import ``package.module:function`` (prune-depth's loader); a bad spec names --metric."""
-    from edgec.passes._depth_score import load_metric as load
+    from edgec.passes.depth import load_metric as load
 
     return load(spec, "--metric")
 

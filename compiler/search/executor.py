@@ -14,7 +14,7 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from edgec.compiler.errors import ConfigError
+from edgec.core.errors import ConfigError
 
 T = TypeVar("T")
 R = TypeVar("R")

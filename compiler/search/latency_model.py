@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgec.compiler.analysis import node_flops, value_shapes
+from edgec.core.stats import node_flops, value_shapes
 from edgec.runtime.devices.sweep import DeviceLatencyTable
 
 _ELEMENTWISE_FALLBACK = ("Add", "Mul", "Relu", "Clip", "Sigmoid")

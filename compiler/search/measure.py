@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgec.compiler.context import Feeds
+from edgec.core.ir import Feeds
 from edgec.runtime.session import make_session
 
 

@@ -31,8 +31,6 @@ from collections.abc import Callable, Sequence
 
 import onnx
 
-from edgec.compiler.context import Feeds
-from edgec.compiler.errors import EdgecError
 from edgec.compiler.search.evaluate import INTERNAL_ERROR, CandidateOutcome, CandidateTask, Scorer, build_and_score
 from edgec.compiler.search.executor import make_executor
 from edgec.compiler.search.measure import measure_latencies
@@ -40,6 +38,8 @@ from edgec.compiler.search.objective import HEADROOM, Evaluation, Objective
 from edgec.compiler.search.pareto import describe
 from edgec.compiler.search.space import SearchSpace
 from edgec.compiler.search.strategy import STRATEGIES
+from edgec.core.errors import EdgecError
+from edgec.core.ir import Feeds
 from edgec.targets.profile import TargetProfile
 
 log = logging.getLogger(__name__)

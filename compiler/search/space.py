@@ -38,7 +38,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from edgec.compiler.errors import ConfigError
+from edgec.core.errors import ConfigError
 from edgec.passes.base import EdgecPass, available_passes
 from edgec.targets.profile import TargetProfile
 
@@ -159,7 +159,7 @@ def candidate_key(candidate: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def removable_blocks(proto: onnx.ModelProto, granularity: str) -> int:
     """How many blocks prune-depth could drop from ``proto`` at ``granularity``."""
-    from edgec.passes._blocks import candidates
+    from edgec.passes.depth import candidates
 
     return sum(b.removable for b in candidates(ir.serde.deserialize_model(proto).graph, granularity))
 
@@ -175,7 +175,7 @@ def ratio_breakpoints(proto: onnx.ModelProto, multiple: int, low: float, high: f
     (Channel groups joined by a Concat or a residual can step elsewhere; the search's model-hash
     check catches the duplicates that follow.)
     """
-    from edgec.passes._prune_plan import width_phase
+    from edgec.passes.pruning import width_phase
 
     weights = {i.name: list(i.dims) for i in proto.graph.initializer}
     widths: set[int] = set()

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgec.runtime.devices import Device, DeviceError
+from edgec.runtime.devices.device import Device, DeviceError
 from edgec.runtime.devices.device_runner import ERROR_MARK, RESULT_MARK
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 
 from onnx import numpy_helper
 
-from edgec.runtime.devices import Device, DeviceError
+from edgec.runtime.devices.device import Device, DeviceError
 from edgec.runtime.devices.device_runner import node_times
 from edgec.runtime.loader import LoadedBundle
 

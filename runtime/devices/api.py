@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from edgec.compiler.errors import ConfigError
-from edgec.runtime.devices import Device, DeviceError, parse_device
+from edgec.core.errors import ConfigError
 from edgec.runtime.devices._jobs import INPUTS_FILE, Transport, decode_array, run_job, staging_dir, write_job
+from edgec.runtime.devices.device import Device, DeviceError, parse_device
 from edgec.runtime.loader import SAMPLE_ATOL, SAMPLE_RTOL, LoadedBundle, VerifyCheck, VerifyReport, load_bundle
 from edgec.runtime.session import compare_outputs
 

@@ -9,8 +9,8 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from edgec.runtime.devices import Device
 from edgec.runtime.devices._jobs import REMOTE_PREFIX, cleanup_command, timed_out
+from edgec.runtime.devices.device import Device
 
 
 class LocalTransport:

@@ -10,8 +10,8 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from edgec.runtime.devices import Device, DeviceError
 from edgec.runtime.devices._jobs import REMOTE_PREFIX, cleanup_command, timed_out
+from edgec.runtime.devices.device import Device, DeviceError
 
 log = logging.getLogger(__name__)
 

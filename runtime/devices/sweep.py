@@ -28,19 +28,18 @@ from typing import Any
 
 import onnx
 
-from edgec.compiler.analysis import model_stats
-from edgec.compiler.errors import ConfigError
-from edgec.runtime.devices import Device, DeviceError
+from edgec.core.errors import ConfigError
+from edgec.core.stats import model_stats
 from edgec.runtime.devices._jobs import INPUTS_FILE, run_job, staging_dir, write_job
 from edgec.runtime.devices._microbench import QDQ_OPS, OpSpec, build_fp32, collect_specs, to_fp16, to_int8_qdq
 from edgec.runtime.devices.api import as_device, transport_for
+from edgec.runtime.devices.device import Device, DeviceError
 from edgec.targets.profile import TargetProfile
 from edgec.targets.registry import get_target
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "edgec-device-latency/1"
-DEFAULT_MODELS = ("mobilenetv2", "resnet18", "efficientnet-b0", "bert-like")
 # Target quantization formats this sweep can build micro-models for, and the precision name it records.
 FORMAT_PRECISION = {"int8-qdq": "int8", "fp16": "fp16"}
 
@@ -53,22 +52,6 @@ def _precisions(target: TargetProfile) -> tuple[list[str], dict[str, str]]:
         else:
             skipped[fmt] = "no micro-benchmark builder for this format yet"
     return chosen, skipped
-
-
-def _load_models(models: Sequence[str]) -> list[tuple[str, onnx.ModelProto]]:
-    """Zoo names (exported once, cached) or paths to .onnx files."""
-    from edgec.models.zoo import get_zoo_model
-
-    loaded = []
-    for name in models:
-        path = pathlib.Path(name)
-        if name.endswith(".onnx"):
-            if not path.is_file():
-                raise ConfigError(f"--sweep-models: {name} does not exist")
-            loaded.append((path.name, onnx.load(path)))
-        else:
-            loaded.append((name, onnx.load(get_zoo_model(name).onnx_path())))
-    return loaded
 
 
 def _variant(spec: OpSpec, precision: str, target: TargetProfile):
@@ -113,14 +96,17 @@ def _entry(meta: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
             "nodes": nodes, "providers": sorted({n["provider"] for n in nodes})}
 
 
-def export_device_file(device: str | Device, path: str | os.PathLike[str], *, target: str | None = None,
-                       models: Sequence[str] = DEFAULT_MODELS, max_per_op: int = 6, runs: int = 30,
-                       warmup: int = 5, threads: int | None = None, python: str | None = None,
+def export_device_file(device: str | Device, path: str | os.PathLike[str], *,
+                       models: Sequence[tuple[str, onnx.ModelProto]], target: str | None = None,
+                       max_per_op: int = 6, runs: int = 30, warmup: int = 5, threads: int | None = None,
+                       python: str | None = None,
                        ssh_config: str | None = None, timeout_s: float = 1800.0,
                        remote_base: str | None = None) -> dict[str, Any]:
     """Measure the sweep on ``device`` with ``target``'s session options and write it to ``path``.
 
-    ``target`` is a target name or the path of a bundle (its manifest's target is used); default cpu-x86.
+    ``models`` are (name, model) pairs whose ops and shapes the sweep's micro-models copy (the compiler's
+    ``load_sweep_models`` resolves zoo names and paths). ``target`` is a target name or the path of a
+    bundle (its manifest's target is used); default cpu-x86.
     """
     dev = as_device(device)
     if dev.kind == "adb":
@@ -130,7 +116,7 @@ def export_device_file(device: str | Device, path: str | os.PathLike[str], *, ta
     profile = get_target(_target_name(target))
     threads = threads or profile.intra_op_num_threads
     precisions, skipped = _precisions(profile)
-    specs = collect_specs(_load_models(models), max_per_op)
+    specs = collect_specs(list(models), max_per_op)
     tasks, inputs, files, meta, failed = _tasks(specs, precisions, profile, runs=runs, warmup=warmup,
                                                 threads=threads)
     log.info("sweep: %d micro-models (%d could not be built) on %s", len(tasks), len(failed), dev)
@@ -141,7 +127,7 @@ def export_device_file(device: str | Device, path: str | os.PathLike[str], *, ta
     doc = {"schema": SCHEMA, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
            "device": str(dev), "target": profile.name, "threads": threads,
            "level": profile.graph_optimization_level, "environment": raw["environment"],
-           "source_models": list(models), "precisions": precisions, "skipped_precisions": skipped,
+           "source_models": [name for name, _ in models], "precisions": precisions, "skipped_precisions": skipped,
            "entries": [_entry(meta[r["id"]], r) for r in raw["results"]] + failed}
     _write_atomic(pathlib.Path(path), json.dumps(doc, indent=1))
     return doc

@@ -108,7 +108,7 @@ def _matmul_graph(name: str, out: str, k: int = 8) -> onnx.GraphProto:
 
 
 def test_flops_count_the_costlier_if_branch_at_the_calibration_shape():
-    from edgec.compiler.analysis import model_stats
+    from edgec.core.stats import model_stats
 
     then = _matmul_graph("then", "t")
     other = helper.make_graph([helper.make_node("Relu", ["x"], ["e"], name="relu")], "else", [],

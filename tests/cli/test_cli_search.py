@@ -156,11 +156,13 @@ def test_latency_ratio_lands_on_a_share_of_the_original(runner, tmp_path):
 
 def test_device_file_prices_candidates_for_a_non_host_target(runner, tmp_path):
     from edgec.compiler.search.latency_model import LatencyModel
+    from edgec.compiler.sweep_models import load_sweep_models
     from edgec.runtime.devices import export_device_file
     from edgec.runtime.devices.sweep import load_device_file
 
     device = tmp_path / "device.json"  # this host, swept as a device would be
-    export_device_file("local", device, target="cpu-x86", models=["digits-cnn"], max_per_op=10, runs=5, warmup=1)
+    export_device_file("local", device, target="cpu-x86", models=load_sweep_models(["digits-cnn"]),
+                       max_per_op=10, runs=5, warmup=1)
     out = tmp_path / "b"
     result = _search(runner, "zoo:digits-cnn", out, "--target", "android-arm64", "--latency-ms", "100",
                      "--budget", 4, "--device-file", device)

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgec.compiler.calibration import RANDOM_WARNING, ImagePreprocess, load_calibration, model_inputs
-from edgec.compiler.errors import CalibrationError, ConfigError
+from edgec.core.errors import CalibrationError, ConfigError
 from edgec.runtime.values import encode
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgec.compiler.config import make_build_config, parse_pass_list
-from edgec.compiler.errors import ConfigError
+from edgec.core.errors import ConfigError
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, save
 
 from edgec.compiler.cli import cli
-from edgec.compiler.errors import ConfigError, ModelLoadError
 from edgec.compiler.frontend import hf, load_model
+from edgec.core.errors import ConfigError, ModelLoadError
 from edgec.runtime import load
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog"]

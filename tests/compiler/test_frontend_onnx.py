@@ -14,9 +14,9 @@ from frontend_factories import ort_outputs
 from onnx import TensorProto, helper
 from onnx.external_data_helper import uses_external_data
 
-from edgec.compiler.errors import ConfigError, ModelLoadError
 from edgec.compiler.frontend import load_model, onnx_file, parse_input_shapes
 from edgec.compiler.frontend.normalize import default_opset, normalize
+from edgec.core.errors import ConfigError, ModelLoadError
 
 FEEDS = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
 

@@ -10,9 +10,9 @@ import onnx
 import pytest
 import torch
 
-from edgec.compiler.errors import ConfigError, ModelLoadError
 from edgec.compiler.frontend import load_model
 from edgec.compiler.frontend.torch_export import is_factory_spec
+from edgec.core.errors import ConfigError, ModelLoadError
 
 
 def _example(*shapes: tuple[int, ...]) -> list[torch.Tensor]:

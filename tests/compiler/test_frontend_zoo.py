@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgec.compiler.errors import EdgecError
 from edgec.compiler.frontend import load_model
+from edgec.core.errors import EdgecError
 
 
 def test_unknown_zoo_model_names_it() -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.compiler.errors import UnsupportedOpError
 from edgec.compiler.memory_bound import check_tensor_sizes
+from edgec.core.errors import UnsupportedOpError
 
 
 def _fill(shape: list[int]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgec.compiler.errors import ConfigError
+from edgec.core.errors import ConfigError
 from edgec.runtime.devices import Device, parse_device
 
 

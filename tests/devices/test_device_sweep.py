@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from edgec.compiler.errors import ConfigError
+from edgec.compiler.sweep_models import load_sweep_models
+from edgec.core.errors import ConfigError
 from edgec.runtime.devices import export_device_file
 from edgec.runtime.devices.sweep import SCHEMA, load_device_file
 
@@ -18,7 +19,8 @@ MAX_PLAUSIBLE_GFLOPS = 1e4
 @pytest.fixture(scope="module")
 def device_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sweep") / "host.json"
-    doc = export_device_file("local", path, target="android-arm64", models=["mobilenetv2"], max_per_op=2,
+    doc = export_device_file("local", path, target="android-arm64", models=load_sweep_models(["mobilenetv2"]),
+                             max_per_op=2,
                              runs=5, warmup=1)
     return path, doc
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgec.compiler.errors import EdgecError
+from edgec.core.errors import EdgecError
 from edgec.runtime.devices import DeviceError, profile_on_device, verify_on_device
 from edgec.runtime.loader import load_bundle
 from edgec.runtime.session import make_session, run

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from edgec.compiler.errors import CalibrationError, ConfigError
+from edgec.core.errors import CalibrationError, ConfigError
 from edgec.models import minilm
 from edgec.models.zoo import ZOO_NAMES, get_zoo_model
 from edgec.runtime.session import compare_outputs, make_session, run

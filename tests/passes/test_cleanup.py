@@ -9,9 +9,9 @@ import onnx
 import onnx.parser
 import pytest
 
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.targets.registry import get_target
 
 RTOL = 1e-5

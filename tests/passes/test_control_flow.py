@@ -22,11 +22,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.compiler.analysis import model_stats
 from edgec.compiler.cli import cli
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
+from edgec.core.stats import model_stats
 from edgec.passes.base import available_passes, create_pass
+from edgec.passes.context import BuildContext
 from edgec.targets.registry import get_target
 from edgec.targets.support import place_nodes
 

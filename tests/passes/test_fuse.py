@@ -11,10 +11,10 @@ import onnx
 import onnx.parser
 import pytest
 
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import PipelineResult, run_pipeline
 from edgec.models.zoo import get_zoo_model
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.targets.profile import TargetProfile
 from edgec.targets.registry import get_target
 

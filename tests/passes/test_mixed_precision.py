@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from edgec.compiler.cli import cli
-from edgec.compiler.context import BuildContext
-from edgec.compiler.errors import ConfigError, PrecisionError
 from edgec.compiler.pipeline import run_pipeline
+from edgec.core.errors import ConfigError, PrecisionError
 from edgec.models.zoo import get_zoo_model
 from edgec.passes.base import create_pass
-from edgec.passes.mixed_precision import MixedPrecisionPass
+from edgec.passes.context import BuildContext
+from edgec.passes.quant.mixed_precision import MixedPrecisionPass
 from edgec.runtime.session import compare_outputs, make_session, run
 from edgec.targets.registry import get_target
 

@@ -8,15 +8,15 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 import pytest
 
-from edgec.compiler.analysis import model_stats
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
+from edgec.core.stats import model_stats
 from edgec.models.zoo import get_zoo_model
-from edgec.passes._channel_export import apply_plan, choose_orders
-from edgec.passes._channel_graph import analyze
-from edgec.passes._prune_budget import GroupProblem, Reader, own_reads, solve_global, solve_group
-from edgec.passes._prune_plan import input_mean_squares, make_plan
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
+from edgec.passes.pruning.budget import GroupProblem, Reader, own_reads, solve_global, solve_group
+from edgec.passes.pruning.channel_export import apply_plan, choose_orders
+from edgec.passes.pruning.channel_graph import analyze
+from edgec.passes.pruning.plan import input_mean_squares, make_plan
 from edgec.targets.registry import get_target
 
 

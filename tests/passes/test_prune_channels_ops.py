@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.models._export import export_onnx
-from edgec.passes._channel_export import apply_plan, choose_orders
-from edgec.passes._channel_graph import analyze
-from edgec.passes._prune_plan import make_plan, zero_pruned
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
+from edgec.passes.pruning.channel_export import apply_plan, choose_orders
+from edgec.passes.pruning.channel_graph import analyze
+from edgec.passes.pruning.plan import make_plan, zero_pruned
 from edgec.runtime.session import compare_outputs, make_session, run
 from edgec.targets.registry import get_target
 

@@ -10,14 +10,14 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from edgec.compiler.context import BuildContext
-from edgec.compiler.errors import ConfigError
 from edgec.compiler.pipeline import run_pipeline
+from edgec.core.errors import ConfigError
 from edgec.models.zoo import get_zoo_model
-from edgec.passes import _replaceme
-from edgec.passes._blocks import WEIGHTED_OPS, Block, candidates, discover_blocks
-from edgec.passes._depth_edit import clone, remove_block
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
+from edgec.passes.depth import replaceme as _replaceme
+from edgec.passes.depth.blocks import WEIGHTED_OPS, Block, candidates, discover_blocks
+from edgec.passes.depth.edit import clone, remove_block
 from edgec.runtime.session import make_session, run
 from edgec.targets.registry import get_target
 

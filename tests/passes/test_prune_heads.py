@@ -1,4 +1,4 @@
-"""Attention-head pruning (passes/_prune_heads.py): matching, exactness, sizes, fusion after pruning, accuracy."""
+"""Attention-head pruning (passes/pruning/heads.py): matching, exactness, sizes, fusion after pruning, accuracy."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 import pytest
 
-from edgec.compiler.analysis import model_stats
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
+from edgec.core.stats import model_stats
 from edgec.models.zoo import get_zoo_model
-from edgec.passes._prune_heads import (
+from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
+from edgec.passes.pruning.heads import (
     AttentionBlock,
     find_attention_blocks,
     head_importance,
     heads_to_keep,
     prune_heads,
 )
-from edgec.passes.base import create_pass
 from edgec.runtime.session import compare_outputs, make_session, run
 from edgec.targets.registry import get_target
 

@@ -10,11 +10,11 @@ import onnx
 import pytest
 import torch
 
-from edgec.compiler.context import BuildContext
-from edgec.compiler.errors import CalibrationError, ConfigError
 from edgec.compiler.pipeline import PipelineResult, run_pipeline
+from edgec.core.errors import CalibrationError, ConfigError
 from edgec.models.zoo import get_zoo_model
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.targets.registry import get_target
 
 ACCURACY_POINTS = 0.005  # "within 0.5 accuracy points"
@@ -148,6 +148,6 @@ def test_unsupported_precision_for_target_is_refused():
 
 
 def onnx_ir_model(proto: onnx.ModelProto):
-    from edgec.compiler.pipeline import to_ir
+    from edgec.core.ir import to_ir
 
     return to_ir(proto)

@@ -8,17 +8,17 @@ import numpy as np
 import onnx
 import pytest
 
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.models.zoo import get_zoo_model
-from edgec.passes import _quant_placement as placement
-from edgec.passes._quant_analysis import optimized_graph
-from edgec.passes._quant_attention import unpack_attention
-from edgec.passes._quant_common import name_nodes
-from edgec.passes._quant_int8ops import prepare_float
-from edgec.passes._quant_pad import pad_depthwise
-from edgec.passes._quant_static import preprocess
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
+from edgec.passes.quant import placement
+from edgec.passes.quant.analysis import optimized_graph
+from edgec.passes.quant.attention import unpack_attention
+from edgec.passes.quant.common import name_nodes
+from edgec.passes.quant.int8ops import prepare_float
+from edgec.passes.quant.pad import pad_depthwise
+from edgec.passes.quant.static import preprocess
 from edgec.runtime.session import compare_outputs, make_session, run
 from edgec.targets.registry import get_target
 

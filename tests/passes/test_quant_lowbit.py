@@ -9,11 +9,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.models.zoo import get_zoo_model
-from edgec.passes._quant_lowbit import fp4_round
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
+from edgec.passes.quant.lowbit import fp4_round
 from edgec.runtime.session import make_session, run
 from edgec.targets.registry import get_target
 

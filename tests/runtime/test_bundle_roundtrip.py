@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from edgec import runtime
-from edgec.compiler.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime.bundle import REQUIRED_KEYS, write_bundle
 from edgec.runtime.loader import load_bundle, verify_bundle
 from edgec.runtime.session import make_session, run

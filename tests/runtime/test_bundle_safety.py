@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime.tools.convert_onnx_models_to_ort as ort_converter
 import pytest
 
-from edgec.compiler.errors import BundleError
+from edgec.core.errors import BundleError
 from edgec.runtime.bundle import file_sha256, write_bundle
 from edgec.runtime.loader import load_bundle, verify_bundle
 from edgec.runtime.session import run

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from edgec.compiler.errors import ConfigError, ModelLoadError
+from edgec.core.errors import ConfigError, ModelLoadError
 from edgec.runtime.bundle import write_bundle
 from edgec.runtime.profile import profile_model
 from edgec.targets.registry import get_target

@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 
-from edgec.compiler.context import BuildContext
 from edgec.compiler.pipeline import run_pipeline
 from edgec.compiler.search.latency_model import (
     LatencyModel,
@@ -16,8 +15,10 @@ from edgec.compiler.search.latency_model import (
     model_features,
     scaled_conv_model,
 )
+from edgec.compiler.sweep_models import load_sweep_models
 from edgec.models.zoo import get_zoo_model
 from edgec.passes.base import create_pass
+from edgec.passes.context import BuildContext
 from edgec.runtime.devices import export_device_file
 from edgec.runtime.devices._microbench import specs_from_model
 from edgec.runtime.devices.sweep import load_device_file
@@ -28,7 +29,8 @@ from edgec.targets.registry import get_target
 @pytest.fixture(scope="module")
 def latency_model(tmp_path_factory) -> LatencyModel:
     path = tmp_path_factory.mktemp("device") / "host.json"
-    export_device_file("local", path, target="cpu-x86", models=["mnist-resnet"], max_per_op=10, runs=5, warmup=1)
+    export_device_file("local", path, target="cpu-x86", models=load_sweep_models(["mnist-resnet"]),
+                       max_per_op=10, runs=5, warmup=1)
     return LatencyModel(load_device_file(path))
 
 

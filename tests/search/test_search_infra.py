@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.compiler.errors import ConfigError
 from edgec.compiler.search.accuracy import ProxyTask, output_cosine
 from edgec.compiler.search.executor import LocalExecutor, make_executor
 from edgec.compiler.search.measure import _settled, measure_latencies
+from edgec.core.errors import ConfigError
 from edgec.runtime.session import make_session, run
 
 

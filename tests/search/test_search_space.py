@@ -9,11 +9,11 @@ import onnx
 import pytest
 
 from edgec.compiler.config import config_file_fields
-from edgec.compiler.errors import ConfigError
 from edgec.compiler.search.space import SEARCH_PASSES, build_space, choice_toml, ratio_breakpoints, removable_blocks
 from edgec.compiler.search.strategy import _fit_ratio, _spread
+from edgec.core.errors import ConfigError
 from edgec.models.zoo import get_zoo_model
-from edgec.passes._prune_plan import round_keep
+from edgec.passes.pruning.plan import round_keep
 from edgec.targets.registry import get_target
 
 

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgec.compiler.errors import TargetError
+from edgec.core.errors import TargetError
 from edgec.targets.profile import TargetProfile
 from edgec.targets.registry import all_targets, get_target
 from edgec.targets.support import fallback_nodes, place_nodes, unrunnable_nodes

@@ -1,0 +1,107 @@
+"""Per-node quantization sensitivity, guided recovery to an accuracy budget, and the ranking plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import onnx
+
+from edgec.core.ir import Feeds
+from edgec.passes.context import BuildContext
+from edgec.runtime.session import compare_outputs, make_session, run
+
+logger = logging.getLogger(__name__)
+
+# The op types whose weights carry most of a model: the nodes worth ranking one at a time.
+WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul", "ConvTranspose", "Attention"})
+
+
+def outputs_on(proto: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[dict]:
+    """Outputs as written (no ORT rewrites), so errors belong to the model, not to fusions."""
+    session = make_session(proto.SerializeToString(), level="disabled", threads=1)
+    return [run(session, f) for f in feeds]
+
+
+def output_error(reference: list[dict], proto: onnx.ModelProto, feeds: Sequence[Feeds]) -> float:
+    """1 - the lowest per-output cosine to ``reference``: 0 when identical."""
+    errors = compare_outputs(reference, outputs_on(proto, feeds))
+    return 1.0 - min(e.cosine for e in errors)
+
+
+def metric_drop(ctx: BuildContext, fp32: onnx.ModelProto, feeds: Sequence[Feeds]
+                ) -> tuple[str, Callable[[onnx.ModelProto], float]]:
+    """The budget's unit and a function giving a candidate's drop: task metric if known, else 1 - cosine."""
+    if ctx.evaluate is not None:
+        base = ctx.evaluate(fp32.SerializeToString())
+        if base:
+            key = next(iter(base))
+            return key, lambda proto: base[key] - (ctx.evaluate(proto.SerializeToString()) or {key: 0.0})[key]
+    reference = outputs_on(fp32, feeds)
+    return "1-cosine", lambda proto: output_error(reference, proto, feeds)
+
+
+def rank(quantize_only: Callable[[str], onnx.ModelProto], candidates: Sequence[str],
+         error: Callable[[onnx.ModelProto], float]) -> list[tuple[str, float]]:
+    """Quantize one node at a time and measure the error; most sensitive first."""
+    scores = [(name, error(quantize_only(name))) for name in candidates]
+    return sorted(scores, key=lambda item: item[1], reverse=True)
+
+
+@dataclasses.dataclass
+class Recovery:
+    """The configuration guided recovery kept, and every step it tried."""
+
+    model: onnx.ModelProto
+    kept_float: list[str]
+    drop: float
+    met: bool
+    steps: list[dict]
+
+
+def recover(build: Callable[[list[str]], onnx.ModelProto], ranked: Sequence[tuple[str, float]],
+            drop_of: Callable[[onnx.ModelProto], float], max_drop: float, max_steps: int) -> Recovery:
+    """Leave the most sensitive nodes in float, one more at a time, until the drop is within budget.
+
+    Every extra float node costs speed, so the first (fewest-float) configuration that meets the
+    budget is the fastest one; if none does, the one with the smallest drop is kept.
+    """
+    kept: list[str] = []
+    model = build(kept)
+    drop = drop_of(model)
+    steps = [{"kept_float": 0, "drop": drop}]
+    best = Recovery(model, [], drop, drop <= max_drop, steps)
+    for name, _ in ranked[:max_steps]:
+        if best.met:
+            break
+        kept.append(name)
+        model = build(list(kept))
+        drop = drop_of(model)
+        steps.append({"kept_float": len(kept), "node": name, "drop": drop})
+        if drop <= max_drop or drop < best.drop:
+            best = Recovery(model, list(kept), drop, drop <= max_drop, steps)
+    best.steps = steps
+    return best
+
+
+def plot_ranking(ranked: Sequence[tuple[str, float]], path: Path, title: str, top: int = 30) -> Path:
+    """A horizontal bar chart of the ``top`` most sensitive nodes (PNG, matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = list(ranked[:top])[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(shown) + 1.2))
+    ax.barh([name[-40:] for name, _ in shown], [max(score, 1e-9) for _, score in shown], color="#c0504d")
+    ax.set_xscale("log")
+    ax.set_xlabel("output error when only this node is int8 (1 - cosine to fp32)")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
