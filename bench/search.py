@@ -35,12 +35,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import onnx  # noqa: E402
 from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
+from edgec.compiler.config import SEARCH_PASSES  # noqa: E402
 from edgec.compiler.search.evaluate import build_model, make_scorer  # noqa: E402
 from edgec.compiler.search.measure import measure_latencies  # noqa: E402
 from edgec.compiler.search.objective import Evaluation, Objective  # noqa: E402
 from edgec.compiler.search.orchestrate import SearchError, SearchResult, SearchSettings, run_search  # noqa: E402
 from edgec.compiler.search.pareto import describe, pareto_front  # noqa: E402
-from edgec.compiler.search.space import SEARCH_PASSES, build_space  # noqa: E402
+from edgec.compiler.search.space import build_space  # noqa: E402
 from edgec.models.zoo import get_zoo_model  # noqa: E402
 from edgec.targets.registry import get_target  # noqa: E402
 

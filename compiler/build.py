@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 
 from edgec.compiler.calibration import ImagePreprocess, load_calibration
-from edgec.compiler.config import DEFAULT_PASSES, BuildConfig
+from edgec.compiler.config import DEFAULT_PASSES, SEARCH_PASSES, BuildConfig
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.frontend.load import confirm_opset_upgrade
 from edgec.compiler.frontend.normalize import drop_contradicted_output_shapes
@@ -25,7 +25,7 @@ from edgec.compiler.search import report as search_report
 from edgec.compiler.search.evaluate import make_scorer
 from edgec.compiler.search.objective import Objective
 from edgec.compiler.search.orchestrate import DEFAULT_BUDGET, SearchResult, SearchSettings, run_search
-from edgec.compiler.search.space import SEARCH_PASSES, build_space
+from edgec.compiler.search.space import build_space
 from edgec.compiler.search.strategy import STRATEGIES
 from edgec.core.errors import BundleError, ConfigError, ModelLoadError, UnsupportedOpError
 from edgec.passes.base import EdgecPass, available_passes, create_pass

@@ -141,8 +141,10 @@ def _random(inputs: list[InputSpec], n: int, seed: int) -> CalibrationSet:
 
 
 def _refuse_symbolic(spec: InputSpec) -> None:
-    """Random data for a symbolic dim past the batch axis would be a guess (a detector at 16x16 pixels
-    breaks its own Resize/Concat shapes): the user says the size."""
+    """Refuse a symbolic dim past the batch axis: the user must give its size.
+
+    Random data for it would be a guess (a detector at 16x16 pixels breaks its own Resize/Concat shapes).
+    """
     dynamic = [axis for axis, d in enumerate(spec.dims) if d is None and axis]
     if not dynamic:
         return

@@ -69,8 +69,11 @@ def _emit_json(data: Any) -> None:
 
 
 class _OneLineUsageErrors(click.Group):
-    """click's group, but a usage error (unknown option, bad value) is one line and exit 2, like every other
-    user mistake, instead of click's usage block."""
+    """A click group whose usage errors are one line and exit 2.
+
+    A usage error (unknown option, bad value) then reads like every other user mistake, instead of click's
+    usage block.
+    """
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:

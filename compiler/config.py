@@ -35,6 +35,10 @@ from typing import Any
 from edgec.core.errors import ConfigError
 
 DEFAULT_PASSES = ("cleanup", "fuse")
+# The pipeline `edgec build --latency-ms/--max-drop` searches when no --passes are given. Pruning runs
+# before fusion: fused attention (com.microsoft.Attention) hides a transformer's blocks from
+# prune-depth and its heads and hidden projections from prune-channels.
+SEARCH_PASSES = ("cleanup", "prune-depth", "prune-channels", "fuse", "quantize-int8")
 _TOP_KEYS = {"model", "target", "task", "passes", "pass-options", "calibration", "input-shapes", "format", "seed",
              "max-drop", "search"}
 _CALIB_KEYS = {"source", "samples", "image", "tokenizer", "allow-nonfinite"}

@@ -38,8 +38,10 @@ class PrecisionError(ConfigError):
 
 
 class ToleranceError(EdgecError):
-    """A lossy pass lost more accuracy on this model than its tolerance allows: a property of the model
-    (sensitive nodes, extreme weights), so exit 2 with what to try, not a bug."""
+    """A lossy pass lost more accuracy on this model than its tolerance allows.
+
+    A property of the model (sensitive nodes, extreme weights), so exit 2 with what to try, not a bug.
+    """
 
 
 class VerificationError(EdgecError):

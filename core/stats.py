@@ -89,9 +89,10 @@ def _all_graphs(graph: onnx.GraphProto):
 
 
 def _numel(shape: list[int | None] | None) -> int:
-    if shape is None or any(d is None for d in shape):
+    if shape is None:
         return 0
-    return math.prod(shape)  # type: ignore[arg-type]
+    dims = [d for d in shape if d is not None]
+    return math.prod(dims) if len(dims) == len(shape) else 0
 
 
 def node_flops(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int:
@@ -114,17 +115,17 @@ def node_flops(node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int
         return 2 * _numel(out) * (k or 0)
     if op in ("Attention", "MultiHeadAttention") and inputs[0] and len(inputs[0]) == 3:
         b, s, h = inputs[0]
-        if None in (b, s, h):
+        if b is None or s is None or h is None:
             return 0
         proj = 2 * b * s * h * 3 * h if op == "Attention" else 0
-        return proj + 4 * b * s * s * h  # type: ignore[operator]
+        return proj + 4 * b * s * s * h
     return _numel(out)
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     # From dims and dtype, so tensors kept in external data need not be read.
     itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.FLOAT4E2M1: 4}
+    bits: dict[int, int] = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.FLOAT4E2M1: 4}
     return math.prod(tensor.dims) * bits.get(tensor.data_type, itemsize * 8) // 8
 
 
@@ -136,8 +137,10 @@ def _attr(node: onnx.NodeProto, name: str) -> int:
 
 
 def _graph_costs(graph: onnx.GraphProto, shapes: dict[str, list[int | None]], prefix: str = "") -> list[NodeCost]:
-    """Each node's FLOPs; an If costs its costlier branch and a Loop or Scan one pass of its body
-    (trip counts are data), listed under the owner's name ('loop/body/matmul')."""
+    """Each node's FLOPs, body nodes listed under their owner's name ('loop/body/matmul').
+
+    An If costs its costlier branch and a Loop or Scan one pass of its body (trip counts are data).
+    """
     costs = []
     for i, node in enumerate(graph.node):
         name = prefix + (node.name or f"{node.op_type}_{i}")

@@ -35,6 +35,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Body plus shortcut, then ReLU."""
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -53,6 +54,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Body plus shortcut, then ReLU."""
         return self.relu(self.body(x) + self.shortcut(x))
 
 
@@ -78,6 +80,7 @@ class ResNet(nn.Module):
         self.head = Classifier(cin, NUM_CLASSES, dropout=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of an NCHW image batch: stem, stages, head."""
         return self.head(self.stages(self.stem(x)))
 
 
@@ -187,6 +190,7 @@ class DenseLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The input with the layer's new channels appended."""
         return torch.cat([x, self.body(x)], 1)
 
 
@@ -213,6 +217,7 @@ class DenseNet(nn.Module):
         self.head = Classifier(c, NUM_CLASSES, dropout=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of an NCHW image batch."""
         return self.head(self.features(x))
 
 

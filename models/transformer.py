@@ -23,6 +23,7 @@ class LastHiddenState(nn.Module):
         self.encoder = encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's last hidden state."""
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 

@@ -32,6 +32,7 @@ class ConvSiLU(nn.Module):
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Conv, BN, then SiLU."""
         y = self.bn(self.conv(x))
         return y * torch.sigmoid(y)
 
@@ -46,6 +47,7 @@ class Bottleneck(nn.Module):
         self.shortcut = shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two convs, plus the input when ``shortcut``."""
         y = self.cv2(self.cv1(x))
         return x + y if self.shortcut else y
 
@@ -61,6 +63,7 @@ class C2f(nn.Module):
         self.m = nn.ModuleList(Bottleneck(self.hidden, shortcut) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Split, chain the bottlenecks, Concat every piece, fuse with a 1x1 conv."""
         pieces = list(self.cv1(x).split((self.hidden, self.hidden), 1))
         pieces.extend(m(pieces[-1]) for m in self.m)
         return self.cv2(torch.cat(pieces, 1))
@@ -77,6 +80,7 @@ class SPPF(nn.Module):
         self.pool = nn.MaxPool2d(5, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Concat the 1x1 conv's output with three chained max pools of it, fuse with a 1x1 conv."""
         pieces = [self.cv1(x)]
         pieces.extend(self.pool(pieces[-1]) for _ in range(3))
         return self.cv2(torch.cat(pieces, 1))
@@ -96,6 +100,7 @@ class Detect(nn.Module):
         self.register_buffer("bins", torch.arange(REG_MAX, dtype=torch.float32).view(1, REG_MAX, 1, 1))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Boxes (center x, y, width, height in pixels) and class scores of every anchor point, [N, 4 + C, A]."""
         batch = features[0].shape[0]
         boxes, scores, centers, strides = [], [], [], []
         for feature, box, cls, stride in zip(features, self.box, self.cls, STRIDES, strict=True):
@@ -136,6 +141,7 @@ class YoloDet(nn.Module):
         self.detect = Detect((w2, w3, w4), classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Detections of an image batch: backbone, PAN neck, then the Detect head on three levels."""
         c3 = self.p3(self.stem(images))
         c4 = self.p4(c3)
         c5 = self.p5(c4)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import onnx_ir as ir
 
@@ -14,7 +14,45 @@ from edgec.core.errors import ConfigError
 from edgec.passes._library_logs import quiet_library_logs
 from edgec.passes.context import BuildContext
 
+if TYPE_CHECKING:
+    import onnx
+
+    from edgec.targets.profile import TargetProfile
+
 ConfigT = TypeVar("ConfigT")
+# The search rounds a continuous knob's value to this many decimals (equal builds get equal keys); a pass
+# computing a knob's breakpoints rounds them the same way.
+KNOB_DECIMALS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    """A searchable option of a pass: its choices and what they mean to the search (see docs/search.md).
+
+    Attributes:
+        choices: the values to search; a uniform draw picks among them.
+        ordered: latency and accuracy move monotonically with the value: the search lands the knob on the
+            objective's boundary, starting from its smallest choice, instead of sampling it.
+        continuous: any value between the smallest and the largest choice builds (an ordered knob).
+        prior: the search's starting value where the config default is not the best known choice.
+        idle_at: the value at which the pass changes nothing: a candidate whose every such knob of a pass
+            is there leaves the pass out of its pipeline.
+        timing_dependent: choices whose result depends on timing the build host: the search removes them
+            (it does the timing itself, and a rebuild of its choice must not depend on it).
+        breakpoints: continuous knobs: the values at which the built model changes (between two, every
+            value builds the same model), set per model by ``refine_knobs``; empty when unknown.
+        label: how a candidate's short description names a value other than ``idle_at`` (a format string);
+            empty: not named.
+    """
+
+    choices: tuple[Any, ...]
+    ordered: bool = False
+    continuous: bool = False
+    prior: Any = None
+    idle_at: Any = None
+    timing_dependent: tuple[Any, ...] = ()
+    breakpoints: tuple[float, ...] = ()
+    label: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +73,10 @@ class EdgecPass(ir.passes.InPlacePass, Generic[ConfigT]):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
-    search_space: ClassVar[Mapping[str, Sequence[Any]]] = {}
+    search_space: ClassVar[Mapping[str, Knob]] = {}
+    # Quantization passes: the precision they give a model ("int8"). The search offers the pipeline's
+    # quantization passes as one ``precision`` knob (fp32 = none of them) instead of as passes.
+    precision: ClassVar[str | None] = None
     tolerance: ClassVar[Tolerance] = Tolerance()
     # False for passes that only rewrite the main graph; the pipeline then records each
     # If/Loop/Scan subgraph as skipped so the user sees what was left unoptimized.
@@ -45,6 +86,16 @@ class EdgecPass(ir.passes.InPlacePass, Generic[ConfigT]):
         super().__init__()
         self.config = config
         self.ctx = ctx
+
+    @classmethod
+    def refine_knobs(cls, proto: onnx.ModelProto, target: TargetProfile) -> Mapping[str, Knob]:
+        """The ``search_space`` fitted to one model and target (choices it cannot take removed, breakpoints)."""
+        return cls.search_space
+
+    @classmethod
+    def precision_pass(cls, proto: onnx.ModelProto, target: TargetProfile) -> type[EdgecPass[Any]] | None:
+        """The pass that gives ``proto`` this pass's ``precision`` on ``target``, or None where it cannot."""
+        return cls if cls.precision is not None else None
 
     def __call__(self, model_or_result: ir.Model | ir.passes.PassResult, /) -> ir.passes.PassResult:
         """onnx_ir's pass call (requires, call, ensures), with the libraries' warnings kept off stderr."""
@@ -72,7 +123,7 @@ def register_pass(name: str) -> Callable[[P], P]:
         if name in _REGISTRY:
             raise RuntimeError(f"pass name {name!r} registered twice")
         cls.name = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = cls  # type: ignore[assignment]
+        _REGISTRY[name] = cls
         return cls
 
     return wrap

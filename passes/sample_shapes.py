@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import onnx_ir as ir
 
+from edgec.core.ir import to_proto
 from edgec.core.stats import value_shapes
 
 
@@ -32,9 +34,10 @@ def shapes_at_sample(model: ir.Model, calibration: Sequence[Mapping[str, np.ndar
     if not symbolic or not calibration:
         return {}
     sample = calibration[0]
-    at_sample = {name: tuple(sample[name].shape) for name in symbolic if name in sample}
-    shapes = value_shapes(ir.serde.serialize_model(model), at_sample)
-    return {name: tuple(dims) for name, dims in shapes.items()  # type: ignore[misc]
+    at_sample = {name: tuple(sample[name].shape) for name in symbolic if name is not None and name in sample}
+    shapes = value_shapes(to_proto(model), at_sample)
+    # The filter keeps only all-int dims, which mypy cannot see through all().
+    return {name: tuple(cast("list[int]", dims)) for name, dims in shapes.items()
             if dims and all(isinstance(d, int) and d >= 0 for d in dims)}
 
 

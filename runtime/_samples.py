@@ -30,8 +30,10 @@ def extra_sample_file(index: int) -> str:
 
 
 def shape_key(feeds: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The input-shape set of one sample (a sequence's element shapes, None for an absent optional), for telling
-    samples apart."""
+    """The input-shape set of one sample, for telling samples apart.
+
+    A sequence contributes its element shapes, an absent optional None.
+    """
     return tuple((name, repr(value_shape(value))) for name, value in feeds.items())
 
 

@@ -1,58 +1,7 @@
 """Write a deployable bundle (directory or .zip) atomically: model files, manifest, sample, app loader.
 
-Bundle format, schema_version 1
--------------------------------
-A bundle is a directory, or a .zip holding the same files at its top level:
-
-``model.onnx``
-    The compiled model (ONNX, no external data).
-``model.ort`` and ``required_operators.config`` (mobile targets only, ``model_format = "ort"``)
-    The ORT-format model made by ``onnxruntime.tools.convert_onnx_models_to_ort`` with the target's
-    ``ort_optimization_style`` and ``ort_target_platform``, and the op list for a reduced ORT build
-    (``--include_ops_by_config``). Runtime-style models are loaded with their saved optimizations replayed.
-``sample.npz``
-    Sample inputs and the outputs of the shipped model on them, computed with ONNX Runtime on the build
-    host: keys ``input/<name>`` and ``output/<name>``; read with ``np.load(..., allow_pickle=False)``. A
-    sequence is stored as ``<key>/0``, ``<key>/1``, ... (``<key>/__empty__``, a 0-size array, when empty), an
-    absent optional as no key, strings as unicode arrays (``edgec.runtime.values``).
-``samples/1.npz``, ``samples/2.npz``, ... (only when the samples had several input shapes)
-    The same for the first sample of each further distinct set of input shapes (symbolic H x W calibrated at
-    several sizes); 8 samples at most, ``sample.npz`` included.
-``EdgecModel.kt`` (``loader_sample = "android"``) or ``EdgecModel.swift`` (``"ios"``)
-    A loader for apps: Kotlin on ``ai.onnxruntime`` with NNAPI, or Swift on onnxruntime-objc with CoreML,
-    loading ``model.ort`` with the manifest's input/output names and shapes filled in.
-``manifest.json``
-    ``schema_version`` (1), ``edgec_version``, ``created`` (UTC ISO 8601), ``target``
-    (``{"name", "profile"}``, the profile as ``TargetProfile.to_json()``), ``execution_providers``
-    (priority order), ``session_options`` (``graph_optimization_level``, ``intra_op_num_threads``),
-    ``onnxruntime_version`` (used to build), ``model_file`` (the file the target runtime loads),
-    ``model_files`` (``{runtime: file}``: ``onnxruntime`` is always ``model.onnx``; the target's
-    runtime, e.g. ``onnxruntime-mobile``, maps to its shipped file), ``inputs``/``outputs``
-    (``[{"name", "shape", "dtype"}]``, a dim is an int, a symbol name or null; a value that is not a tensor
-    adds ``"kind"``: ``"sequence"`` or ``"optional"``, an optional also ``"element_kind"`` (``"tensor"`` or
-    ``"sequence"``), and ``shape``/``dtype`` are then its tensors'; no ``kind`` means a tensor, so older
-    readers see tensor bundles unchanged), ``passes`` (pass records),
-    ``metrics`` (accuracy before/after, latency), ``files`` (``{relative path: sha256 hex}`` for every
-    file but ``manifest.json``), ``samples`` (``[{"file", "input_shapes"}]``, ``sample.npz`` first; a
-    sequence's shapes are a list of its elements' shapes, an absent optional's null) and
-    ``distinct_sample_shapes`` (how many input-shape sets the samples given had, more than stored when capped).
-    The last two are optional: bundles without them hold ``sample.npz`` alone, and readers that know only
-    ``sample.npz`` still load the new ones, so the schema stays at 1.
-
-Loading (``edgec.runtime.loader``) treats a bundle as untrusted. It refuses: a schema_version other than 1
-or a missing key; a manifest path that is absolute, contains ``..`` or a backslash, or resolves (through
-symlinks) outside the bundle; a file whose sha256 differs from the manifest; a file not in the manifest;
-for zips, members with absolute or ``..`` paths, symlink members or more than 8 GiB unpacked, all checked
-before anything is extracted; external-data references to files the manifest does not list; and a sample
-file that needs pickle, or is named other than ``sample.npz`` or ``samples/<n>.npz``. The session uses the
-manifest's session options and its execution providers that the host has, CPU last. Saved runtime
-optimizations of Runtime-style ``.ort`` files are replayed (``session.enable_saved_runtime_optimizations``),
-as the generated app loaders do.
-
-Verification reruns every stored sample (atol 1e-5 or rtol 1e-4; one check per sample file) and, for
-``.ort`` bundles, compares ``model.ort`` with ``model.onnx`` on them run at ORT_ENABLE_EXTENDED on the CPU
-EP (bit-exact on one machine; checked to atol/rtol 1e-6). Not ORT_ENABLE_ALL: on x86 it adds NCHWc
-transforms that ``.ort`` leaves out.
+The format (schema_version 1: files, manifest keys, checksums, samples, what loading and verification
+check) is specified in docs/bundle-format.md; change that file with this one.
 """
 
 from __future__ import annotations
@@ -225,7 +174,7 @@ def _manifest(target: TargetProfile, model_file: str, specs: tuple[list, list], 
 
 
 def _json_default(value: Any) -> Any:
-    """numpy scalars/arrays and paths in caller records become plain JSON."""
+    """Turn the numpy scalars/arrays and paths in caller records into plain JSON."""
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     if isinstance(value, os.PathLike):

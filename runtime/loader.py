@@ -41,8 +41,10 @@ MAX_MANIFEST_BYTES = 16 << 20
 
 @dataclasses.dataclass
 class LoadedBundle:
-    """A checked bundle with a ready session and its stored sample (arrays; lists of them for sequences,
-    None for absent optionals)."""
+    """A checked bundle with a ready session and its stored sample.
+
+    The sample holds arrays; lists of them for sequences, None for absent optionals.
+    """
 
     path: pathlib.Path
     manifest: dict[str, Any]
@@ -51,8 +53,10 @@ class LoadedBundle:
     sample_outputs: dict[str, Any]
 
     def check_tensor_io(self, purpose: str, outputs: bool = True) -> None:
-        """BundleError naming the first input (or output) that is not a tensor, for ``purpose`` (e.g. 'device
-        runs') that feeds and reads tensors only."""
+        """Raise BundleError naming the first input (or output) that is not a tensor.
+
+        For a ``purpose`` (e.g. 'device runs') that feeds and reads tensors only.
+        """
         for key in ("inputs", "outputs") if outputs else ("inputs",):
             for spec in self.manifest[key]:
                 if spec.get("kind", "tensor") != "tensor":

@@ -31,8 +31,11 @@ _INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 
 @dataclasses.dataclass(frozen=True)
 class ValueKind:
-    """What an ONNX type holds: ``kind`` (tensor, sequence or optional), whether a present value is a list
-    of tensors (``sequence``), and the tensor type of the tensor or of each element."""
+    """What an ONNX type holds.
+
+    ``kind`` (tensor, sequence or optional), whether a present value is a list of tensors (``sequence``),
+    and the tensor type of the tensor or of each element.
+    """
 
     kind: str
     sequence: bool
@@ -124,8 +127,10 @@ def _element_keys(name: str, keys: list[str]) -> list[str]:
 
 
 def decode(arrays: Mapping[str, np.ndarray], keys: list[str] | None, sequence: bool, strings: bool = False) -> Value:
-    """The value stored under ``keys`` (from group_keys; None: absent); unicode arrays as object arrays when
-    the model takes ``strings``."""
+    """The value stored under ``keys`` (from group_keys; None: absent).
+
+    Unicode arrays come back as object arrays when the model takes ``strings``.
+    """
     if keys is None:
         return None
 

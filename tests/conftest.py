@@ -1,4 +1,4 @@
-"""Suite-wide options: ``--timing-chaos SEED`` runs the tests on a simulated noisy host.
+"""Suite-wide options and helpers: ``--timing-chaos SEED`` runs the tests on a simulated noisy host.
 
 A test must not assert a conclusion that the timing noise of a shared 2-core host can flip (timing
 claims belong in bench/). To find the ones that do without waiting for an unlucky CI run, this
@@ -18,8 +18,13 @@ import time
 
 import pytest
 
+# The helpers every test shares (outputs, assert_outputs_close, build_with_config) live in tests/helpers.py;
+# tests import them with `from helpers import ...` (pytest puts this folder on sys.path with this conftest).
+# Imported here too so that a broken helper fails the collection once, up front.
+from helpers import assert_outputs_close, build_with_config, outputs  # noqa: F401
+
 # Modules that time models and act (or report) on the result; each does ``import time``.
-TIMED_MODULES = ("edgec.runtime.timing", "edgec.compiler.search.measure", "edgec.runtime.profile")
+TIMED_MODULES = ("edgec.runtime.timing", "edgec.runtime.profile")
 
 
 class NoisyClock:

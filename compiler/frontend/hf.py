@@ -132,8 +132,11 @@ def _task_from_architectures(path: Path, config: dict[str, Any]) -> tuple[str, s
 
 
 def _conditional_generation_task(name: str, config: dict[str, Any]) -> str | None:
-    """``*ForConditionalGeneration``: speech recognition for speech models, text-to-text for text ones; a
-    vision-language model is ambiguous (image-to-text or image-text-to-text) and needs --task."""
+    """The export task of a ``*ForConditionalGeneration`` model, or None when it is ambiguous.
+
+    Speech recognition for speech models, text-to-text for text ones; a vision-language model is ambiguous
+    (image-to-text or image-text-to-text) and needs --task.
+    """
     if not name.endswith("ForConditionalGeneration"):
         return None
     if config.get("model_type") in _SPEECH_MODEL_TYPES:

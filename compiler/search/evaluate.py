@@ -80,7 +80,7 @@ def _primary(value: Any, source: str) -> float:
 
 
 def load_metric(spec: str) -> Any:
-    """Import ``package.module:function`` (prune-depth's loader); a bad spec names --metric."""
+    """Import ``package.module:function`` with the passes' own metric loader; a bad spec names --metric."""
     from edgec.passes.depth import load_metric as load
 
     return load(spec, "--metric")
@@ -98,6 +98,21 @@ class CandidateTask:
     calibration: tuple[Feeds, ...]
     seed: int
     scorer: Scorer
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationContext:
+    """What every candidate build of one search shares: the original model, target name, data, seed and scorer."""
+
+    model: bytes
+    target: str
+    calibration: tuple[Feeds, ...]
+    seed: int
+    scorer: Scorer
+
+    def task(self, index: int, passes: tuple[str, ...], options: dict[str, dict[str, Any]]) -> CandidateTask:
+        """The build of one candidate's pipeline (``passes`` with their ``options``)."""
+        return CandidateTask(index, self.model, passes, options, self.target, self.calibration, self.seed, self.scorer)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,13 +25,13 @@ import dataclasses
 import itertools
 import statistics
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
 
 from edgec.core.stats import node_flops, value_shapes
-from edgec.runtime.devices.sweep import DeviceLatencyTable
+from edgec.runtime.devices.sweep import DeviceLatencyTable, load_device_file
 
 _ELEMENTWISE_FALLBACK = ("Add", "Mul", "Relu", "Clip", "Sigmoid")
 # Ops ORT removes or folds at load time: they cost nothing at run time.
@@ -71,7 +71,7 @@ class Prediction:
 def _conv_kind(weight_shape: Sequence[int | None] | None, group: int, in_channels: int | None = None) -> str:
     if not weight_shape or len(weight_shape) < 3 or None in weight_shape:
         return ""
-    out_ch, in_per_group = int(weight_shape[0]), int(weight_shape[1])
+    out_ch, in_per_group = int(cast(int, weight_shape[0])), int(cast(int, weight_shape[1]))
     if group > 1 and in_per_group == 1:
         kind = "depthwise"
     else:
@@ -210,6 +210,24 @@ class LatencyModel:
         return self.scale
 
 
+class PredictedLatency:
+    """Latency predicted from a device file (``edgec profile --export-device``): a ``LatencySource``."""
+
+    measured = False  # nothing is timed: the same model always gets the same figure
+
+    def __init__(self, original: bytes, device_file: str) -> None:
+        self.model = LatencyModel(load_device_file(device_file))
+        self.baseline_ms = self._predict(original)
+        self.label = f"predicted for device {self.model.device} from {device_file}"
+
+    def _predict(self, model: bytes) -> float:
+        return self.model.predict(onnx.load_from_string(model)).total_ms
+
+    def ratios(self, models: Sequence[bytes], min_rounds: int = 0) -> list[float]:
+        """Each model's predicted latency over the original's (``min_rounds``: unused, nothing is timed)."""
+        return [self._predict(m) / self.baseline_ms for m in models]
+
+
 def _precision(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> str:
     # A weighted op fed by DequantizeLinear runs as a QDQ int8 kernel after ORT's fusion.
     fed = [producers.get(name) for name in node.input[:2]]
@@ -275,7 +293,7 @@ def model_features(model: onnx.ModelProto) -> list[NodeFeatures]:
         # A Gather reads only the rows it picks, not its whole (embedding) table.
         read = [n for n in node.input if n and not (node.op_type == "Gather" and n in constants)]
         values = [shapes.get(n) for n in [*read, *node.output]]
-        size = sum(int(np.prod(s)) for s in values if s and None not in s) * _itemsize(precision)
+        size = sum(int(np.prod(cast("list[int]", s))) for s in values if s and None not in s) * _itemsize(precision)
         op_type, precision = _PRICED_AS.get(node.op_type, (node.op_type, precision))
         features.append(NodeFeatures(node.name or f"{node.op_type}_{i}", (op_type, precision, kind),
                                      float(node_flops(node, shapes)), float(size),
@@ -299,9 +317,10 @@ def scaled_conv_model(model: onnx.ModelProto, factor: float, multiple: int = 8) 
     shapes = value_shapes(model)
     nodes, inputs, outputs, inits = [], [], [], []
     for i, node in enumerate(n for n in model.graph.node if n.op_type == "Conv"):
-        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
-        if not x or not w or None in x or None in w or len(x) != 4:
+        x_or_none, w_or_none = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not x_or_none or not w_or_none or None in x_or_none or None in w_or_none or len(x_or_none) != 4:
             continue
+        x, w = cast("list[int]", x_or_none), cast("list[int]", w_or_none)
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         cin, cout = _round_channels(x[1], factor, multiple), _round_channels(w[0], factor, multiple)
         if group > 1:  # depthwise stays depthwise; other grouped Convs are rare in the zoo

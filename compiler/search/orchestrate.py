@@ -25,15 +25,22 @@ import dataclasses
 import hashlib
 import itertools
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 
 import onnx
 
-from edgec.compiler.search.evaluate import INTERNAL_ERROR, CandidateOutcome, CandidateTask, Scorer, build_and_score
-from edgec.compiler.search.executor import make_executor
-from edgec.compiler.search.measure import measure_latencies
+from edgec.compiler.search.evaluate import (
+    INTERNAL_ERROR,
+    CandidateOutcome,
+    CandidateTask,
+    EvaluationContext,
+    Scorer,
+    build_and_score,
+)
+from edgec.compiler.search.executor import Executor, make_executor
+from edgec.compiler.search.latency_model import PredictedLatency
+from edgec.compiler.search.measure import HostLatency, LatencySource
 from edgec.compiler.search.objective import HEADROOM, Evaluation, Objective
 from edgec.compiler.search.pareto import describe
 from edgec.compiler.search.space import SearchSpace
@@ -80,7 +87,7 @@ class SearchResult:
     budget: int
     baseline_ms: float
     baseline_accuracy: float
-    latency: HostLatency | PredictedLatency
+    latency: LatencySource
     metric: str
     wall_s: float
     warnings: list[str]
@@ -93,58 +100,8 @@ class SearchResult:
         return self.latency.label
 
 
-class HostLatency:
-    """Measured latency on this host, normalised by the original model timed in the same round."""
-
-    def __init__(self, original: bytes, feeds: Feeds, target: TargetProfile) -> None:
-        self.original, self.feeds = original, feeds
-        self.options = {"threads": target.intra_op_num_threads, "level": target.graph_optimization_level}
-        # Alternating with a copy of itself: the conditions every later timing runs in (see ``ratios``).
-        self.original_ms = [measure_latencies([original, original], feeds, min_rounds=8, **self.options)[0].median_ms]
-        self.label = f"measured on this host ({target.intra_op_num_threads} thread(s))"
-
-    @property
-    def baseline_ms(self) -> float:
-        """The original's latency: the median of its medians over every round."""
-        return statistics.median(self.original_ms)
-
-    def ratios(self, models: Sequence[bytes], min_rounds: int = 5) -> list[float]:
-        """Each model's latency over the original's, timed in a pair with it in interleaved rounds.
-
-        Every timing runs two models alternating, as the final check of the chosen model does, so
-        the original's time base is the same throughout (a model timed alone keeps more of its
-        weights in cache: ResNet-50 alone ran ~10% faster than alternating with another).
-        """
-        out = []
-        for model in models:
-            base, timed = measure_latencies([self.original, model], self.feeds, min_rounds=min_rounds,
-                                            **self.options)
-            self.original_ms.append(base.median_ms)
-            out.append(timed.median_ms / base.median_ms)
-        return out
-
-
-class PredictedLatency:
-    """Latency predicted from a device file (``edgec profile --export-device``)."""
-
-    def __init__(self, original: bytes, device_file: str) -> None:
-        from edgec.compiler.search.latency_model import LatencyModel
-        from edgec.runtime.devices.sweep import load_device_file
-
-        self.model = LatencyModel(load_device_file(device_file))
-        self.baseline_ms = self._predict(original)
-        self.label = f"predicted for device {self.model.device} from {device_file}"
-
-    def _predict(self, model: bytes) -> float:
-        return self.model.predict(onnx.load_from_string(model)).total_ms
-
-    def ratios(self, models: Sequence[bytes], min_rounds: int = 0) -> list[float]:
-        """Each model's predicted latency over the original's (``min_rounds``: unused, nothing is timed)."""
-        return [self._predict(m) / self.baseline_ms for m in models]
-
-
 def latency_source(original: bytes, feeds: Feeds, target: TargetProfile, device_file: str | None,
-                   warnings: list[str]) -> HostLatency | PredictedLatency:
+                   warnings: list[str]) -> LatencySource:
     """The target's latency: measured for host targets, predicted from a device file, else measured here."""
     if device_file is not None:
         return PredictedLatency(original, device_file)
@@ -195,31 +152,47 @@ class _Progress:
         self.report(f"search: {self.done}/{self.budget} candidates, best {self.best}{eta}{stage}")
 
 
-def _evaluate_round(candidates: list[dict], space: SearchSpace, context: dict, executor, latency,
-                    scorer: Scorer, baseline_accuracy: float, progress: _Progress,
-                    seen: dict[str, float], models: _ModelCache, target_ms: float | None) -> list[Evaluation]:
-    tasks = []
-    for i, candidate in enumerate(candidates):
-        passes, options = space.pipeline(candidate)
-        tasks.append(CandidateTask(i, passes=passes, options=options, scorer=scorer, **context))
+@dataclasses.dataclass(frozen=True)
+class SearchRun:
+    """One search in progress: what every round uses, and the state the rounds share (mutated in place)."""
+
+    space: SearchSpace
+    settings: SearchSettings
+    context: EvaluationContext
+    executor: Executor
+    latency: LatencySource
+    baseline_accuracy: float
+    progress: _Progress
+    timed: dict[str, float]  # model digest -> latency over the original's
+    models: _ModelCache = dataclasses.field(default_factory=_ModelCache)
+    confirmations: list[dict] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def tasks(self, candidates: Sequence[dict]) -> list[CandidateTask]:
+        """The builds of ``candidates``' pipelines, indexed in order."""
+        return [self.context.task(i, *self.space.pipeline(c)) for i, c in enumerate(candidates)]
+
+
+def _evaluate_round(run: SearchRun, candidates: list[dict], target_ms: float | None) -> list[Evaluation]:
+    tasks = run.tasks(candidates)
     built = itertools.count(1)
-    outcomes: list[CandidateOutcome] = executor.map(
+    outcomes: list[CandidateOutcome] = run.executor.map(
         build_and_score, tasks,
-        on_result=lambda _i, _r: progress.update(f" (built {next(built)} of {len(tasks)} this round)"))
-    progress.update(" (timing)")
-    digests = _time(outcomes, latency, seen)
+        on_result=lambda _i, _r: run.progress.update(f" (built {next(built)} of {len(tasks)} this round)"))
+    run.progress.update(" (timing)")
+    seen = run.timed
+    digests = _time(outcomes, run.latency, seen)
+    baseline_ms = run.latency.baseline_ms  # after the timing: a host's reference moves with every round
     for o in outcomes:
         if o.model is not None:
-            models.offer(digests[o.index], o.model, o.accuracy, seen[digests[o.index]] * latency.baseline_ms,
-                         target_ms)
-    return [Evaluation(candidates[o.index], seen[digests[o.index]] * latency.baseline_ms if o.index in digests
-                       else None, o.accuracy, None if o.accuracy is None else baseline_accuracy - o.accuracy,
+            run.models.offer(digests[o.index], o.model, o.accuracy, seen[digests[o.index]] * baseline_ms, target_ms)
+    return [Evaluation(candidates[o.index], seen[digests[o.index]] * baseline_ms if o.index in digests
+                       else None, o.accuracy, None if o.accuracy is None else run.baseline_accuracy - o.accuracy,
                        o.build_s, o.error, digests.get(o.index, ""))
             for o in outcomes]
 
 
-def _time(outcomes: Sequence[CandidateOutcome], latency: HostLatency | PredictedLatency,
-          seen: dict[str, float]) -> dict[int, str]:
+def _time(outcomes: Sequence[CandidateOutcome], latency: LatencySource, seen: dict[str, float]) -> dict[int, str]:
     """Time the built models new to ``seen`` (digest -> ratio to the original); each outcome's digest.
 
     A model byte-identical to one timed before keeps that time.
@@ -266,46 +239,42 @@ def _rescaled(evaluations: list[Evaluation], timed: dict[str, float], baseline_m
             for e in evaluations]
 
 
-def _confirmed(evaluations: list[Evaluation], settings: SearchSettings, space: SearchSpace, context: dict,
-               executor, latency: HostLatency | PredictedLatency, scorer: Scorer, timed: dict[str, float],
-               models: _ModelCache, confirmations: list[dict], warnings: list[str],
-               ) -> tuple[list[Evaluation], Objective, Evaluation | None]:
+def _confirmed(run: SearchRun, evaluations: list[Evaluation]) -> tuple[list[Evaluation], Objective, Evaluation | None]:
     """The evaluations rescaled, the objective and the choice, after the choice is timed again.
 
     Host latency targets only. The confirmation's ratio is averaged with the search's (two
     independent medians), and if the choice no longer fits, the next best is confirmed in turn, up
     to ``CONFIRMATIONS`` models. Once they are spent, the best confirmed model that still fits is
     taken; an unconfirmed one only when none does, with a warning. Each confirmation is appended to
-    ``confirmations``.
+    ``run.confirmations``.
     """
+    latency, timed = run.latency, run.timed
     confirmed: set[str] = set()
     while True:
         evaluations = _rescaled(evaluations, timed, latency.baseline_ms)
-        objective = _objective(settings, latency.baseline_ms)
+        objective = _objective(run.settings, latency.baseline_ms)
         chosen = objective.best(evaluations)
-        if (chosen is None or objective.latency_ms is None or not isinstance(latency, HostLatency)
+        if (chosen is None or objective.latency_ms is None or not latency.measured
                 or chosen.model_digest in confirmed):
             return evaluations, objective, chosen
         if len(confirmed) >= CONFIRMATIONS:
             held = objective.best([e for e in evaluations if e.model_digest in confirmed])
             if held is None:
-                warnings.append(f"the choice ({describe(chosen.candidate)}) was not timed again: the "
-                                f"{CONFIRMATIONS} choices before it no longer fitted the target when re-timed")
+                run.warnings.append(f"the choice ({describe(chosen.candidate)}) was not timed again: the "
+                                    f"{CONFIRMATIONS} choices before it no longer fitted the target when re-timed")
             return evaluations, objective, held or chosen
         confirmed.add(chosen.model_digest)
-        model = models.get(chosen.model_digest) or _rebuild(chosen, space, context, executor, scorer)
+        model = run.models.get(chosen.model_digest) or _rebuild(run, chosen)
         if model is None:
             return evaluations, objective, chosen
         (again,) = latency.ratios([model], min_rounds=CONFIRM_ROUNDS)
-        confirmations.append({"candidate": describe(chosen.candidate), "digest": chosen.model_digest,
-                              "search_ratio": timed[chosen.model_digest], "again_ratio": again})
+        run.confirmations.append({"candidate": describe(chosen.candidate), "digest": chosen.model_digest,
+                                  "search_ratio": timed[chosen.model_digest], "again_ratio": again})
         timed[chosen.model_digest] = (timed[chosen.model_digest] + again) / 2
 
 
-def _rebuild(chosen: Evaluation, space: SearchSpace, context: dict, executor, scorer: Scorer) -> bytes | None:
-    passes, options = space.pipeline(chosen.candidate)
-    (outcome,) = executor.map(build_and_score, [CandidateTask(0, passes=passes, options=options, scorer=scorer,
-                                                              **context)])
+def _rebuild(run: SearchRun, chosen: Evaluation) -> bytes | None:
+    (outcome,) = run.executor.map(build_and_score, run.tasks([chosen.candidate]))
     return outcome.model
 
 
@@ -328,20 +297,17 @@ def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSe
     baseline_accuracy = scorer.score(original_bytes)
     objective = _objective(settings, latency.baseline_ms)
     strategy = STRATEGIES[settings.strategy](space, objective, settings.budget, settings.seed)
-    context = {"model": original_bytes, "target": target.name, "calibration": tuple(calibration),
-               "seed": settings.seed}
+    context = EvaluationContext(original_bytes, target.name, tuple(calibration), settings.seed, scorer)
     evaluations: list[Evaluation] = []
-    timed: dict[str, float] = {hashlib.sha256(original_bytes).hexdigest(): 1.0}
-    models = _ModelCache()
-    confirmations: list[dict] = []
     executor = make_executor(settings.scheduler, settings.workers)
+    run = SearchRun(space, settings, context, executor, latency, baseline_accuracy, progress,
+                    timed={hashlib.sha256(original_bytes).hexdigest(): 1.0}, warnings=warnings)
     try:
         while len(evaluations) < settings.budget:
             batch = strategy.ask(min(settings.workers, settings.budget - len(evaluations)))
             if not batch:
                 break
-            results = _evaluate_round(batch, space, context, executor, latency, scorer, baseline_accuracy,
-                                      progress, timed, models, objective.latency_ms)
+            results = _evaluate_round(run, batch, objective.latency_ms)
             strategy.tell(results)
             evaluations += results
             progress.done = len(evaluations)
@@ -353,14 +319,13 @@ def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSe
         if internal:
             warnings.append(f"{len(internal)} candidate(s) failed with an internal error (a bug; logged), e.g. "
                             f"{describe(internal[0].candidate)}: {internal[0].error.removeprefix(INTERNAL_ERROR)}")
-        if objective.latency_ms is not None and isinstance(latency, HostLatency):
+        if objective.latency_ms is not None and latency.measured:
             progress.update(" (timing the choice again)")
-        evaluations, objective, chosen = _confirmed(evaluations, settings, space, context, executor, latency,
-                                                    scorer, timed, models, confirmations, warnings)
+        evaluations, objective, chosen = _confirmed(run, evaluations)
     finally:
         executor.close()
     if chosen is None:
         raise _unreachable(objective, evaluations, target.name, settings.latency_ratio, latency.baseline_ms)
     return SearchResult(evaluations, chosen, objective, settings.strategy, settings.budget,
                         latency.baseline_ms, baseline_accuracy, latency, scorer.label,
-                        time.perf_counter() - progress.start, warnings, confirmations)
+                        time.perf_counter() - progress.start, warnings, run.confirmations)

@@ -7,11 +7,15 @@ on it. Failed candidates (no latency or accuracy) are never on it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgec.compiler.search.objective import Evaluation
+from edgec.compiler.search.space import PRECISION
+from edgec.passes.base import available_passes
 
 
 def pareto_front(evaluations: Sequence[Evaluation]) -> list[Evaluation]:
@@ -25,14 +29,16 @@ def pareto_front(evaluations: Sequence[Evaluation]) -> list[Evaluation]:
 
 
 def describe(candidate: dict[str, Any]) -> str:
-    """A short label: precision, ratio, blocks, and the categoricals that differ from nothing."""
-    parts = [str(candidate.get("precision", "fp32"))]
-    if candidate.get("prune-channels.ratio"):
-        parts.append(f"ratio {candidate['prune-channels.ratio']:.3g}")
-    if candidate.get("prune-depth.num_blocks"):
-        parts.append(f"-{candidate['prune-depth.num_blocks']} blocks")
-    return ", ".join(parts)
-
+    """A short label: precision, then every labelled knob away from its idle value, continuous ones first."""
+    passes = available_passes()
+    named: list[tuple[bool, str]] = []
+    for key, value in candidate.items():
+        name, _, option = key.partition(".")
+        knob = passes[name].search_space.get(option) if name in passes else None
+        if knob is not None and knob.label and value is not None and value != knob.idle_at:
+            named.append((not knob.continuous, knob.label.format(value)))
+    named.sort(key=lambda item: item[0])  # stable: candidate order within each kind
+    return ", ".join([str(candidate.get(PRECISION, "fp32")), *(text for _, text in named)])
 
 
 def front_rows(front: Sequence[Evaluation], chosen: Evaluation | None) -> list[dict[str, Any]]:
@@ -59,12 +65,13 @@ def plot_front(path: Path, evaluations: Sequence[Evaluation], chosen: Evaluation
     front = pareto_front(done)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     try:
-        ax.scatter([e.latency_ms for e in done], [e.accuracy for e in done], s=14, c="0.65", label="candidates")
-        ax.plot([e.latency_ms for e in front], [e.accuracy for e in front], "o-", c="tab:blue", ms=4,
+        ax.scatter(_floats(e.latency_ms for e in done), _floats(e.accuracy for e in done), s=14, c="0.65",
+                   label="candidates")
+        ax.plot(_floats(e.latency_ms for e in front), _floats(e.accuracy for e in front), "o-", c="tab:blue", ms=4,
                 label="Pareto front")
         if chosen is not None and chosen.ok:
-            ax.scatter([chosen.latency_ms], [chosen.accuracy], s=90, marker="*", c="tab:red", zorder=3,
-                       label="chosen")
+            ax.scatter(_floats([chosen.latency_ms]), _floats([chosen.accuracy]), s=90, marker="*", c="tab:red",
+                       zorder=3, label="chosen")
         if target_ms is not None:
             ax.axvline(target_ms, ls="--", c="tab:red", lw=1, label=f"target {target_ms:.3g} ms")
         ax.set_xlabel("latency (ms)")
@@ -77,3 +84,8 @@ def plot_front(path: Path, evaluations: Sequence[Evaluation], chosen: Evaluation
     finally:
         plt.close(fig)
     return path
+
+
+def _floats(values: Iterable[float | None]) -> np.ndarray:
+    """A float array for matplotlib; a missing value is NaN (what matplotlib makes of None)."""
+    return np.asarray(list(values), dtype=float)

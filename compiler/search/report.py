@@ -26,7 +26,7 @@ import onnx
 from edgec.compiler.config import BuildConfig
 from edgec.compiler.search.measure import Measurement, measure_latencies
 from edgec.compiler.search.objective import HEADROOM
-from edgec.compiler.search.orchestrate import PredictedLatency, SearchResult
+from edgec.compiler.search.orchestrate import SearchResult
 from edgec.compiler.search.pareto import describe, front_rows, pareto_front, plot_front
 from edgec.compiler.search.space import choice_toml, model_reference
 from edgec.targets.profile import TargetProfile
@@ -129,8 +129,8 @@ def _measured(original: bytes, final: bytes, target: TargetProfile, feeds: dict[
     """
     base, chosen = measure_latencies([original, final], feeds,
                                      threads=target.intra_op_num_threads, level=target.graph_optimization_level)
-    return {"median_ms": chosen.median_ms, "original_ms": base.median_ms, "ratio": chosen.median_ms / base.median_ms,
-            "stable": chosen.stable}
+    return {"median_ms": chosen.median_ms, "original_ms": base.median_ms,
+            "ratio_to_original": chosen.median_ms / base.median_ms, "stable": chosen.stable}
 
 
 def choice_text(cfg: BuildConfig, search: SearchResult) -> str:
@@ -161,7 +161,7 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
     original_bytes = original.SerializeToString()
     final_bytes = stages[-1][1] if stages else final.SerializeToString()  # the last stage is the bundle model
     measured = _measured(original_bytes, final_bytes, target, feeds)
-    summary = {
+    summary: dict[str, Any] = {
         # A candidate fits the latency target when it measured within ``fits_within_ms`` (the headroom).
         "objective": {"latency_ms": objective.latency_ms, "max_drop": objective.max_drop,
                       "fits_within_ms": None if objective.latency_ms is None else HEADROOM * objective.latency_ms},
@@ -173,7 +173,7 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
                    "passes": list(cfg.passes),
                    "accuracy": chosen.accuracy, "drop": chosen.drop,
                    "latency_ms": {"predicted": chosen.latency_ms, "measured": measured["median_ms"],
-                                  "measured_on": "host", "measured_ratio_to_original": measured["ratio"]},
+                                  "measured_on": "host", "measured_ratio_to_original": measured["ratio_to_original"]},
                    "in_window": objective.in_window(chosen) if objective.latency_ms is not None else None},
         "pareto": front_rows(pareto_front(search.evaluations), chosen),
         "pass_shares": pass_shares(original_bytes, stages, target, feeds) if stages else [],
@@ -185,7 +185,7 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
                        for e in search.evaluations],
         "files": {name: path.name for name, path in paths.items()},
     }
-    if isinstance(search.latency, PredictedLatency):
+    if not search.latency.measured:
         summary["chosen"]["latency_ms"]["predicted_by"] = search.latency_source
     return summary, {"choice": choice_text(cfg, search)}
 

@@ -1,73 +1,34 @@
 """The search space: the pipeline passes' declared knobs, and candidates as plain, rebuildable data.
 
-A knob is (pass, option, choices), read from the ``search_space`` each pass declares next to its
-config; the space is their union over the passes of the pipeline. Two kinds of knob matter to the
-search (see ``strategy``):
-
-* **ordered** knobs move latency and accuracy monotonically: the uniform channel ratio of
-  ``prune-channels`` (searched as a continuous value between the smallest and largest declared
-  choice, so the search can land on a latency target instead of on a grid point) and the number of
-  blocks ``prune-depth`` drops (clipped to the blocks the model has, so no candidate asks for more).
-* **categorical** knobs: everything else, plus ``precision``, which replaces the pipeline's
-  quantization passes: ``fp32`` (none), ``int8`` (quantize-int8) or, for Conv-free MatMul graphs on
-  targets that run it, ``int8-dynamic`` (quantize-dynamic: ORT's better int8 path for transformers).
-
-A candidate is a flat dict ``{"precision": "int8", "prune-channels.ratio": 0.35, ...}``.
-``SearchSpace.pipeline`` turns it into the pass list and ``[pass-options]`` tables of an edgec.toml,
-and ``choice_toml`` writes that file: ``edgec build --config`` on it rebuilds the chosen model
-exactly. Passes at their no-op value (ratio 0, no blocks) are left out of the pipeline. Choices whose
-result depends on timing on the build host (quantize-int8's ``placement = "auto"``) are removed:
-the search does the timing itself, and a rebuild must not depend on it.
-
-Per-node precision enters as a count, not a map: ``quantize-int8.keep_float = k`` keeps the k nodes
-most sensitive to int8 float (ranked on calibration data inside the pass), so a candidate stays
-plain data that rebuilds without naming nodes. A channel ratio per layer and a full per-node
-precision map (``mixed-precision``) would be knobs whose value is a table; the strategies treat
-unknown knobs as categorical and never need to know what a value means.
+The knobs come only from each pass's ``search_space``; a candidate is a flat dict that ``SearchSpace.pipeline``
+turns into an edgec.toml's passes and options. How the space is built and searched: docs/search.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import onnx
-import onnx_ir as ir
 
 from edgec.core.errors import ConfigError
-from edgec.passes.base import EdgecPass, available_passes
+from edgec.passes.base import KNOB_DECIMALS, EdgecPass, available_passes
 from edgec.targets.profile import TargetProfile
 
 Candidate = dict[str, Any]
 PRECISION = "precision"
 PRECISION_SLOT = "<precision>"  # where the quantization pass of a candidate runs
-# The pipeline `edgec build --latency-ms/--max-drop` searches when no --passes are given. Pruning runs
-# before fusion: fused attention (com.microsoft.Attention) hides a transformer's blocks from
-# prune-depth and its heads and hidden projections from prune-channels.
-SEARCH_PASSES = ("cleanup", "prune-depth", "prune-channels", "fuse", "quantize-int8")
-QUANT_PASSES = {"quantize-int8": "int8", "quantize-dynamic": "int8-dynamic"}
-CONTINUOUS = {("prune-channels", "ratio")}
-ORDERED = {("prune-channels", "ratio"), ("prune-depth", "num_blocks")}
-# Choices whose outcome depends on timing the build host: a rebuild would not be exact.
-TIMING_DEPENDENT = {("quantize-int8", "placement"): "auto"}
-# The search's starting values where the pass default is not the best known choice:
-# bench/RESULTS.md (channel pruning: accuracy) finds lstsq recovery best at every FLOP level of the
-# trained zoo and activation importance ahead of weight norms; constrained masks are within noise of
-# unconstrained ones there and need no selection copies at inference.
-PRIOR = {("prune-channels", "recovery"): "lstsq", ("prune-channels", "mode"): "constrained",
-         ("prune-channels", "importance"): "activation"}
-RATIO_DECIMALS = 3
-# Passes that change nothing while all these knobs are zero: a candidate leaves them out of its pipeline.
-IDLE_WHEN = {"prune-channels": ("ratio",), "prune-depth": ("num_blocks",)}
 
 
 @dataclasses.dataclass(frozen=True)
-class Knob:
-    """One searchable option: ``pass_name`` None for precision; ``ordered`` knobs are landed, not sampled."""
+class SearchKnob:
+    """One searchable option of this space, from a pass's ``Knob``: ``pass_name`` None for precision.
+
+    ``ordered`` knobs are landed, not sampled; ``idle_at`` and ``breakpoints`` are the declaration's.
+    """
 
     pass_name: str | None
     option: str
@@ -78,6 +39,7 @@ class Knob:
     # Continuous knobs: the values at which the built model changes (between two, every value builds
     # the same model); empty when unknown.
     breakpoints: tuple[float, ...] = ()
+    idle_at: Any = None
 
     @property
     def key(self) -> str:
@@ -100,16 +62,21 @@ class SearchSpace:
     """Knobs over a pipeline: fixed passes run as given; searched passes run when a candidate enables them."""
 
     passes: tuple[str, ...]
-    knobs: tuple[Knob, ...]
+    knobs: tuple[SearchKnob, ...]
     precision_passes: Mapping[str, str]
 
-    def knob(self, key: str) -> Knob | None:
+    def knob(self, key: str) -> SearchKnob | None:
         """The knob with this candidate key, if the space has it."""
         return next((k for k in self.knobs if k.key == key), None)
 
     def default(self) -> Candidate:
-        """The prior candidate: no pruning, fp32, every categorical at its prior."""
+        """The prior candidate: ordered knobs at their smallest value, fp32, every categorical at its prior."""
         return self.canonical({k.key: k.default for k in self.knobs})
+
+    def _idle(self, name: str, candidate: Mapping[str, Any]) -> bool:
+        """Whether pass ``name`` changes nothing for this candidate: it has idle knobs and all are idle."""
+        idle = [k for k in self.knobs if k.pass_name == name and k.idle_at is not None]
+        return bool(idle) and all(candidate.get(k.key, k.idle_at) == k.idle_at for k in idle)
 
     def active_passes(self, candidate: Mapping[str, Any]) -> list[str]:
         """The passes the candidate runs, in pipeline order."""
@@ -118,11 +85,11 @@ class SearchSpace:
         for name in self.passes:
             if name == PRECISION_SLOT:
                 out += [] if precision == "fp32" else [self.precision_passes[precision]]
-            elif not (name in IDLE_WHEN and not any(candidate.get(f"{name}.{o}") for o in IDLE_WHEN[name])):
+            elif not self._idle(name, candidate):
                 out.append(name)
         return out
 
-    def applicable(self, knob: Knob, candidate: Mapping[str, Any]) -> bool:
+    def applicable(self, knob: SearchKnob, candidate: Mapping[str, Any]) -> bool:
         """Whether the knob changes anything for this candidate (its pass runs)."""
         if knob.pass_name is None:
             return True
@@ -131,8 +98,9 @@ class SearchSpace:
     def canonical(self, candidate: Mapping[str, Any]) -> Candidate:
         """Knobs of passes that do not run reset to their default, so equal builds have equal keys."""
         out = dict(candidate)
-        if "prune-channels.ratio" in out:
-            out["prune-channels.ratio"] = round(float(out["prune-channels.ratio"]), RATIO_DECIMALS)
+        for knob in self.knobs:
+            if knob.continuous and knob.key in out:
+                out[knob.key] = round(float(out[knob.key]), KNOB_DECIMALS)
         for knob in self.knobs:
             if not self.applicable(knob, out):
                 out[knob.key] = knob.default
@@ -157,80 +125,40 @@ def candidate_key(candidate: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, repr(v)) for k, v in candidate.items()))
 
 
-def removable_blocks(proto: onnx.ModelProto, granularity: str) -> int:
-    """How many blocks prune-depth could drop from ``proto`` at ``granularity``."""
-    from edgec.passes.depth import candidates
-
-    return sum(b.removable for b in candidates(ir.serde.deserialize_model(proto).graph, granularity))
-
-
-def ratio_breakpoints(proto: onnx.ModelProto, multiple: int, low: float, high: float,
-                      rounding: str = "up") -> tuple[float, ...]:
-    """Uniform ratios in (low, high] at which some Conv/MatMul layer keeps fewer channels in or out.
-
-    Rounded up, prune-channels keeps ceil(n (1 - r)) of n channels rounded up to the target's
-    channel multiple m, so a layer of width n changes only at r = 1 - k m / n; dithered, at
-    r = 1 - (k - phase(n)) m / n (``_prune_plan.round_keep``). Between two such values every ratio
-    builds the same model. Rounded up to the candidates' 3 decimals so each one is past its step.
-    (Channel groups joined by a Concat or a residual can step elsewhere; the search's model-hash
-    check catches the duplicates that follow.)
-    """
-    from edgec.passes.pruning import width_phase
-
-    weights = {i.name: list(i.dims) for i in proto.graph.initializer}
-    widths: set[int] = set()
-    for node in proto.graph.node:
-        dims = weights.get(node.input[1], []) if node.op_type in ("Conv", "MatMul") and len(node.input) > 1 else []
-        if len(dims) >= 2:  # output and input widths: producers and consumers both round their counts
-            widths |= {dims[0], dims[1]} if node.op_type == "Conv" else {dims[-1], dims[-2]}
-    scale = 10**RATIO_DECIMALS
-    phase = {n: width_phase(n) if rounding == "dithered" else 0.0 for n in widths}
-    points = {math.ceil((1.0 - (k - phase[n]) * multiple / n) * scale - 1e-6) / scale
-              for n in widths for k in range(1, n // multiple + 1)}
-    return tuple(sorted(p for p in points if low < p <= high))
-
-
-def precision_choices(proto: onnx.ModelProto, target: TargetProfile, quant_passes: Sequence[str]
+def precision_choices(proto: onnx.ModelProto, target: TargetProfile, quant_passes: Sequence[type[EdgecPass[Any]]]
                       ) -> dict[str, str]:
-    """Precision name -> pass, for the quantization paths this model and target can take."""
-    ops = {n.op_type for n in proto.graph.node}
-    transformer = not ops & {"Conv", "ConvTranspose"} and bool(ops & {"MatMul", "Attention"})
-    formats = set(target.quantization_formats)
+    """Precision name -> pass, for the quantization paths this model and target can take (first pass wins)."""
     choices: dict[str, str] = {}
-    for name in quant_passes:
-        precision = QUANT_PASSES[name]
-        if precision == "int8" and transformer and "int8-dynamic" in formats:
-            precision, name = "int8-dynamic", "quantize-dynamic"  # quantize-int8 would pick dynamic anyway
-        if precision == "int8-dynamic" and (not transformer or "int8-dynamic" not in formats):
-            continue  # dynamic int8 Conv is slower than fp32 (see quantize_dynamic.REFUSED_OPS)
-        if precision == "int8" and "int8-qdq" not in formats:
-            continue
-        choices.setdefault(precision, name)
+    for cls in quant_passes:
+        chosen = cls.precision_pass(proto, target)
+        if chosen is not None and chosen.precision is not None:
+            choices.setdefault(chosen.precision, chosen.name)
     return choices
 
 
-def _pass_knobs(cls: type[EdgecPass[Any]], proto: onnx.ModelProto, target: TargetProfile) -> list[Knob]:
+def _pass_knobs(cls: type[EdgecPass[Any]], proto: onnx.ModelProto, target: TargetProfile) -> list[SearchKnob]:
     defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(cls.config_cls)
                                 if f.default is not dataclasses.MISSING}
     knobs = []
-    for option, declared in cls.search_space.items():
-        choices = tuple(c for c in declared if TIMING_DEPENDENT.get((cls.name, option)) != c)
-        if (cls.name, option) == ("prune-depth", "num_blocks"):
-            most = removable_blocks(proto, defaults.get("granularity", "layer"))
-            choices = tuple(c for c in choices if c <= most)
+    for option, declared in cls.refine_knobs(proto, target).items():
+        choices = tuple(c for c in declared.choices if c not in declared.timing_dependent)
         if not choices:
             continue
-        default = PRIOR.get((cls.name, option), defaults.get(option))
-        if (cls.name, option) in ORDERED:
+        default = declared.prior if declared.prior is not None else defaults.get(option)
+        if declared.ordered:
             default = min(choices)
-        if default not in choices and (cls.name, option) not in CONTINUOUS:
+        if default not in choices and not declared.continuous:
             default = choices[0]
-        continuous = (cls.name, option) in CONTINUOUS
-        rounding = cls.search_space.get("rounding", ("up",))[0]  # the one the search builds with
-        steps = ratio_breakpoints(proto, max(target.channel_multiple, 1), min(choices), max(choices), rounding) \
-            if continuous else ()
-        knobs.append(Knob(cls.name, option, choices, default, (cls.name, option) in ORDERED, continuous, steps))
+        knobs.append(SearchKnob(cls.name, option, choices, default, declared.ordered, declared.continuous,
+                                declared.breakpoints if declared.continuous else (), declared.idle_at))
     return knobs
+
+
+def _nothing_to_search(passes: Sequence[str], registry: Mapping[str, type[EdgecPass[Any]]]) -> ConfigError:
+    """Name the passes whose knobs a search lands (the ordered ones), for a pipeline with nothing to search."""
+    landed = [name for name, cls in registry.items() if any(k.ordered for k in cls.search_space.values())]
+    return ConfigError(f"--passes: none of {', '.join(passes)} has anything to search "
+                       f"(add {', '.join(landed)} or a quantization pass)")
 
 
 def build_space(passes: Sequence[str], proto: onnx.ModelProto, target: TargetProfile) -> SearchSpace:
@@ -239,24 +167,22 @@ def build_space(passes: Sequence[str], proto: onnx.ModelProto, target: TargetPro
     unknown = [p for p in passes if p not in registry]
     if unknown:
         raise ConfigError(f"--passes: unknown pass {unknown[0]!r}; valid passes: {', '.join(registry)}")
-    quant = [p for p in passes if p in QUANT_PASSES]
-    precisions = precision_choices(proto, target, quant)
-    knobs: list[Knob] = []
+    precisions = precision_choices(proto, target, [registry[p] for p in passes if registry[p].precision])
+    knobs: list[SearchKnob] = []
     if precisions:
-        knobs.append(Knob(None, PRECISION, ("fp32", *precisions), "fp32"))
+        knobs.append(SearchKnob(None, PRECISION, ("fp32", *precisions), "fp32"))
     pipeline: list[str] = []
     for name in passes:
-        if name in QUANT_PASSES:
+        if registry[name].precision:
             if PRECISION_SLOT not in pipeline:
                 pipeline.append(PRECISION_SLOT)
             continue
         pipeline.append(name)
         knobs.extend(_pass_knobs(registry[name], proto, target))
-    for name in set(precisions.values()):
+    for name in dict.fromkeys(precisions.values()):
         knobs.extend(_pass_knobs(registry[name], proto, target))
     if not any(len(k.choices) > 1 or k.continuous for k in knobs):
-        raise ConfigError(f"--passes: none of {', '.join(passes)} has anything to search "
-                          f"(add prune-channels, prune-depth or a quantization pass)")
+        raise _nothing_to_search(passes, registry)
     return SearchSpace(tuple(pipeline), tuple(knobs), precisions)
 
 

@@ -1,47 +1,7 @@
 """Search strategies over a ``SearchSpace``: latency-landing branch and bound, and random search.
 
-Both speak ask/tell: ``ask(n)`` returns up to ``n`` candidates to build next (an empty list ends the
-search), ``tell`` hands back their evaluations. Evaluations are expensive (a verified build, a
-metric run, a latency measurement: seconds to tens of seconds each on ResNet-50), so the budget is
-counted in evaluations and the guided strategy spends them where the objective is decided.
-
-Guided ("land"): the method of ZipLM and Once-for-All, cut to what a build budget allows.
-
-1. **Anchors.** The knobs split into discrete *combinations* (precision x blocks dropped, and the
-   categoricals) and the continuous channel ratio. Each combination is built once at ratio 0: its
-   slowest and, since pruning only removes information, its most accurate point.
-2. **Landing.** Within a combination latency falls monotonically with the ratio, so the most
-   accurate point under a target T is the smallest ratio that meets it. The strategy brackets that
-   ratio and steps by regula falsi on the model latency(r) = a + b(1 - r)^2 (convolution work falls
-   with the square of the kept width, ``a`` is the part pruning cannot touch), aiming at 0.94 T,
-   Illinois-weighted after two steps on the same side, each step clamped inside the bracket and
-   snapped to a ratio where some layer's channel count (rounded to the target's multiple) actually
-   changes, so no probe rebuilds a model already built. It stops once a point lands in
-   [0.92 T, 0.98 T] (inside the window [0.90 T, 0.98 T], ``objective.HEADROOM``: the margins absorb
-   the noise of measuring the chosen bundle again), no distinct model is left inside the bracket,
-   or the combination has had its probes. One to three builds usually land a combination.
-3. **Branch and bound across combinations.** Because accuracy falls with the ratio too, a
-   combination's anchor accuracy bounds everything in it, and a probe that is still too slow bounds
-   every ratio above it. Combinations are landed best bound first and dropped as soon as their
-   bound cannot beat the best feasible candidate found (the incumbent, less ``objective.TIE``);
-   anchors take at most half the budget (depth levels coarse to fine); a budget of tens of builds
-   then covers spaces with more combinations than it could build one by one. Once one landing has
-   probed the largest ratio, a combination whose anchor would need more saving than pruning gave
-   there (less a slack) is dropped without a probe.
-4. **Skipped depth levels.** A depth level the anchors skipped is opened where the objective changes
-   between two anchored levels (too slow so far at one, feasible at the next): depth bisection.
-5. **Greedy refinement.** Categoricals (recovery, mask mode, calibration method, ...) start from a
-   prior (``space.PRIOR``); with budget left, each is changed one at a time at the incumbent and the
-   changed combination is landed again from the incumbent's ratio (a mode change moves latency),
-   coordinate ascent until nothing improves or the budget ends.
-
-With ``--max-drop`` alone the roles swap: landing bisects the largest ratio whose drop stays within
-D (accuracy is not smooth enough in the ratio to interpolate), combinations whose anchor already
-drops too much are infeasible at any ratio, and the objective is the lowest latency. With both, the
-latency landing runs and a landed point over the drop ends its combination.
-
-Random search draws every knob uniformly from its declared choices, at the same budget: the
-baseline the guided strategy must beat (``bench/search.py``).
+Both speak ask/tell: ``ask(n)`` proposes candidates, ``tell`` hands back their evaluations. The method
+(anchors, landing by regula falsi, branch and bound, depth bisection, refinement) is argued in docs/search.md.
 """
 
 from __future__ import annotations
@@ -54,10 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from edgec.compiler.search.objective import HEADROOM, TIE, Evaluation, Objective
-from edgec.compiler.search.space import PRECISION, Candidate, Knob, SearchSpace, candidate_key
+from edgec.compiler.search.space import PRECISION, Candidate, SearchKnob, SearchSpace, candidate_key
 
-RATIO = "prune-channels.ratio"
-DEPTH = "prune-depth.num_blocks"
 AIM = 0.94  # where landing steps aim: the middle of the window [0.90 T, 0.98 T]
 # A landing stops in [0.92 T, 0.98 T]: a point at 0.90-0.92 T is in the window but one noisy re-measure
 # from under it (ResNet-50 at 0.3x: 0.903 in the search, 0.883 timed again), so it probes on if it can.
@@ -78,10 +36,6 @@ class Strategy(Protocol):
     def tell(self, evaluations: Sequence[Evaluation]) -> None:
         """Evaluations of the candidates last asked for."""
         ...
-
-
-def _with_ratio(combo: Candidate, ratio: float) -> Candidate:
-    return {**combo, RATIO: ratio} if RATIO in combo else dict(combo)
 
 
 def _fit_ratio(points: Sequence[tuple[float, float]], aim: float, fixed_share: float = FIXED_SHARE) -> float | None:
@@ -118,7 +72,7 @@ def _spread(values: Sequence[Any]) -> list[Any]:
 class _Lander:
     """Lands the channel ratio of one combination on the objective's boundary."""
 
-    def __init__(self, combo: Candidate, knob: Knob | None, objective: Objective, first: float, order: float):
+    def __init__(self, combo: Candidate, knob: SearchKnob | None, objective: Objective, first: float, order: float):
         self.combo, self.knob, self.objective = combo, knob, objective
         self.first, self.order = first, order
         self.points: list[tuple[float, Evaluation]] = []
@@ -225,11 +179,18 @@ class _Lander:
 
 
 class GuidedStrategy:
-    """Anchors, landing by regula falsi, branch and bound across combinations, greedy refinement."""
+    """Anchors, landing by regula falsi, branch and bound across combinations, greedy refinement.
+
+    The first continuous knob is landed (the ratio); every other ordered knob is a level (blocks dropped):
+    each combination of levels is anchored, coarse to fine, and skipped levels are opened by bisection.
+    """
 
     def __init__(self, space: SearchSpace, objective: Objective, budget: int, seed: int = 0) -> None:
         self.space, self.objective, self.budget = space, objective, budget
-        self.ratio_knob = space.knob(RATIO)
+        self.ratio_knob = next((k for k in space.knobs if k.continuous), None)
+        self.level_knobs = [k for k in space.knobs if k.ordered and k is not self.ratio_knob]
+        # Anchors sit at the smallest ratio: the slowest and most accurate point of their combination.
+        self.anchor_ratio = float(self.ratio_knob.low) if self.ratio_knob is not None else 0.0
         self.results: dict[Any, Evaluation] = {}
         self.landers: list[_Lander] = []
         self.pending: dict[Any, list[tuple[_Lander, float]]] = {}
@@ -237,27 +198,34 @@ class GuidedStrategy:
         self._anchors_asked = False
 
     # -- combinations -------------------------------------------------------------------------
+    def _ratio_key(self) -> str | None:
+        return self.ratio_knob.key if self.ratio_knob is not None else None
+
+    def _with_ratio(self, combo: Candidate, ratio: float) -> Candidate:
+        key = self._ratio_key()
+        return {**combo, key: ratio} if key in combo else dict(combo)
+
     def _combo_key(self, combo: Candidate) -> Any:
-        return candidate_key({k: v for k, v in combo.items() if k != RATIO})
+        return candidate_key({k: v for k, v in combo.items() if k != self._ratio_key()})
 
     def _anchor_combos(self) -> list[Candidate]:
-        """Precision x blocks dropped at ratio 0, at most half the budget.
+        """Precision x levels (blocks dropped) at the smallest ratio, at most half the budget.
 
-        Depth levels go in the order 0, the most, then halving the gaps, each with every precision:
-        a short budget keeps the whole-width anchors (the ones channel pruning lands from) and the
-        extremes, and loses the levels in between first.
+        Levels go in the order the smallest, the largest, then halving the gaps, each with every
+        precision: a short budget keeps the whole-width anchors (the ones channel pruning lands from)
+        and the extremes, and loses the levels in between first.
         """
-        precision, depth = self.space.knob(PRECISION), self.space.knob(DEPTH)
+        precision = self.space.knob(PRECISION)
         precisions = precision.choices if precision is not None else (None,)
-        levels = _spread(sorted(depth.choices)) if depth is not None else [None]
+        levels = [_spread(sorted(knob.choices)) for knob in self.level_knobs]
         base = self.space.default()
         combos = []
-        for level, value in itertools.product(levels, precisions):
+        for *values, value in itertools.product(*levels, precisions):
             combo = dict(base)
             if precision is not None:
                 combo[PRECISION] = value
-            if depth is not None:
-                combo[DEPTH] = level
+            for knob, level in zip(self.level_knobs, values, strict=True):
+                combo[knob.key] = level
             combos.append(self.space.canonical(combo))
         return combos[:max(1, self.budget // 2)]
 
@@ -273,7 +241,7 @@ class GuidedStrategy:
         if not self._anchors_asked:
             self._anchors_asked = True
             for i, combo in enumerate(self._anchor_combos()):
-                self._new_lander(combo, 0.0, order=-1e9 + i)
+                self._new_lander(combo, self.anchor_ratio, order=-1e9 + i)
         self._open_depth_levels()
         batch: list[Candidate] = []
         while True:  # once every landing has settled: skipped depth levels, then refinement, or the end
@@ -290,7 +258,7 @@ class GuidedStrategy:
                 continue
             lander.fixed_share = self._fixed_share()
             while (ratio := lander.next_ratio()) is not None:
-                candidate = self.space.canonical(_with_ratio(lander.combo, ratio))
+                candidate = self.space.canonical(self._with_ratio(lander.combo, ratio))
                 key = candidate_key(candidate)
                 if key in self.results:
                     lander.add(ratio, self.results[key])
@@ -310,7 +278,7 @@ class GuidedStrategy:
         return (1.0, anchor.ms, lander.order)
 
     def _open_depth_levels(self) -> bool:
-        """Open a depth level the anchors skipped where the objective changes between two anchored ones.
+        """Open a level the anchors skipped where the objective changes between two anchored ones.
 
         Accuracy and latency both fall with the blocks dropped, so under a latency target the level
         to land is the shallowest that can meet it: when one anchored level cannot (every probe too
@@ -319,23 +287,21 @@ class GuidedStrategy:
         is where the most accurate model is). Under ``--max-drop`` alone, mirrored: the deepest
         level within the drop. False when nothing new was opened.
         """
-        depth = self.space.knob(DEPTH)
-        if depth is None:
-            return False
-        groups: dict[Any, dict[int, _Lander]] = {}
-        for lander in self.landers:
-            rest = candidate_key({k: v for k, v in lander.combo.items() if k not in (RATIO, DEPTH)})
-            groups.setdefault(rest, {})[lander.combo.get(DEPTH, 0)] = lander
         opened = False
-        for levels in groups.values():
-            anchored = sorted(levels)
-            for shallow, deep in itertools.pairwise(anchored):
-                skipped = [d for d in sorted(depth.choices) if shallow < d < deep]
-                if skipped and self._objective_changes(levels[shallow], levels[deep]):
-                    combo = {**levels[shallow].combo, DEPTH: skipped[len(skipped) // 2]}
-                    before = len(self.landers)
-                    self._new_lander(self.space.canonical(combo), 0.0, order=len(self.landers))
-                    opened = opened or len(self.landers) > before
+        for depth in self.level_knobs:
+            groups: dict[Any, dict[Any, _Lander]] = {}
+            for lander in self.landers:
+                rest = candidate_key({k: v for k, v in lander.combo.items() if k not in (self._ratio_key(), depth.key)})
+                groups.setdefault(rest, {})[lander.combo.get(depth.key, depth.low)] = lander
+            for levels in groups.values():
+                anchored = sorted(levels)
+                for shallow, deep in itertools.pairwise(anchored):
+                    skipped = [d for d in sorted(depth.choices) if shallow < d < deep]
+                    if skipped and self._objective_changes(levels[shallow], levels[deep]):
+                        combo = {**levels[shallow].combo, depth.key: skipped[len(skipped) // 2]}
+                        before = len(self.landers)
+                        self._new_lander(self.space.canonical(combo), self.anchor_ratio, order=len(self.landers))
+                        opened = opened or len(self.landers) > before
         return opened
 
     def _objective_changes(self, shallow: _Lander, deep: _Lander) -> bool:
@@ -361,7 +327,7 @@ class GuidedStrategy:
         """
         shares = []
         for lander in self.landers:
-            if not lander.points or lander.points[0][0] != 0.0 or not lander.points[0][1].ok:
+            if not lander.points or lander.points[0][0] != self.anchor_ratio or not lander.points[0][1].ok:
                 continue
             anchor = lander.points[0][1]
             for ratio, e in lander.points[1:]:
@@ -374,7 +340,8 @@ class GuidedStrategy:
         """The smallest latency fraction pruning reached in any combination: at its largest ratio over its anchor."""
         assert self.ratio_knob is not None
         top = float(self.ratio_knob.high) - 2 * RATIO_RESOLUTION
-        fractions = [e.ms / anchor.ms for lander in self.landers if lander.points and lander.points[0][0] == 0.0
+        fractions = [e.ms / anchor.ms for lander in self.landers
+                     if lander.points and lander.points[0][0] == self.anchor_ratio
                      and (anchor := lander.points[0][1]).ok
                      for r, e in lander.points[1:] if e.ok and r >= top]
         return min(fractions, default=None)
@@ -387,7 +354,7 @@ class GuidedStrategy:
         without this, every too-slow shallow combination spends two or three builds finding that out.
         """
         target = self.objective.latency_ms
-        if target is None or self.ratio_knob is None or not lander.points or lander.points[0][0] != 0.0:
+        if target is None or self.ratio_knob is None or not lander.points or lander.points[0][0] != self.anchor_ratio:
             return False
         anchor = lander.points[0][1]
         reach = self._pruning_reach()
@@ -416,7 +383,8 @@ class GuidedStrategy:
         if incumbent is None or self._combo_key(incumbent.candidate) in self.refined:
             return False
         self.refined.add(self._combo_key(incumbent.candidate))
-        ratio = incumbent.candidate.get(RATIO, 0.0)
+        key = self._ratio_key()
+        ratio = incumbent.candidate.get(key, self.anchor_ratio) if key is not None else self.anchor_ratio
         opened = False
         for knob in self.space.knobs:
             if knob.ordered or knob.key == PRECISION or not self.space.applicable(knob, incumbent.candidate):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeGuard
 
 import onnx_ir as ir
 
@@ -74,14 +75,14 @@ class _GraphIndex:
         self.data = data
         self._ancestors: dict[int, frozenset[int]] = {}
 
-    def shape(self, value: ir.Value) -> tuple[int | str | None, ...] | None:
+    def shape(self, value: ir.Value) -> tuple[int | ir.SymbolicDim, ...] | None:
         """The value's shape at the calibration sample when known, else its declared (maybe symbolic) one."""
         known = self.shapes.get(value.name or "")
         if known is not None:
             return known
         return None if value.shape is None else tuple(value.shape.dims)
 
-    def is_data(self, value: ir.Value | None) -> bool:
+    def is_data(self, value: ir.Value | None) -> TypeGuard[ir.Value]:
         return value is not None and id(value) in self.data
 
     def ancestors(self, value: ir.Value) -> frozenset[int]:
@@ -259,8 +260,11 @@ def _pair_layer(graph: ir.Graph, nodes: dict[str, ir.Node], attn: Block, ffn: Bl
 
 def discover_blocks(graph: ir.Graph, shapes: Mapping[str, tuple[int, ...]] | None = None,
                     ) -> tuple[list[Block], list[Block]]:
-    """``(layers, sub_blocks)``: transformer layers (attention followed by an FFN sub-block) and every
-    residual sub-block; a CNN's residual blocks are sub-blocks that belong to no layer."""
+    """``(layers, sub_blocks)``: transformer layers and every residual sub-block.
+
+    A layer is attention followed by an FFN sub-block; a CNN's residual blocks are sub-blocks that belong to
+    no layer.
+    """
     subs = find_sub_blocks(graph, shapes)
     nodes = {n.name or "": n for n in graph}
     by_entry = {b.entry: i for i, b in enumerate(subs) if b.removable}

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from edgec.core.ir import Feeds, clone
+from edgec.core.ir import Feeds, clone, to_proto
 from edgec.passes.depth.blocks import Block
 from edgec.passes.depth.replaceme import LinearMap, apply_linear
 from edgec.runtime.session import make_session
@@ -63,7 +63,7 @@ def capture(model: ir.Model, names: Sequence[str], feeds: Sequence[Feeds]) -> di
     for name in dict.fromkeys(names):
         if name not in present:
             probe.graph.outputs.append(values[name])
-    session = make_session(ir.serde.serialize_model(probe).SerializeToString(), level="basic", threads=1)
+    session = make_session(to_proto(probe).SerializeToString(), level="basic", threads=1)
     wanted = [o.name for o in session.get_outputs()]
     out: dict[str, list[np.ndarray]] = {n: [] for n in wanted}
     for feed in feeds:

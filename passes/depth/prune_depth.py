@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from edgec.core.errors import ConfigError
-from edgec.core.ir import clone
-from edgec.passes.base import EdgecPass, Tolerance, register_pass
+from edgec.core.ir import clone, to_proto
+from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
 from edgec.passes.depth.blocks import Block, candidates, discover_blocks
 from edgec.passes.depth.edit import quiet_ir
 from edgec.passes.depth.score import SCORES, Metric, Remover, contiguous, load_metric, score_blocks, score_spans
 from edgec.passes.sample_shapes import shapes_at_sample
+from edgec.targets.profile import TargetProfile
 
 logger = logging.getLogger(__name__)
 OPTION = "pass-options.prune-depth"
@@ -62,6 +64,11 @@ class PruneDepthConfig:
             raise ConfigError(f"{OPTION}.ridge: expected a number >= 0, got {self.ridge!r}")
 
 
+def removable_blocks(proto: onnx.ModelProto, granularity: str) -> int:
+    """How many blocks prune-depth could drop from ``proto`` at ``granularity``."""
+    return sum(b.removable for b in candidates(ir.serde.deserialize_model(proto).graph, granularity))
+
+
 @register_pass("prune-depth")
 class PruneDepthPass(EdgecPass[PruneDepthConfig]):
     """Remove residual blocks y = x + f(x): readers of y then read x (or a fitted linear map of x).
@@ -75,9 +82,19 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
     config_cls = PruneDepthConfig
     tolerance = Tolerance(lossy=True)
     handles_subgraphs = False  # blocks are found in the main graph; one read by a body stays (see _escape)
-    search_space = {"num_blocks": (0, 1, 2, 3, 4), "replace": (False, True), "granularity": GRANULARITIES}
+    search_space = {"num_blocks": Knob((0, 1, 2, 3, 4), ordered=True, idle_at=0, label="-{} blocks"),
+                    "replace": Knob((False, True)), "granularity": Knob(GRANULARITIES)}
+
+    @classmethod
+    def refine_knobs(cls, proto: onnx.ModelProto, target: TargetProfile) -> Mapping[str, Knob]:
+        """``num_blocks`` clipped to the blocks the model has at the default granularity: no candidate asks for more."""
+        knob = cls.search_space["num_blocks"]
+        most = removable_blocks(proto, PruneDepthConfig().granularity)
+        return {**cls.search_space, "num_blocks": dataclasses.replace(knob, choices=tuple(
+            c for c in knob.choices if c <= most))}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Score the removable blocks, drop the chosen ones in place and record what went."""
         common.ShapeInferencePass()(model)
         pool = self._pool(model)
         before = self._task_metric(model)
@@ -182,4 +199,4 @@ class PruneDepthPass(EdgecPass[PruneDepthConfig]):
     def _task_metric(self, model: ir.Model) -> dict[str, Any] | None:
         if self.ctx.evaluate is None:
             return None
-        return self.ctx.evaluate(ir.serde.serialize_model(model).SerializeToString())
+        return self.ctx.evaluate(to_proto(model).SerializeToString())

@@ -9,11 +9,16 @@ no maintained library fits and folds such maps on ONNX graphs.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
 from edgec.passes.depth.blocks import Block
+from edgec.passes.ir_utils import add_initializer, const_array, initializer_value
+
+if TYPE_CHECKING:
+    from onnx_ir._core import Usage  # what Value.uses() yields; onnx_ir exports it under no public name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,29 +72,23 @@ def extend_over_norm(graph: ir.Graph, block: Block) -> Block:
     return dataclasses.replace(block, exit=norm.outputs[0].name or "", nodes=(*block.nodes, norm.name or ""))
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
 def _bias_add(node: ir.Node) -> ir.Node | None:
     """The lone Add that adds a constant vector to ``node``'s output (a Linear's bias), if any."""
     uses = list(node.outputs[0].uses())
     if len(uses) == 1 and uses[0].node.op_type == "Add":
         add = uses[0].node
         other = add.inputs[1 - uses[0].idx]
-        bias = _const(other)
+        bias = initializer_value(other)
         if bias is not None and bias.ndim == 1:
             return add
     return None
 
 
-def _foldable(use: ir.Usage, axis: int) -> bool:
+def _foldable(use: Usage, axis: int) -> bool:
     node, idx = use.node, use.idx
     if node.domain not in ("", "ai.onnx") or idx != 0:
         return False
-    weight = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    weight = initializer_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if weight is None:
         return False
     if node.op_type == "MatMul":
@@ -103,22 +102,18 @@ def _foldable(use: ir.Usage, axis: int) -> bool:
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array, dtype=np.float32), name=name))
-    value.shape = ir.Shape(array.shape)
-    value.type = ir.TensorType(ir.DataType.FLOAT)
-    graph.register_initializer(value)
-    return value
+    return add_initializer(graph, name, np.ascontiguousarray(array, dtype=np.float32))
 
 
 def _fold_into(graph: ir.Graph, node: ir.Node, lin: LinearMap, tag: str) -> None:
     """Rewrite ``node``'s weight (and bias) so that it computes op(x T + b) from x."""
-    w = node.inputs[1].const_value.numpy().astype(np.float64)  # type: ignore[union-attr]
+    w = const_array(node.inputs[1]).astype(np.float64)  # an initializer: checked by _foldable
     t, b = lin.weight.astype(np.float64), lin.bias.astype(np.float64)
     if node.op_type == "MatMul":
         add = _bias_add(node)
         assert add is not None  # checked by _foldable
         slot = 1 - next(u.idx for u in node.outputs[0].uses())
-        add.replace_input_with(slot, _initializer(graph, f"{tag}_bias", _const(add.inputs[slot]) + b @ w))
+        add.replace_input_with(slot, _initializer(graph, f"{tag}_bias", const_array(add.inputs[slot]) + b @ w))
         node.replace_input_with(1, _initializer(graph, f"{tag}_weight", t @ w))
         return
     if node.op_type == "Gemm":
@@ -126,14 +121,14 @@ def _fold_into(graph: ir.Graph, node: ir.Node, lin: LinearMap, tag: str) -> None
         new_w = w @ t.T if trans_b else t @ w
         bw = w @ b if trans_b else b @ w
         alpha, beta = node.attributes.get_float("alpha", 1.0), node.attributes.get_float("beta", 1.0)
-        old_c = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+        old_c = initializer_value(node.inputs[2]) if len(node.inputs) > 2 else None
         c = (old_c * beta if old_c is not None else 0.0) + alpha * bw
         node.replace_input_with(1, _initializer(graph, f"{tag}_weight", new_w))
         _set_input(node, 2, _initializer(graph, f"{tag}_bias", c / beta))
         return
     o = w.shape[0]
     w2 = w.reshape(o, -1)
-    old_bias = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+    old_bias = initializer_value(node.inputs[2]) if len(node.inputs) > 2 else None
     node.replace_input_with(1, _initializer(graph, f"{tag}_weight", (w2 @ t.T).reshape(w.shape)))
     _set_input(node, 2, _initializer(graph, f"{tag}_bias", (0.0 if old_bias is None else old_bias) + w2 @ b))
 

@@ -9,9 +9,9 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.core.errors import ConfigError
-from edgec.core.ir import Feeds
+from edgec.core.ir import Feeds, clone, to_proto
 from edgec.passes.depth.blocks import Block
-from edgec.passes.depth.edit import capture, clone, output_names, remove_block
+from edgec.passes.depth.edit import capture, output_names, remove_block
 from edgec.passes.depth.replaceme import LinearMap, extend_over_norm, fit_linear
 from edgec.runtime.session import make_session
 
@@ -31,12 +31,12 @@ def load_metric(spec: str, option: str) -> Metric:
         raise ConfigError(f"{option}: cannot import {spec!r} ({exc})") from None
     if not callable(found):
         raise ConfigError(f"{option}: {spec!r} is not callable")
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def run_outputs(model: ir.Model, feeds: Sequence[Feeds]) -> list[list[np.ndarray]]:
     """Graph outputs of ``model`` on each feed."""
-    session = make_session(ir.serde.serialize_model(model).SerializeToString(), level="basic", threads=1)
+    session = make_session(to_proto(model).SerializeToString(), level="basic", threads=1)
     return [session.run(None, feed) for feed in feeds]
 
 
@@ -135,7 +135,7 @@ def score_blocks(model: ir.Model, blocks: Sequence[Block], remover: Remover, sco
         remover.remove(trial, block, acts)
         if score == "metric":
             assert metric is not None  # the pass loads it when score == "metric"
-            scores[block.nodes[-1]] = -float(metric(ir.serde.serialize_model(trial).SerializeToString(), remover.feeds))
+            scores[block.nodes[-1]] = -float(metric(to_proto(trial).SerializeToString(), remover.feeds))
         else:
             scores[block.nodes[-1]] = output_error(reference, run_outputs(trial, remover.feeds), score)
     return scores

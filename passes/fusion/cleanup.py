@@ -33,8 +33,10 @@ MAX_ROUNDS = 3
 
 
 class _KeepOutputIdentities(common.IdentityEliminationPass):
-    """onnx_ir's identity elimination, except for ``y = Identity(x)`` where ``y`` is a graph output and
-    ``x`` is itself a graph output or comes from another graph (an If/Loop body reading the outer scope).
+    """Identity elimination as in onnx_ir, but keeping a graph output's Identity of an output or outer value.
+
+    It keeps ``y = Identity(x)`` where ``y`` is a graph output and ``x`` is itself a graph output or comes
+    from another graph (an If/Loop body reading the outer scope).
 
     onnx_ir renames ``x`` to ``y`` when ``y`` is a graph output. If ``x`` is an output too, that drops
     the output named ``x`` or, in a Loop/Scan body, returns one value twice (ORT then computes the scan
@@ -58,7 +60,7 @@ def count_nodes(model: ir.Model, op_type: str | None = None) -> int:
 
 
 def _fold(model: ir.Model, failures: list[str]) -> None:
-    """onnxscript's constant folder; a failure (its evaluator on an op it cannot fold) stops folding.
+    """Run onnxscript's constant folder; a failure (its evaluator on an op it cannot fold) stops folding.
 
     The folder raises before it replaces the node it failed on, so what it folded before stays valid;
     the pipeline checks the result against the input model either way.
@@ -118,6 +120,7 @@ class CleanupGraphPass(EdgecPass[CleanupConfig]):
     config_cls = CleanupConfig
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Clean the model in place and record what each cleanup removed."""
         nodes_before = count_nodes(model)
         failures: list[str] = []
         counts = clean(model, fold=self.config.fold_constants, failures=failures)

@@ -35,9 +35,12 @@ def _fold_weight_concats(model: ir.Model) -> None:
 
 
 def _optimize(model: ir.Model, failures: list[str]) -> None:
-    """onnxscript's optimizer; after one failure (its folder on an op it cannot evaluate, e.g. ONNX's
-    test_split_to_sequence_1) it is not run again, and the pass goes on with its rules. The pipeline
-    checks the result against the input model either way."""
+    """Run onnxscript's optimizer, unless it failed before on this model.
+
+    After one failure (its folder on an op it cannot evaluate, e.g. ONNX's test_split_to_sequence_1) it is
+    not run again, and the pass goes on with its rules. The pipeline checks the result against the input
+    model either way.
+    """
     if failures:
         return
     try:
@@ -78,6 +81,7 @@ class FuseGraphPass(EdgecPass[FuseConfig]):
     tolerance = Tolerance(rtol=1e-4)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Clean, apply the fusion rules the target allows, optimize, and record the fusions made."""
         nodes_before = count_nodes(model)
         contrib_before = contrib_ops_in(model)
         failures: list[str] = []

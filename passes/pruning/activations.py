@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 from onnx import helper
 
+from edgec.core.ir import to_proto
 from edgec.runtime.session import make_session
 
 
-def capture_values(model: ir.Model, names: list[str], feeds: Sequence[dict[str, np.ndarray]],
+def capture_values(model: ir.Model, names: list[str], feeds: Sequence[Mapping[str, np.ndarray]],
                    ) -> Iterator[dict[str, np.ndarray]]:
     """The values ``names`` of ``model`` on each feed (exposed as extra graph outputs)."""
-    proto = ir.serde.serialize_model(model)
+    proto = to_proto(model)
     present = {o.name for o in proto.graph.output}
     elem = {v.name: v.dtype for n in model.graph for v in (*n.inputs, *n.outputs)
             if v is not None and v.dtype is not None}

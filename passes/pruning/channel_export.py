@@ -27,7 +27,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from edgec.passes.pruning.channel_graph import channel_range, slice_bounds, static_shape
+from edgec.passes.ir_utils import add_initializer, const_array, constant_value, input_of, name_of, static_shape
+from edgec.passes.pruning.channel_graph import channel_range, slice_bounds
 from edgec.passes.pruning.plan import Plan, positions
 from edgec.passes.pruning.records import ChannelGraph, Consumer, Layout, ParamUse
 
@@ -142,24 +143,20 @@ class _Writer:
         return f"{base}__pruned{self.counter}"
 
     def const(self, base: str, array: np.ndarray) -> ir.Value:
-        name = self.name(base)
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(
-            array.dtype)), const_value=ir.Tensor(array, name=name))
-        self.graph.register_initializer(value)
-        return value
+        return add_initializer(self.graph, self.name(base), array)
 
     def take(self, node: ir.Node, index: int, axis: int, picks: np.ndarray) -> None:
         """Replace input ``index`` of ``node`` by its constant taken at ``picks`` along ``axis``."""
-        key = (node.name, index)
+        key = (name_of(node), index)
         array = self.weights.get(key)
         if array is None:
-            array = node.inputs[index].const_value.numpy()
+            array = const_array(node.inputs[index])
         self.weights[key] = np.take(array, picks, axis=axis)
 
     def flush(self) -> None:
         for (node_name, index), array in self.weights.items():
             node = self.nodes[node_name]
-            node.replace_input_with(index, self.const(node.inputs[index].name, np.ascontiguousarray(array)))
+            node.replace_input_with(index, self.const(name_of(input_of(node, index)), np.ascontiguousarray(array)))
 
 
 def apply_plan(model: ir.Model, cg: ChannelGraph, plan: Plan, orders: dict[int, np.ndarray],
@@ -198,7 +195,7 @@ def apply_plan(model: ir.Model, cg: ChannelGraph, plan: Plan, orders: dict[int, 
 
 def _is_depthwise_weight(node: ir.Node, use: ParamUse) -> bool:
     """A depthwise Conv/ConvTranspose's weight (one input channel per group): its group count follows."""
-    weight = node.inputs[use.input_index].const_value
+    weight = input_of(node, use.input_index).const_value
     return (node.op_type in ("Conv", "ConvTranspose") and use.input_index == 1 and use.axis == 0
             and use.layout is None and weight is not None and weight.shape[1] == 1)
 
@@ -233,12 +230,14 @@ def _fix_reshapes(w: _Writer) -> None:
     """Reshapes that flatten channels spell the channel count in their shape constant: rewrite it."""
     for name in w.cg.reshapes:
         node = w.nodes[name]
-        layout = w.cg.layouts[node.outputs[0].name]
-        shape = ir.convenience.get_const_tensor(node.inputs[1]).numpy().copy()
+        layout = w.cg.layouts[name_of(node.outputs[0])]
+        found = constant_value(node.inputs[1])
+        assert found is not None  # the analysis recorded this Reshape for its constant shape
+        shape = found.copy()
         if shape[layout.axis] in (-1, 0):
             continue
         shape[layout.axis] = len(value_perm(w.cg, layout, w.orders)) * layout.inner
-        node.replace_input_with(1, w.const(node.inputs[1].name or "shape", shape))
+        node.replace_input_with(1, w.const(input_of(node, 1).name or "shape", shape))
 
 
 def _new_width(w: _Writer, layout: Layout) -> int:
@@ -250,7 +249,7 @@ def _fix_sections(w: _Writer) -> None:
     for name in w.cg.sections:
         node = w.nodes[name]
         if node.op_type == "Split":
-            _fix_split(w, node, [_new_width(w, w.cg.layouts[out.name]) for out in node.outputs])
+            _fix_split(w, node, [_new_width(w, w.cg.layouts[name_of(out)]) for out in node.outputs])
         else:
             _fix_slice(w, node)
 
@@ -263,19 +262,22 @@ def _fix_split(w: _Writer, node: ir.Node, sizes: list[int]) -> None:
     node.attributes.pop("num_outputs", None)  # opset 18 equal parts: the parts may differ now
     if len(node.inputs) < 2:
         node.resize_inputs(2)
-    node.replace_input_with(1, w.const(node.inputs[1].name if node.inputs[1] is not None else "split", split))
+    node.replace_input_with(1, w.const(name_of(node.inputs[1]) if node.inputs[1] is not None else "split", split))
 
 
 def _fix_slice(w: _Writer, node: ir.Node) -> None:
-    source = w.cg.layouts[node.inputs[0].name]
+    source = w.cg.layouts[name_of(input_of(node, 0))]
     shape = static_shape(node.inputs[0])  # still the original shape: shapes are cleared after the rewrite
     bounds = slice_bounds(node)
+    assert bounds is not None and shape is not None  # the analysis recorded it for both (_Analyzer._slice)
     start, _, _ = channel_range(bounds, source.axis, shape)
     new_start = _new_width(w, Layout(source.axis, source.pieces[: w.cg.offsets(source).index(start)]))
-    new_end = new_start + _new_width(w, w.cg.layouts[node.outputs[0].name])
+    new_end = new_start + _new_width(w, w.cg.layouts[name_of(node.outputs[0])])
     index = [a % len(shape) for a in bounds[2]].index(source.axis)
-    dtype = ir.convenience.get_const_tensor(node.inputs[1]).numpy().dtype  # an initializer or a Constant node
+    old_starts = constant_value(node.inputs[1])  # an initializer or a Constant node
+    assert old_starts is not None  # slice_bounds found it constant
+    dtype = old_starts.dtype
     starts, ends = np.array(bounds[0], dtype=dtype), np.array(bounds[1], dtype=dtype)
     starts[index], ends[index] = new_start, new_end
-    node.replace_input_with(1, w.const(node.inputs[1].name or "starts", starts))
-    node.replace_input_with(2, w.const(node.inputs[2].name or "ends", ends))
+    node.replace_input_with(1, w.const(input_of(node, 1).name or "starts", starts))
+    node.replace_input_with(2, w.const(input_of(node, 2).name or "ends", ends))

@@ -34,6 +34,15 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from edgec.passes.ir_utils import (
+    attribute,
+    const_array,
+    constant_value,
+    initializer_value,
+    input_of,
+    name_of,
+    static_shape,
+)
 from edgec.passes.pruning.records import ChannelGraph, Consumer, Layout, ParamUse, Producer
 
 UNARY = frozenset({
@@ -48,31 +57,6 @@ POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool
                    "GlobalLpPool"})
 REDUCES = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
                      "ReduceProd", "ReduceLogSumExp", "ReduceSumSquare"})
-
-
-def static_shape(value: ir.Value | None) -> list[int] | None:
-    """The dims of a value when all are known ints, else None."""
-    if value is None or value.shape is None:
-        return None
-    dims = list(value.shape)
-    return dims if all(isinstance(d, int) for d in dims) else None
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
-def _shape_const(value: ir.Value | None) -> np.ndarray | None:
-    """An integer input (split sizes, slice bounds) from an initializer or a Constant node, else None."""
-    tensor = None if value is None else ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
-
-
-def _attr(node: ir.Node, name: str, default):
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
 
 
 def _label(node: ir.Node) -> str:
@@ -153,7 +137,8 @@ class _Analyzer:
         layout = self.layout(node.inputs[0])
         if layout is None or any(self.layout(v) for v in node.inputs[1:]):
             return False
-        if node.op_type == "PRelu" and _const(node.inputs[1]) is not None and _const(node.inputs[1]).size > 1:
+        slope = initializer_value(node.inputs[1]) if node.op_type == "PRelu" else None
+        if slope is not None and slope.size > 1:
             return False
         self.set(node.outputs[0], layout)
         return True
@@ -175,13 +160,13 @@ class _Analyzer:
         if layout is None or layout.inner != 1 or any(self.layout(v) for v in node.inputs[1:]):
             return False
         scales_at = 1 if node.op_type == "Upsample" else 2
-        scales = _shape_const(node.inputs[scales_at]) if len(node.inputs) > scales_at else None
+        scales = constant_value(node.inputs[scales_at]) if len(node.inputs) > scales_at else None
         sizes = node.inputs[3] if node.op_type == "Resize" and len(node.inputs) > 3 else None
         if scales is None and node.op_type == "Upsample":
-            scales = np.asarray(_attr(node, "scales", None) or [], dtype=np.float32)
+            scales = np.asarray(attribute(node, "scales", None) or [], dtype=np.float32)
         if sizes is not None or scales is None or scales.size == 0:
             return self._refuse("resized to output sizes or to scales that are not constant")
-        axes = _attr(node, "axes", None)
+        axes = attribute(node, "axes", None)
         rank = len(static_shape(node.inputs[0]) or []) or scales.size
         axes = list(range(scales.size)) if axes is None else [a % rank for a in axes]
         channel_scale = dict(zip(axes, scales.tolist(), strict=True)).get(layout.axis, 1.0)
@@ -191,17 +176,17 @@ class _Analyzer:
         return True
 
     def _batchnorm(self, node: ir.Node) -> bool:
-        if not self._per_channel(node, 1) or any(_const(v) is None for v in node.inputs[1:5]):
+        if not self._per_channel(node, 1) or any(initializer_value(v) is None for v in node.inputs[1:5]):
             return False
         for i in range(1, 5):
-            self.cg.params.append(ParamUse(node.name, i, 0, node.outputs[0].name))
+            self.cg.params.append(ParamUse(name_of(node), i, 0, name_of(node.outputs[0])))
         return True
 
     def _conv(self, node: ir.Node) -> bool:
-        weight = _const(node.inputs[1])
+        weight = initializer_value(node.inputs[1])
         if weight is None or not self._const_bias(node):
             return False
-        groups = _attr(node, "group", 1)
+        groups = attribute(node, "group", 1)
         layout = self._input_layout(node, 1) if groups == 1 else self.layout(node.inputs[0])
         bias = self._bias(node)
         if layout is not None and (layout.axis != 1 or layout.inner != 1):
@@ -218,29 +203,29 @@ class _Analyzer:
         return self._refuse(f"group = {groups} does not match the weight {list(weight.shape)}")
 
     def _const_bias(self, node: ir.Node) -> bool:
-        return len(node.inputs) < 3 or node.inputs[2] is None or _const(node.inputs[2]) is not None
+        return len(node.inputs) < 3 or node.inputs[2] is None or initializer_value(node.inputs[2]) is not None
 
     def _bias(self, node: ir.Node) -> str | None:
         return node.inputs[2].name if len(node.inputs) > 2 and node.inputs[2] is not None else None
 
     def _depthwise(self, node: ir.Node, bias: str | None) -> bool:
         # Output channel c reads input channel c only, so it is a per-channel op.
-        self.cg.params.append(ParamUse(node.name, 1, 0, node.outputs[0].name))
+        self.cg.params.append(ParamUse(name_of(node), 1, 0, name_of(node.outputs[0])))
         if bias is not None:
-            self.cg.params.append(ParamUse(node.name, 2, 0, node.outputs[0].name))
+            self.cg.params.append(ParamUse(name_of(node), 2, 0, name_of(node.outputs[0])))
         return self._per_channel(node, 1)
 
     def _grouped(self, node: ir.Node, groups: int, tracked: bool, bias: str | None) -> bool:
         """A grouped Conv: the same channels of every group are kept (see the module docstring)."""
-        out, weight = node.outputs[0], node.inputs[1].const_value
+        out, weight = node.outputs[0], const_array(node.inputs[1])  # checked by _conv
         if tracked:
-            layout = self._chunked(node.inputs[0].name, groups)
+            layout = self._chunked(name_of(input_of(node, 0)), groups)
             chunk = Layout(1, layout.pieces[: len(layout.pieces) // groups])
-            self.cg.params.append(ParamUse(node.name, 1, 1, out.name, layout=chunk))
+            self.cg.params.append(ParamUse(name_of(node), 1, 1, name_of(out), layout=chunk))
             if weight.shape[0] == self.cg.width(layout):  # as many outputs as inputs per group: per channel
                 return self._depthwise(node, bias)
         self._producer(node, weight.shape[0], 0, bias, axis=1)
-        self._chunked(out.name, groups)
+        self._chunked(name_of(out), groups)
         return True
 
     def _chunked(self, name: str, groups: int) -> Layout:
@@ -264,10 +249,10 @@ class _Analyzer:
 
     def _conv_transpose(self, node: ir.Node) -> bool:
         """ConvTranspose: weight (C_in, C_out / group, k...): input channels on axis 0, outputs on axis 1."""
-        weight = _const(node.inputs[1])
+        weight = initializer_value(node.inputs[1])
         if weight is None or not self._const_bias(node):
             return False
-        groups = _attr(node, "group", 1)
+        groups = attribute(node, "group", 1)
         layout = self._input_layout(node, 1) if groups == 1 else self.layout(node.inputs[0])
         if layout is not None and (layout.axis != 1 or layout.inner != 1):
             return False
@@ -289,19 +274,19 @@ class _Analyzer:
         weight slice is then a parameter (rows over the input's layout, columns over chunk 0 of the
         output's), and an output with as many channels as the input is tied to it channel by channel.
         """
-        out, weight = node.outputs[0], node.inputs[1].const_value
-        layout = self._chunked(node.inputs[0].name, groups) if tracked else None
+        out, weight = node.outputs[0], const_array(node.inputs[1])  # checked by _conv_transpose
+        layout = self._chunked(name_of(input_of(node, 0)), groups) if tracked else None
         if layout is not None:
-            self.cg.params.append(ParamUse(node.name, 1, 0, out.name, layout=layout))
+            self.cg.params.append(ParamUse(name_of(node), 1, 0, name_of(out), layout=layout))
         if layout is not None and weight.shape[1] * groups == self.cg.width(layout):
             self.set(out, layout)
         else:
             self.set(out, Layout(1, (self.cg.new_space(weight.shape[1] * groups),)))
-            layout = self._chunked(out.name, groups)
+            layout = self._chunked(name_of(out), groups)
         chunk = Layout(1, layout.pieces[: len(layout.pieces) // groups])
-        self.cg.params.append(ParamUse(node.name, 1, 1, out.name, layout=chunk))
+        self.cg.params.append(ParamUse(name_of(node), 1, 1, name_of(out), layout=chunk))
         if bias is not None:
-            self.cg.params.append(ParamUse(node.name, 2, 0, out.name))
+            self.cg.params.append(ParamUse(name_of(node), 2, 0, name_of(out)))
         return True
 
     def _input_layout(self, node: ir.Node, axis: int) -> Layout | None:
@@ -311,7 +296,7 @@ class _Analyzer:
         them, an unknown op), but each consumer may still read only some of them in unconstrained
         mode: UPSCALE's per-consumer masks. Graph inputs and constants are left alone.
         """
-        value = node.inputs[0]
+        value = input_of(node, 0)
         layout = self.layout(value)
         producer = value.producer()
         if layout is not None or producer is None or producer.op_type == "Constant" or value.const_value is not None:
@@ -327,40 +312,43 @@ class _Analyzer:
         return layout
 
     def _consumer(self, node: ir.Node, layout: Layout, w_axis: int) -> None:
-        weight = node.inputs[1]
+        weight = input_of(node, 1)
+        w_shape = const_array(weight).shape  # an initializer: checked by the caller
         out_shape = static_shape(node.outputs[0]) or []
-        macs = int(math.prod(out_shape) * math.prod(weight.shape[1:] if w_axis == 1 else [1]))
+        macs = int(math.prod(out_shape) * math.prod(w_shape[1:] if w_axis == 1 else [1]))
         if node.op_type == "ConvTranspose":  # every input element meets every filter tap once
-            macs = int(math.prod(static_shape(node.inputs[0]) or []) * math.prod(weight.shape[1:]))
+            macs = int(math.prod(static_shape(node.inputs[0]) or []) * math.prod(w_shape[1:]))
         elif node.op_type != "Conv":
             macs = int(math.prod(out_shape) * self.cg.width(layout) * layout.inner)
-        self.cg.consumers.append(Consumer(node.name, node.inputs[0].name, weight.name, w_axis, layout, macs))
+        self.cg.consumers.append(Consumer(name_of(node), name_of(input_of(node, 0)), name_of(weight), w_axis, layout,
+                                          macs))
 
     def _producer(self, node: ir.Node, size: int, w_axis: int, bias: str | None, axis: int) -> None:
         space = self.cg.new_space(size)
-        self.cg.producers.append(Producer(node.name, space, node.inputs[1].name, w_axis, bias))
+        self.cg.producers.append(Producer(name_of(node), space, name_of(input_of(node, 1)), w_axis, bias))
         self.set(node.outputs[0], Layout(axis, (space,)))
 
     def _gemm(self, node: ir.Node) -> bool:
-        weight = _const(node.inputs[1])
-        if weight is None or weight.ndim != 2 or _attr(node, "transA", 0):
+        weight = initializer_value(node.inputs[1])
+        if weight is None or weight.ndim != 2 or attribute(node, "transA", 0):
             return False
-        trans_b = _attr(node, "transB", 0)
+        trans_b = attribute(node, "transB", 0)
         n_out = weight.shape[0] if trans_b else weight.shape[1]
         bias = node.inputs[2] if len(node.inputs) > 2 else None
-        if bias is not None and (_const(bias) is None or _const(bias).size not in (1, n_out)):
+        bias_array = initializer_value(bias)
+        if bias is not None and (bias_array is None or bias_array.size not in (1, n_out)):
             return False
         layout = self._input_layout(node, 1)
         if layout is not None:
             if layout.axis != 1:
                 return False
             self._consumer(node, layout, 1 if trans_b else 0)
-        has_bias = bias is not None and _const(bias).size == n_out and n_out > 1
-        self._producer(node, n_out, 0 if trans_b else 1, bias.name if has_bias else None, axis=1)
+        has_bias = bias is not None and bias_array is not None and bias_array.size == n_out and n_out > 1
+        self._producer(node, n_out, 0 if trans_b else 1, bias.name if bias is not None and has_bias else None, axis=1)
         return True
 
     def _matmul(self, node: ir.Node) -> bool:
-        weight = _const(node.inputs[1])
+        weight = initializer_value(node.inputs[1])
         a_shape = static_shape(node.inputs[0])
         if weight is None or weight.ndim != 2 or a_shape is None or self.layout(node.inputs[1]):
             return False
@@ -377,7 +365,7 @@ class _Analyzer:
         if out_shape is None:
             return False
         rank = len(out_shape)
-        tracked = [(v, self.layout(v)) for v in node.inputs if self.layout(v) is not None]
+        tracked = [(v, lay) for v in node.inputs if v is not None and (lay := self.layout(v)) is not None]
         axes = {lay.axis + rank - len(static_shape(v) or []) for v, lay in tracked}
         first = tracked[0][1]
         if len(axes) != 1 or any(lay.inner != 1 for _, lay in tracked):
@@ -388,9 +376,9 @@ class _Analyzer:
         for index, value in enumerate(node.inputs):
             if self.layout(value) is None and not self._broadcast_operand(node, index, value, rank, axis):
                 return False
-        first = self._align([v.name for v, _ in tracked])
+        first = self._align([name_of(v) for v, _ in tracked])
         for value, _ in tracked[1:]:
-            for a, b in zip(first.pieces, self.cg.layouts[value.name].pieces, strict=True):
+            for a, b in zip(first.pieces, self.cg.layouts[name_of(value)].pieces, strict=True):
                 self.cg.join(a, b)
         self.set(node.outputs[0], first.moved(axis))
         return True
@@ -405,7 +393,7 @@ class _Analyzer:
             if sum(len(self.cg.layouts[n].pieces) for n in names) == count:
                 return self.cg.layouts[names[0]]
 
-    def _broadcast_operand(self, node: ir.Node, index: int, value: ir.Value, rank: int, axis: int) -> bool:
+    def _broadcast_operand(self, node: ir.Node, index: int, value: ir.Value | None, rank: int, axis: int) -> bool:
         """An untracked operand is fine if it has size 1 on the channel axis or is a constant there."""
         shape = static_shape(value)
         if shape is None:
@@ -413,36 +401,36 @@ class _Analyzer:
         pos = axis - (rank - len(shape))
         if pos < 0 or shape[pos] == 1:
             return True
-        if _const(value) is None:
+        if initializer_value(value) is None:
             return False
-        self.cg.params.append(ParamUse(node.name, index, pos, node.outputs[0].name))
+        self.cg.params.append(ParamUse(name_of(node), index, pos, name_of(node.outputs[0])))
         return True
 
     def _reduce(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
         in_shape = static_shape(node.inputs[0])
-        axes = _attr(node, "axes", None)
+        axes = attribute(node, "axes", None)
         if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-            const = _shape_const(node.inputs[1])
+            const = constant_value(node.inputs[1])
             axes = None if const is None else const.tolist()
         if layout is None or in_shape is None or axes is None or layout.inner != 1:
             return False
         axes = [a % len(in_shape) for a in axes]
         if layout.axis in axes:
             return False
-        keep = _attr(node, "keepdims", 1)
+        keep = attribute(node, "keepdims", 1)
         self.set(node.outputs[0], layout.moved(layout.axis - (0 if keep else sum(a < layout.axis for a in axes))))
         return True
 
     def _concat(self, node: ir.Node) -> bool:
         rank = len(static_shape(node.outputs[0]) or [])
-        axis = _attr(node, "axis", 0) % max(rank, 1)
+        axis = attribute(node, "axis", 0) % max(rank, 1)
         pieces: list[int] = []
         for value in node.inputs:
             layout = self.layout(value)
             shape = static_shape(value)
             if layout is None:
-                if shape is None:
+                if value is None or shape is None:  # a missing input has no shape either
                     return False
                 space = self.cg.new_space(shape[axis])
                 self.cg.frozen.setdefault(space, f"{_label(node)}: untracked input {value.name}")
@@ -457,7 +445,7 @@ class _Analyzer:
         layout, shape = self.layout(node.inputs[0]), static_shape(node.inputs[0])
         if layout is None or shape is None:
             return False
-        axis = _attr(node, "axis", 0) % len(shape)
+        axis = attribute(node, "axis", 0) % len(shape)
         if axis != layout.axis:  # splits another axis: every part keeps the channels
             for out in node.outputs:
                 self.set(out, layout)
@@ -469,7 +457,7 @@ class _Analyzer:
         layout = self.cg.cut(layout, bounds[1:-1])
         for out, start, end in zip(node.outputs, bounds[:-1], bounds[1:], strict=True):
             self.set(out, self.cg.between(layout, start, end))
-        self.cg.sections.append(node.name)
+        self.cg.sections.append(name_of(node))
         return True
 
     def _slice(self, node: ir.Node) -> bool:
@@ -487,13 +475,13 @@ class _Analyzer:
             return self._refuse("strided, empty or feature-level slice of channels")
         layout = self.cg.cut(layout, [start, end])
         self.set(node.outputs[0], self.cg.between(layout, start, end))
-        self.cg.sections.append(node.name)
+        self.cg.sections.append(name_of(node))
         return True
 
     def _flatten(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
         shape = static_shape(node.inputs[0])
-        if layout is None or shape is None or _attr(node, "axis", 1) % len(shape) != layout.axis:
+        if layout is None or shape is None or attribute(node, "axis", 1) % len(shape) != layout.axis:
             return False
         self.set(node.outputs[0], layout.moved(1, layout.inner * math.prod(shape[layout.axis + 1:])))
         return True
@@ -501,23 +489,23 @@ class _Analyzer:
     def _reshape(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
         shape, out = static_shape(node.inputs[0]), static_shape(node.outputs[0])
-        if layout is None or shape is None or out is None or _shape_const(node.inputs[1]) is None:
+        if layout is None or shape is None or out is None or constant_value(node.inputs[1]) is None:
             return False
         axis = layout.axis
         if out == shape:
-            self.cg.reshapes.append(node.name)  # its shape constant may spell the channel count
+            self.cg.reshapes.append(name_of(node))  # its shape constant may spell the channel count
             self.set(node.outputs[0], layout)
             return True
         # Only "merge the channel axis with everything after it" (a flatten) has a clear mapping.
         if len(out) != axis + 1 or out[:axis] != shape[:axis]:
             return False
-        self.cg.reshapes.append(node.name)
+        self.cg.reshapes.append(name_of(node))
         self.set(node.outputs[0], layout.moved(axis, layout.inner * math.prod(shape[axis + 1:])))
         return True
 
     def _transpose(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
-        perm = _attr(node, "perm", None)
+        perm = attribute(node, "perm", None)
         if layout is None or perm is None or layout.inner != 1:
             return False
         self.set(node.outputs[0], layout.moved(list(perm).index(layout.axis)))
@@ -526,7 +514,7 @@ class _Analyzer:
     def _softmax(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
         rank = len(static_shape(node.inputs[0]) or [])
-        if layout is None or rank == 0 or _attr(node, "axis", -1) % rank == layout.axis:
+        if layout is None or rank == 0 or attribute(node, "axis", -1) % rank == layout.axis:
             return False
         self.set(node.outputs[0], layout)
         return True
@@ -534,7 +522,7 @@ class _Analyzer:
     def _layernorm(self, node: ir.Node) -> bool:
         layout = self.layout(node.inputs[0])
         rank = len(static_shape(node.inputs[0]) or [])
-        if layout is None or rank == 0 or layout.axis >= _attr(node, "axis", -1) % rank or len(node.outputs) > 1:
+        if layout is None or rank == 0 or layout.axis >= attribute(node, "axis", -1) % rank or len(node.outputs) > 1:
             return False
         self.set(node.outputs[0], layout)
         return True
@@ -543,7 +531,7 @@ class _Analyzer:
 def _split_sizes(node: ir.Node, total: int) -> list[int] | None:
     """The sizes of a Split's outputs: its ``split`` input or attribute, else equal parts (the last smaller)."""
     if len(node.inputs) > 1 and node.inputs[1] is not None:
-        const = _shape_const(node.inputs[1])
+        const = constant_value(node.inputs[1])
         return None if const is None else [int(x) for x in const.tolist()]
     if node.attributes.get("split") is not None:
         return [int(x) for x in node.attributes["split"].value]
@@ -554,7 +542,7 @@ def _split_sizes(node: ir.Node, total: int) -> list[int] | None:
 
 def slice_bounds(node: ir.Node) -> tuple[list[int], list[int], list[int], list[int]] | None:
     """(starts, ends, axes, steps) of a Slice with constant bounds, else None."""
-    consts = [_shape_const(v) for v in node.inputs[1:5]]
+    consts = [constant_value(v) for v in node.inputs[1:5]]
     if len(consts) < 2 or consts[0] is None or consts[1] is None:
         return None
     if any(v is not None and c is None for v, c in zip(node.inputs[3:5], consts[2:], strict=False)):

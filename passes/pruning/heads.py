@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from edgec.passes.ir_utils import add_initializer, constant_value, input_of, name_of, static_shape
 from edgec.passes.pruning.activations import capture_values
 
 Factor = tuple[str, int]  # (kind, size); kind in C, H, d, x; size-1 factors are never stored
@@ -82,25 +83,21 @@ class AttentionBlock:
 
     @property
     def projections(self) -> tuple[Projection, ...]:
+        """Q, K and V, in that order."""
         return (*self.queries_keys, self.values)
 
     @property
     def context(self) -> ir.Value:
         """The merged per-head outputs ``[..., H*d]`` the output projection reads."""
-        return self.out_proj.inputs[0]
+        return input_of(self.out_proj, 0)
 
 
 # ----------------------------------------------------------------------------------------------- matching
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
-    return tensor.numpy() if tensor is not None else None
-
-
 def _static_dims(value: ir.Value) -> list[int]:
-    shape = value.shape
-    if shape is None or not all(isinstance(d, int) for d in shape):
-        raise _Reject(f"{value.name}: shape {shape} is not static (run shape inference on fixed input shapes)")
-    return list(shape)
+    dims = static_shape(value)
+    if dims is None:
+        raise _Reject(f"{value.name}: shape {value.shape} is not static (run shape inference on fixed input shapes)")
+    return dims
 
 
 def _projection_at(value: ir.Value) -> tuple[ir.Node, ir.Node | None, int] | None:
@@ -109,21 +106,24 @@ def _projection_at(value: ir.Value) -> tuple[ir.Node, ir.Node | None, int] | Non
     if node is None or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type == "MatMul":
-        weight = _const(node.inputs[1])
+        weight = constant_value(node.inputs[1])
         return (node, None, -1) if weight is not None and weight.ndim == 2 else None
     if node.op_type != "Add":
         return None
     for index in (0, 1):
-        bias, other = _const(node.inputs[index]), node.inputs[1 - index]
+        bias, other = constant_value(node.inputs[index]), node.inputs[1 - index]
         inner = _projection_at(other) if other is not None else None
-        if bias is not None and bias.ndim == 1 and inner is not None and inner[1] is None and len(other.uses()) == 1:
+        if (bias is not None and bias.ndim == 1 and inner is not None and inner[1] is None and other is not None
+                and len(other.uses()) == 1):
             return inner[0], node, index
     return None
 
 
-def _sources_behind(value: ir.Value) -> list[ir.Value]:
+def _sources_behind(value: ir.Value | None) -> list[ir.Value]:
     """Outputs of the linear layers that ``value`` is computed from, walking back through anything else."""
-    stack, seen, found = [value], set(), []
+    stack: list[ir.Value | None] = [value]
+    seen: set[ir.Value] = set()
+    found: list[ir.Value] = []
     while stack:
         current = stack.pop()
         if current is None or current in seen:
@@ -169,7 +169,8 @@ class _Walk:
     def __init__(self, sources: list[ir.Value]) -> None:
         self.layouts: dict[ir.Value, Layout] = {}
         self.head_dims: dict[ir.Value, int] = {}  # per source, set when its C is split
-        self.origin: dict[ir.Value, ir.Value] = {}  # tensor -> the source it derives from (single-source paths)
+        # tensor -> the source it derives from (single-source paths; None past a tensor of several sources)
+        self.origin: dict[ir.Value, ir.Value | None] = {}
         self.num_heads: int | None = None
         self.fixes: list[ShapeFix] = []
         self.out_proj: ir.Node | None = None
@@ -195,6 +196,7 @@ class _Walk:
 
     def _step(self, node: ir.Node) -> None:
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        layout: Layout | None
         if op == "Reshape" and node.inputs[0] in self.layouts and node.inputs[1] not in self.layouts:
             layout = self._reshape(node)
         elif op == "Transpose":
@@ -204,7 +206,7 @@ class _Walk:
         elif op in ELEMENTWISE:
             layout = self._broadcast(node)
         elif op in UNARY or op in SOFTMAX:
-            layout = self.layouts[node.inputs[0]]
+            layout = self.layouts[input_of(node, 0)]
             axis = node.attributes.get_int("axis", -1) if op in SOFTMAX else None
             if axis is not None and (not -len(layout) <= axis < len(layout) or _has_heads(layout[axis])):
                 raise _Reject(f"{_label(node)}: {op} over axis {axis}, not within each head")
@@ -218,10 +220,10 @@ class _Walk:
                     self.origin[out] = next(iter(source))
 
     def _reshape(self, node: ir.Node) -> Layout:
-        shape = _const(node.inputs[1])
+        shape = constant_value(node.inputs[1])
         if shape is None:
             raise _Reject(f"{_label(node)}: Reshape to a computed shape")
-        layout = self.layouts[node.inputs[0]]
+        layout = self.layouts[input_of(node, 0)]
         in_dims = [_size(axis) for axis in layout]
         allowzero = bool(node.attributes.get_int("allowzero", 0))
         out_layout = self._regroup(node, layout, _resolve_reshape(shape, in_dims, allowzero))
@@ -271,13 +273,13 @@ class _Walk:
         if self.num_heads not in (None, heads):
             raise _Reject(f"{_label(node)}: splits {heads} heads where another projection has {self.num_heads}")
         self.num_heads = heads
-        source = self.origin.get(node.inputs[0])
+        source = self.origin.get(input_of(node, 0))
         if source is None or source in self.head_dims:
             raise _Reject(f"{_label(node)}: cannot tell which projection it splits into heads")
         self.head_dims[source] = head_dim
 
     def _transpose(self, node: ir.Node) -> Layout:
-        layout = self.layouts[node.inputs[0]]
+        layout = self.layouts[input_of(node, 0)]
         perm = node.attributes.get_ints("perm", list(reversed(range(len(layout)))))
         if sorted(perm) != list(range(len(layout))):
             raise _Reject(f"{_label(node)}: perm {list(perm)} for rank {len(layout)}")
@@ -309,7 +311,7 @@ class _Walk:
 
     def _end_at(self, node: ir.Node) -> None:
         """``node`` must be the output projection: a constant 2-D weight reading (H, d) on the last axis."""
-        layout, weight = self.layouts[node.inputs[0]], _const(node.inputs[1])
+        layout, weight = self.layouts[input_of(node, 0)], constant_value(node.inputs[1])
         if weight is None or weight.ndim != 2:
             raise _Reject(f"{_label(node)}: MatMul of a per-head tensor with a non-constant or non-2-D weight")
         if self.out_proj is not None:
@@ -366,15 +368,19 @@ def _match(graph: ir.Graph, softmax: ir.Node) -> AttentionBlock:
     for src in (*scores, *values):
         if src not in walk.head_dims:
             raise _Reject(f"{src.name}: this projection is never split into heads")
-        matmul, bias_add, bias_index = _projection_at(src)  # type: ignore[misc]
+        found = _projection_at(src)
+        assert found is not None  # _sources_behind keeps projection outputs only
+        matmul, bias_add, bias_index = found
         projections.append(Projection(matmul, bias_add, bias_index, walk.head_dims[src]))
     out_proj, v = walk.out_proj, projections[2]
-    head_dim = dict(walk.layouts[out_proj.inputs[0]][-1])["d"]  # type: ignore[union-attr]
+    # run() rejects a walk that reaches no output projection; every source was split, so heads are known
+    assert out_proj is not None and walk.num_heads is not None
+    head_dim = dict(walk.layouts[input_of(out_proj, 0)][-1])["d"]
     if head_dim != v.head_dim or projections[0].head_dim != projections[1].head_dim:
         raise _Reject(f"head dims differ: Q/K {projections[0].head_dim}/{projections[1].head_dim}, "
                       f"V {v.head_dim}, output projection {head_dim}")
-    return AttentionBlock(_label(softmax), walk.num_heads, head_dim,  # type: ignore[arg-type]
-                          (projections[0], projections[1]), v, out_proj,  # type: ignore[arg-type]
+    return AttentionBlock(_label(softmax), walk.num_heads, head_dim,
+                          (projections[0], projections[1]), v, out_proj,
                           tuple(walk.fixes), tuple(walk.layouts.items()))
 
 
@@ -403,15 +409,22 @@ def find_attention_blocks(model: ir.Model) -> tuple[list[AttentionBlock], list[t
 
 
 # ---------------------------------------------------------------------------------------------- importance
+def _matched(value: ir.Value | None) -> np.ndarray:
+    """A constant the matching found (weight, bias or Reshape shape: initializer or Constant node)."""
+    array = constant_value(value)
+    assert array is not None, f"{value!r} was matched as a constant"
+    return array
+
+
 def _head_slices(block: AttentionBlock, head_dim: int) -> list[np.ndarray]:
     return [np.arange(h * head_dim, (h + 1) * head_dim) for h in range(block.num_heads)]
 
 
 def weight_importance(block: AttentionBlock) -> np.ndarray:
     """Per head: Frobenius norm of its V columns times that of its output-projection rows."""
-    w_v, w_o = _const(block.values.matmul.inputs[1]), _const(block.out_proj.inputs[1])
+    w_v, w_o = _matched(block.values.matmul.inputs[1]), _matched(block.out_proj.inputs[1])
     heads = _head_slices(block, block.head_dim)
-    return np.array([np.linalg.norm(w_v[:, cols]) * np.linalg.norm(w_o[cols]) for cols in heads])  # type: ignore[index]
+    return np.array([np.linalg.norm(w_v[:, cols]) * np.linalg.norm(w_o[cols]) for cols in heads])
 
 
 def activation_importance(block: AttentionBlock, contexts: Sequence[np.ndarray]) -> np.ndarray:
@@ -419,13 +432,13 @@ def activation_importance(block: AttentionBlock, contexts: Sequence[np.ndarray])
 
     ``contexts`` are the block's ``context`` tensors ``[..., H*d]``, one per calibration feed.
     """
-    w_o = _const(block.out_proj.inputs[1])
+    w_o = _matched(block.out_proj.inputs[1])
     heads = _head_slices(block, block.head_dim)
     totals = np.zeros(block.num_heads)
     for ctx in contexts:
         flat = ctx.reshape(-1, ctx.shape[-1]).astype(np.float64)
         for h, cols in enumerate(heads):
-            contribution = flat[:, cols] @ w_o[cols]  # type: ignore[index]
+            contribution = flat[:, cols] @ w_o[cols]
             totals[h] += float(np.mean(np.sum(contribution**2, axis=1)))
     return np.sqrt(totals / max(len(contexts), 1))
 
@@ -435,12 +448,12 @@ def head_importance(model: ir.Model, blocks: Sequence[AttentionBlock],
     """Scores per block name, one per head (higher = more important): activation-based with feeds, else weights."""
     if not feeds or not blocks:
         return {b.name: weight_importance(b) for b in blocks}
-    names = [b.context.name for b in blocks]
+    names = [name_of(b.context) for b in blocks]
     contexts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for values in capture_values(model, names, feeds):
         for name in names:
             contexts[name].append(values[name])
-    return {b.name: activation_importance(b, contexts[b.context.name]) for b in blocks}
+    return {b.name: activation_importance(b, contexts[name_of(b.context)]) for b in blocks}
 
 
 def heads_to_keep(scores: Mapping[str, np.ndarray], ratio: float) -> dict[str, list[int]]:
@@ -482,15 +495,15 @@ def _prune_block(graph: ir.Graph, block: AttentionBlock, kept: np.ndarray) -> No
     ratio = (kept.size, block.num_heads)
     for proj in block.projections:
         cols = _columns(kept, proj.head_dim)
-        _replace_const(graph, proj.matmul, 1, _const(proj.matmul.inputs[1])[:, cols])  # type: ignore[index]
+        _replace_const(graph, proj.matmul, 1, _matched(proj.matmul.inputs[1])[:, cols])
         if proj.bias_add is not None:
-            bias = _const(proj.bias_add.inputs[proj.bias_index])
-            _replace_const(graph, proj.bias_add, proj.bias_index, bias[cols])  # type: ignore[index]
+            bias = _matched(proj.bias_add.inputs[proj.bias_index])
+            _replace_const(graph, proj.bias_add, proj.bias_index, bias[cols])
         _scale_last_dim(proj.matmul.outputs[0], ratio)
     rows = _columns(kept, block.head_dim)
-    _replace_const(graph, block.out_proj, 1, _const(block.out_proj.inputs[1])[rows])  # type: ignore[index]
+    _replace_const(graph, block.out_proj, 1, _matched(block.out_proj.inputs[1])[rows])
     for fix in block.shape_fixes:
-        shape = _const(fix.node.inputs[1]).copy()  # type: ignore[union-attr]
+        shape = _matched(fix.node.inputs[1]).copy()
         for axis in fix.axes:
             shape[axis] = shape[axis] // ratio[1] * ratio[0]
         _replace_const(graph, fix.node, 1, shape)
@@ -517,11 +530,7 @@ def _replace_const(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray
     """Give input ``index`` of ``node`` a new initializer holding ``array``; drop the old one if now unused."""
     old = node.inputs[index]
     name = _fresh_name(graph, old.name if old is not None and old.name else f"{_label(node)}_{index}")
-    array = np.ascontiguousarray(array)
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.Tensor(array, name=name))
-    graph.register_initializer(value)
-    node.replace_input_with(index, value)
+    node.replace_input_with(index, add_initializer(graph, name, np.ascontiguousarray(array)))
     if old is None or old.uses() or old.is_graph_input():
         return
     producer = old.producer()

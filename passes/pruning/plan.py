@@ -17,11 +17,13 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
+from edgec.passes.base import KNOB_DECIMALS
+from edgec.passes.ir_utils import const_array, input_of, name_of, static_shape
 from edgec.passes.pruning.activations import capture_values
 from edgec.passes.pruning.budget import GroupProblem, Reader, own_reads, solve_global, solve_group
-from edgec.passes.pruning.channel_graph import static_shape
 from edgec.passes.pruning.records import ChannelGraph, Consumer, Layout
 
 
@@ -59,8 +61,9 @@ def round_keep(n: int, ratio: float, multiple: int, rounding: str = "up") -> int
 
     ``up``: at least the ratio's share is kept. ``dithered``: n (1 - ratio) / multiple is rounded
     down after adding the width's phase, unbiased on average. Rounded up, every width that is a
-    multiple of 128 loses 16 channels at the same ratios (1 - r = k/8): ResNet-50's latency falls
-    13% between ratios 0.368 and 0.375 and nothing lands in between. Dithered, each width steps at
+    multiple of 128 loses 16 channels at the same ratios (1 - r = k/8): ResNet-50's latency falls in
+    one large step between ratios 0.368 and 0.375 and nothing lands in between (bench/RESULTS.md,
+    Hardware-aware search). Dithered, each width steps at
     its own ratios, so latency falls in small steps and a search can land on a target.
     """
     if ratio <= 0:
@@ -73,9 +76,32 @@ def round_keep(n: int, ratio: float, multiple: int, rounding: str = "up") -> int
     return min(n, max(keep, min(multiple, n)))
 
 
+def ratio_breakpoints(proto: onnx.ModelProto, multiple: int, low: float, high: float,
+                      rounding: str = "up") -> tuple[float, ...]:
+    """Uniform ratios in (low, high] at which some Conv/MatMul layer keeps fewer channels in or out.
+
+    Rounded up, a layer of width n keeps ceil(n (1 - r)) channels rounded up to the channel multiple m,
+    so it changes only at r = 1 - k m / n; dithered, at r = 1 - (k - phase(n)) m / n (``round_keep``).
+    Between two such values every ratio builds the same model. Rounded up to the search's
+    ``KNOB_DECIMALS`` so each one is past its step. (Channel groups joined by a Concat or a residual
+    can step elsewhere; the search's model-hash check catches the duplicates that follow.)
+    """
+    weights = {i.name: list(i.dims) for i in proto.graph.initializer}
+    widths: set[int] = set()
+    for node in proto.graph.node:
+        dims = weights.get(node.input[1], []) if node.op_type in ("Conv", "MatMul") and len(node.input) > 1 else []
+        if len(dims) >= 2:  # output and input widths: producers and consumers both round their counts
+            widths |= {dims[0], dims[1]} if node.op_type == "Conv" else {dims[-1], dims[-2]}
+    scale = 10**KNOB_DECIMALS
+    phase = {n: width_phase(n) if rounding == "dithered" else 0.0 for n in widths}
+    points = {math.ceil((1.0 - (k - phase[n]) * multiple / n) * scale - 1e-6) / scale
+              for n in widths for k in range(1, n // multiple + 1)}
+    return tuple(sorted(p for p in points if low < p <= high))
+
+
 def positions(cg: ChannelGraph, layout: Layout) -> list[tuple[int, int]]:
     """(group, index in group) of every channel of a layout, in order."""
-    out = []
+    out: list[tuple[int, int]] = []
     for space in layout.pieces:
         group = cg.group(space)
         out.extend((group, i) for i in range(cg.space_sizes[space]))
@@ -83,7 +109,7 @@ def positions(cg: ChannelGraph, layout: Layout) -> list[tuple[int, int]]:
 
 
 def _weight(model: ir.Model, name: str) -> np.ndarray:
-    return model.graph.initializers[name].const_value.numpy()
+    return const_array(model.graph.initializers[name])
 
 
 def _norms(w: np.ndarray, axis: int, inner: int, p: int) -> np.ndarray:
@@ -121,8 +147,8 @@ def _bn_scales(model: ir.Model, cg: ChannelGraph) -> dict[int, np.ndarray]:
         node = nodes[use.node]
         if node.op_type != "BatchNormalization" or use.input_index != 1:
             continue
-        gamma = np.abs(node.inputs[1].const_value.numpy().astype(np.float64))
-        var = node.inputs[4].const_value.numpy().astype(np.float64)
+        gamma = np.abs(const_array(node.inputs[1]).astype(np.float64))
+        var = const_array(node.inputs[4]).astype(np.float64)
         eps = node.attributes["epsilon"].value if "epsilon" in node.attributes else 1e-5
         gamma = gamma / np.sqrt(var + eps)
         for (g, i), value in zip(positions(cg, cg.layouts[use.value]), gamma, strict=True):
@@ -231,7 +257,7 @@ def channel_macs(model: ir.Model, cg: ChannelGraph) -> dict[int, float]:
     def add(node_name: str, rows: int, space: int) -> None:
         node = nodes[node_name]
         out = static_shape(node.outputs[0])
-        weight = node.inputs[1].const_value
+        weight = input_of(node, 1).const_value
         if out and weight is not None and rows:
             g = cg.group(space)
             macs[g] = macs.get(g, 0.0) + math.prod(out) / rows * weight.size / rows
@@ -352,7 +378,7 @@ def zero_pruned(model: ir.Model, cg: ChannelGraph, plan: Plan) -> None:
     nodes = {n.name: n for n in model.graph}
     for use in cg.params:
         if use.layout is not None:  # a grouped Conv sums over these channels: dead ones must add nothing
-            _zero(model, nodes[use.node].inputs[use.input_index].name, use.axis, _dead(cg, plan, use.layout))
+            _zero(model, name_of(input_of(nodes[use.node], use.input_index)), use.axis, _dead(cg, plan, use.layout))
     for c in cg.consumers:
         unread = np.setdiff1d(np.arange(cg.width(c.layout)), plan.reads[c.node])
         features = (unread[:, None] * c.layout.inner + np.arange(c.layout.inner)).ravel()
@@ -369,8 +395,8 @@ def _dead(cg: ChannelGraph, plan: Plan, layout: Layout) -> np.ndarray:
 
 def _zero(model: ir.Model, name: str, axis: int, index: np.ndarray) -> None:
     value = model.graph.initializers[name]
-    array = value.const_value.numpy().copy()
-    slicer = [slice(None)] * array.ndim
+    array = const_array(value).copy()
+    slicer: list[slice | np.ndarray] = [slice(None)] * array.ndim
     slicer[axis] = index
     array[tuple(slicer)] = 0
     value.const_value = ir.Tensor(array, name=name)

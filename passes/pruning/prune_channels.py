@@ -8,20 +8,22 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from edgec.core.errors import CalibrationError, ConfigError, UnsupportedOpError
 from edgec.core.ir import clone
-from edgec.passes.base import EdgecPass, Tolerance, register_pass
+from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
 from edgec.passes.pruning.channel_export import Selection, apply_plan, choose_orders, selections
 from edgec.passes.pruning.channel_graph import analyze
 from edgec.passes.pruning.heads import prune_attention_heads
-from edgec.passes.pruning.plan import ROUNDINGS, Plan, input_mean_squares, make_plan
+from edgec.passes.pruning.plan import ROUNDINGS, Plan, input_mean_squares, make_plan, ratio_breakpoints
 from edgec.passes.pruning.records import ChannelGraph
 from edgec.passes.pruning.recovery import METHODS as RECOVERIES
 from edgec.passes.pruning.recovery import recover
 from edgec.passes.sample_shapes import sample_shapes
+from edgec.targets.profile import TargetProfile
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +121,40 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
     """
 
     config_cls = PruneChannelsConfig
-    search_space = {"ratio": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6), "heads": (0.0, 0.25, 0.5), "mode": MODES,
-                    "recovery": RECOVERIES, "importance": ("l2", "activation"), "allocation": ALLOCATIONS,
-                    "rounding": ("dithered",)}
+    # The ratio is searched as any value in [0, 0.6], so the search can land on a latency target. The
+    # priors: bench/RESULTS.md (channel pruning: accuracy) finds lstsq recovery best at every FLOP level
+    # of the trained zoo and activation importance ahead of weight norms; constrained masks are within
+    # noise of unconstrained ones there and need no selection copies at inference.
+    search_space = {
+        "ratio": Knob((0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6), ordered=True, continuous=True, idle_at=0.0,
+                      label="ratio {:.3g}"),
+        "heads": Knob((0.0, 0.25, 0.5)),
+        "mode": Knob(MODES, prior="constrained"),
+        "recovery": Knob(RECOVERIES, prior="lstsq"),
+        "importance": Knob(("l2", "activation"), prior="activation"),
+        "allocation": Knob(ALLOCATIONS),
+        "rounding": Knob(("dithered",)),
+    }
     # Lossy by design: the pipeline records cosine on calibration data but never fails on it (a
     # random-init model pruned hard can reach a negative cosine); accuracy is the search's job.
     tolerance = Tolerance(lossy=True)
     handles_subgraphs = False
 
+    @classmethod
+    def refine_knobs(cls, proto: onnx.ModelProto, target: TargetProfile) -> Mapping[str, Knob]:
+        """The search space with the ratio's breakpoints on this model.
+
+        A breakpoint is where some layer's channel count, rounded to the target's channel multiple with the
+        rounding the search builds with, changes.
+        """
+        ratio = cls.search_space["ratio"]
+        rounding = cls.search_space["rounding"].choices[0]
+        steps = ratio_breakpoints(proto, max(target.channel_multiple, 1), min(ratio.choices), max(ratio.choices),
+                                  rounding)
+        return {**cls.search_space, "ratio": dataclasses.replace(ratio, breakpoints=steps)}
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Prune heads, then channels, in place; refit the changed layers when ``recovery`` is on."""
         common.ShapeInferencePass()(model)
         _name_nodes(model)
         heads_removed = self._prune_heads(model)

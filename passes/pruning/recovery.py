@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
+from edgec.passes.ir_utils import add_initializer, const_array, input_of, name_of
 from edgec.passes.pruning.activations import capture_values
 from edgec.passes.pruning.channel_export import value_perm
 from edgec.passes.pruning.plan import Plan
@@ -65,7 +66,7 @@ def _geometry(node: ir.Node) -> tuple[tuple[tuple[int, ...], ...] | None, str | 
     attr = node.attributes.get("group")
     if attr is not None and attr.value != 1:
         return None, "grouped Conv is not refit"
-    kernel = tuple(node.inputs[1].const_value.shape[2:])
+    kernel = tuple(const_array(node.inputs[1]).shape[2:])
     pad_attr = node.attributes.get("auto_pad")
     if len(kernel) != 2 or (pad_attr is not None and pad_attr.value not in ("NOTSET", "VALID")):
         return None, "only 2-D Conv with explicit pads is refit"
@@ -95,19 +96,19 @@ def _affected(model: ir.Model, cg: ChannelGraph, plan: Plan) -> dict[str, int]:
     tainted: set[str] = set()
     waves: dict[str, int] = {}
     for node in model.graph:
-        ins = [v.name for v in node.inputs if v is not None]
+        ins = [name_of(v) for v in node.inputs if v is not None]
         d = max((depth.get(v, 0) for v in ins), default=0)
         hit = any(v in tainted for v in ins)
-        c = consumers.get(node.name)
+        c = consumers.get(name_of(node))
         if c is not None:
             hit = hit or len(plan.reads[c.node]) < cg.width(c.layout)
             if hit:
-                waves[node.name] = d
+                waves[name_of(node)] = d
             d += 1
         for out in node.outputs:
-            depth[out.name] = d
-            if hit or (c is not None and _dead_outputs(cg, plan, node.name)):
-                tainted.add(out.name)
+            depth[name_of(out)] = d
+            if hit or (c is not None and _dead_outputs(cg, plan, name_of(node))):
+                tainted.add(name_of(out))
     return waves
 
 
@@ -120,7 +121,7 @@ def _measure_targets(original: ir.Model, layers: list[_Layer], feeds: Sequence[d
                      seed: int) -> None:
     """Original outputs of every layer: their sum over all rows and a fixed sample of rows per feed."""
     nodes = {n.name: n for n in original.graph}
-    names = [nodes[lay.consumer.node].outputs[0].name for lay in layers]
+    names = [name_of(nodes[lay.consumer.node].outputs[0]) for lay in layers]
     rng = np.random.default_rng(seed)
     for outs in capture_values(original, names, feeds):
         for lay, name in zip(layers, names, strict=True):
@@ -133,7 +134,7 @@ def _measure_targets(original: ir.Model, layers: list[_Layer], feeds: Sequence[d
 
 
 def _weight_matrix(node: ir.Node, c: Consumer) -> np.ndarray:
-    w = node.inputs[1].const_value.numpy().astype(np.float64)
+    w = const_array(node.inputs[1]).astype(np.float64)
     return w.reshape(w.shape[0], -1) if c.w_axis == 1 else w.T
 
 
@@ -160,6 +161,7 @@ def _fit(lay: _Layer, xs: _Inputs, w0: np.ndarray, alpha: float, method: str,
          ridge: float) -> tuple[np.ndarray, np.ndarray]:
     """New (weight matrix [out, in], output offset [out]) for one layer from its pruned inputs."""
     if method == "bias":
+        assert lay.y_sum is not None and xs.total is not None  # both were measured on the (non-empty) feeds
         return w0, lay.y_sum / lay.count - alpha * (xs.total / xs.count) @ w0.T
     a = np.concatenate(xs.rows)
     y = np.concatenate(lay.y_rows)
@@ -176,31 +178,25 @@ def _fit(lay: _Layer, xs: _Inputs, w0: np.ndarray, alpha: float, method: str,
     return w, mu_y - alpha * mu_a @ w.T
 
 
-def _new_const(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(
-        array.dtype)), const_value=ir.Tensor(array, name=name))
-    model.graph.register_initializer(value)
-    return value
-
-
 def _set_const(value: ir.Value, array: np.ndarray) -> None:
-    value.const_value = ir.Tensor(np.ascontiguousarray(array.astype(value.const_value.numpy().dtype)),
+    value.const_value = ir.Tensor(np.ascontiguousarray(array.astype(const_array(value).dtype)),
                                   name=value.name)
 
 
 def _write(model: ir.Model, node: ir.Node, c: Consumer, w: np.ndarray, offset: np.ndarray) -> str | None:
     """Store a refit layer: weights in place, the offset as its bias (or a bias Add after a MatMul)."""
-    old = node.inputs[1].const_value.numpy()
-    _set_const(node.inputs[1], w.reshape(old.shape) if c.w_axis == 1 else w.T)
+    weight = input_of(node, 1)
+    old = const_array(weight)
+    _set_const(weight, w.reshape(old.shape) if c.w_axis == 1 else w.T)
     dtype = old.dtype
     bias = offset / _gain(node, "beta")
     if node.op_type in ("Conv", "Gemm"):
-        has = len(node.inputs) > 2 and node.inputs[2] is not None
-        if has and node.inputs[2].const_value.numpy().size == len(bias):
-            _set_const(node.inputs[2], bias)
+        old_bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if old_bias is not None and const_array(old_bias).size == len(bias):
+            _set_const(old_bias, bias)
         else:
             node.resize_inputs(3)
-            node.replace_input_with(2, _new_const(model, f"{node.name}__recovered_bias", bias.astype(dtype)))
+            node.replace_input_with(2, add_initializer(model.graph, f"{node.name}__recovered_bias", bias.astype(dtype)))
         return None
     return _offset_matmul(model, node, offset.astype(dtype))
 
@@ -217,7 +213,7 @@ def _offset_matmul(model: ir.Model, node: ir.Node, offset: np.ndarray) -> str | 
             return None
     if out.is_graph_output():
         return "MatMul output is a graph output: no place for a bias"
-    const = _new_const(model, f"{node.name}__recovered_bias", offset)
+    const = add_initializer(model.graph, f"{node.name}__recovered_bias", offset)
     add = ir.node("Add", [out, const], name=f"{node.name}__recovered_add")
     add.outputs[0].name = f"{out.name}__recovered"
     for user, index in uses:
@@ -251,7 +247,7 @@ def recover(model: ir.Model, original: ir.Model, cg: ChannelGraph, plan: Plan, o
     done = 0
     for wave in sorted({waves[lay.consumer.node] for lay in layers}):
         members = [lay for lay in layers if waves[lay.consumer.node] == wave]
-        names = [nodes[lay.consumer.node].inputs[0].name for lay in members]
+        names = [name_of(input_of(nodes[lay.consumer.node], 0)) for lay in members]
         inputs = [_Inputs() for _ in members]
         for i, outs in enumerate(capture_values(model, names, feeds)):
             for lay, name, acc in zip(members, names, inputs, strict=True):
@@ -262,7 +258,7 @@ def recover(model: ir.Model, original: ir.Model, cg: ChannelGraph, plan: Plan, o
             w, offset = _fit(lay, acc, w0, _gain(node, "alpha"), method, ridge)
             reason = _write(model, node, lay.consumer, w, offset)
             if reason:
-                skipped.append((node.name, reason))
+                skipped.append((name_of(node), reason))
             else:
                 done += 1
     return done, skipped

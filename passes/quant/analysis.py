@@ -3,7 +3,8 @@
 ORT rewrites DQ -> op -> Q groups into QLinear* kernels while it builds a session. What it could not
 fuse stays visible in the graph it writes to ``optimized_model_filepath``:
   - QuantizeLinear / DequantizeLinear left standing: a float island, with the float op it serves;
-  - ConvInteger / MatMulInteger: dynamic-quantization fallbacks (ConvInteger is 5-9x slower than fp32);
+  - ConvInteger / MatMulInteger: dynamic-quantization fallbacks (ConvInteger is several times slower
+    than fp32: bench/RESULTS.md, Quantization);
   - Transpose / ReorderInput / ReorderOutput that ORT added: layout changes between NHWC int8
     kernels, NCHWc float kernels and NCHW float ops.
 """

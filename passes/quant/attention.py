@@ -3,8 +3,8 @@
 ORT's dynamic quantizer maps Attention to QAttention, but its AttentionQuant returns the node
 unchanged when it has ``qkv_hidden_sizes`` (which onnxscript's fusion always sets), and QAttention
 has no ``attention_bias`` input (where the fused mask lives), so the node would lose its mask. The
-QKV projection is most of an encoder layer's weights: left float, bert-like int8 ran at 0.60x fp32
-against 0.46x for ORT's own quantize_dynamic on the unfused graph. Written by hand because no
+QKV projection is most of an encoder layer's weights: left float, bert-like int8 ran slower than ORT's
+own quantize_dynamic on the unfused graph (bench/RESULTS.md, Quantization). Written by hand because no
 library offers the reverse of the fusion; the result is exact in float (same math, same kernels).
 """
 
@@ -15,6 +15,8 @@ import logging
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from edgec.passes.ir_utils import proto_attribute
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +30,6 @@ MASK_INDEX, PAST, ATTENTION_BIAS = 3, 4, 5
 SPLIT_INPUT_OPSET = 13
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):  # noqa: ANN001, ANN202 - onnx attribute values
-    found = next((a for a in node.attribute if a.name == name), None)
-    return helper.get_attribute_value(found) if found is not None else default
-
-
 def _unpackable(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> str | None:
     """Why ``node`` cannot be unpacked (None if it can)."""
     inputs = list(node.input) + [""] * (7 - len(node.input))
@@ -42,9 +39,9 @@ def _unpackable(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto])
         return "QKV weight or bias is not a constant"
     if inputs[MASK_INDEX] or inputs[PAST] or inputs[6]:
         return "has mask_index or past state"
-    if _attr(node, "unidirectional", 0) or any(_attr(node, a) for a in UNSUPPORTED_ATTRIBUTES):
+    if proto_attribute(node, "unidirectional", 0) or any(proto_attribute(node, a) for a in UNSUPPORTED_ATTRIBUTES):
         return "unidirectional or rotary attention"
-    sizes = list(_attr(node, "qkv_hidden_sizes", []) or [])
+    sizes = list(proto_attribute(node, "qkv_hidden_sizes", []) or [])
     width = initializers[inputs[1]].dims[-1]
     if sizes and (len(set(sizes)) != 1 or sum(sizes) != width):
         return f"unequal q/k/v sizes {sizes}"
@@ -66,7 +63,7 @@ def _split(qkv: str, outputs: list[str], width: int, tag: str, opset: int) -> tu
 def _replacement(node: onnx.NodeProto, width: int, tag: str, opset: int) -> tuple[list[onnx.NodeProto], list]:
     inputs = list(node.input) + [""] * (6 - len(node.input))
     qkv, q, k, v = (f"{tag}/{s}" for s in ("qkv", "q", "k", "v"))
-    attrs = {a: _attr(node, a) for a in SHARED_ATTRIBUTES if _attr(node, a) is not None}
+    attrs = {a: proto_attribute(node, a) for a in SHARED_ATTRIBUTES if proto_attribute(node, a) is not None}
     split, constants = _split(qkv, [q, k, v], width, tag, opset)
     mha_inputs = [q, k, v, inputs[2], "", inputs[ATTENTION_BIAS]]
     while not mha_inputs[-1]:

@@ -21,12 +21,14 @@ class FeedReader(CalibrationDataReader):
         self._pos = 0
 
     def get_next(self) -> Feeds | None:
+        """The next feed, or None after the last."""
         if self._pos >= len(self._feeds):
             return None
         self._pos += 1
         return self._feeds[self._pos - 1]
 
     def rewind(self) -> None:
+        """Start again from the first feed."""
         self._pos = 0
 
 

@@ -16,6 +16,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 
 from edgec.core.errors import PrecisionError, UnsupportedOpError
+from edgec.core.ir import to_ir
 from edgec.passes.context import BuildContext
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ INT8_DYNAMIC = "int8-dynamic"
 INT4 = "int4-matmulnbits"
 FP16 = "fp16"
 FP8 = "fp8-qdq"
-FP4 = "fp4"
 
 
 def require_format(ctx: BuildContext, fmt: str, pass_name: str) -> None:
@@ -54,7 +54,9 @@ def nonfinite_weight(model: ir.Model) -> str | None:
         if node.op_type not in WEIGHTED_OPS or node.domain not in ("", "ai.onnx"):
             continue
         for value in node.inputs:
-            tensor = value.const_value if value is not None else None
+            if value is None:
+                continue
+            tensor = value.const_value
             if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
                 continue
             if not np.isfinite(tensor.numpy()).all():
@@ -96,7 +98,7 @@ def replace_model(model: ir.Model, proto: onnx.ModelProto) -> None:
     declared = {o.domain for o in proto.opset_import}
     for domain in sorted({n.domain for n in proto.graph.node} - declared - {"", "ai.onnx"}):
         proto.opset_import.append(onnx.helper.make_opsetid(domain, 1))
-    new = ir.serde.deserialize_model(proto)
+    new = to_ir(proto)
     # fp16's converter appends its I/O Casts at the end of the node list; the checker wants order.
     ir.passes.common.TopologicalSortPass()(new)
     _keep_declared_io_shapes(model.graph, new.graph)
@@ -123,11 +125,6 @@ def workdir() -> Iterator[Path]:
     """A private temporary folder for ORT's file-based tools (removed afterwards)."""
     with tempfile.TemporaryDirectory(prefix="edgec-quant-") as folder:
         yield Path(folder)
-
-
-def node_names(proto: onnx.ModelProto, op_types: set[str] | None = None) -> list[str]:
-    """Names of the main graph's nodes, optionally of some op types only."""
-    return [n.name for n in proto.graph.node if op_types is None or n.op_type in op_types]
 
 
 def has_op(proto: onnx.ModelProto, *op_types: str) -> bool:

@@ -32,7 +32,8 @@ class Fp16Pass(EdgecPass[Fp16Config]):
 
     Uses the converter ORT ships (onnxruntime.transformers.float16, onnxconverter-common's code).
     For GPU targets; on a target whose formats lack fp16 but whose EPs run float16 (CPU), it
-    converts and leaves a warning: ORT's CPU EP is never faster in fp16 (0.99-1.76x measured).
+    converts and leaves a warning: on ORT's CPU EP fp16 is slower on
+    the CNNs and within about 8% of fp32 on the transformers (bench/RESULTS.md, Quantization).
     Ops in the keep-list and ``keep_ops``/``keep_nodes`` stay float32.
     """
 
@@ -41,6 +42,7 @@ class Fp16Pass(EdgecPass[Fp16Config]):
     tolerance = Tolerance(lossy=True, min_cosine=0.99)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Convert the model to float16 in place, the keep-lists excepted."""
         require_dtype(self.ctx, "float16", self.name)
         if FP16 not in self.ctx.target.quantization_formats:
             self.skip("target", f"{self.ctx.target.name} does not prefer fp16: its CPU kernels are not faster "

@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from edgec.core.errors import ConfigError
 from edgec.core.ir import to_proto
-from edgec.passes.base import EdgecPass, Tolerance, register_pass
+from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
 from edgec.passes.quant.common import replace_model
 from edgec.passes.quant.lowbit import simulate_fp4_weights
 
@@ -39,9 +39,10 @@ class Fp4Pass(EdgecPass[Fp4Config]):
     config_cls = Fp4Config
     # 4-bit weights cost real accuracy (cosine ~0.95-0.99 on CNNs); far lower means a broken encoding.
     tolerance = Tolerance(lossy=True, min_cosine=0.8)
-    search_space = {"block_size": (16, 32)}
+    search_space = {"block_size": Knob((16, 32))}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Round the weights onto the fp4 grid in place and record that this is a simulation."""
         if self.config.block_size < 1:
             raise ConfigError(f"pass {self.name!r}: block_size {self.config.block_size} must be positive")
         proto = to_proto(model)

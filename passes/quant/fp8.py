@@ -8,7 +8,7 @@ from typing import Literal
 import onnx_ir as ir
 
 from edgec.core.ir import to_proto
-from edgec.passes.base import EdgecPass, Tolerance, register_pass
+from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
 from edgec.passes.quant.common import FP8, ensure_opset, replace_model, require_dtype, require_format
 from edgec.passes.quant.lowbit import add_fp8_weights
 
@@ -38,9 +38,10 @@ class Fp8Pass(EdgecPass[Fp8Config]):
     config_cls = Fp8Config
     # E4M3 weights: cosine ~0.999; E5M2 ~0.99. Below 0.9 the encoding is broken, not merely coarse.
     tolerance = Tolerance(lossy=True, min_cosine=0.9)
-    search_space = {"format": ("e4m3fn", "e5m2")}
+    search_space = {"format": Knob(("e4m3fn", "e5m2"))}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Store the weights in float8 in place (opset upgraded when needed)."""
         require_format(self.ctx, FP8, self.name)
         require_dtype(self.ctx, DTYPE_NAMES[self.config.format], self.name)
         proto, old = ensure_opset(to_proto(model), FP8_OPSET, "float8 DequantizeLinear")

@@ -10,10 +10,10 @@ EfficientNet gained nothing from int8. Two steps, both exact up to int8 rounding
     HardSwish(x) -> x * HardSigmoid(x) (exact), so the product becomes a QLinearMul;
     SiLU x * Sigmoid(x) -> com.microsoft QuickGelu(x, alpha=1) (exact), where the target's first EP
     runs QuickGelu. This one goes the other way: it keeps SiLU in float, because ORT's int8 SiLU
-    is two passes of scalar code (QLinearSigmoid's lookup table, then QLinearMul) and cost 0.54 ms
-    on a 96x112x112 tensor here, while DQ -> QuickGelu (one vectorized pass) -> Q cost 0.35 ms.
+    is two passes of scalar code (QLinearSigmoid's lookup table, then QLinearMul) and timed slower
+    than DQ -> QuickGelu (one vectorized pass) -> Q on a 96x112x112 tensor.
     ORT moves its NHWC Transposes through DQ, QuickGelu and Q, so no layout change is added.
-    EfficientNet-B0 int8 went from 0.80x to about 0.74x fp32 with it;
+    EfficientNet-B0 int8 got faster with it (bench/RESULTS.md, Quantization);
   - after quantization (QDQ): DQ -> HardSigmoid -> Q becomes DQ -> Add(beta/alpha) -> Q, whose
     saturation does the clip, and the consumers' DQ scale takes the factor alpha:
     clip(alpha*x + beta, 0, 1) = alpha * clip(x + beta/alpha, 0, 1/alpha). QLinearAdd then runs it.
@@ -30,25 +30,21 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgec.passes.ir_utils import proto_attribute
 from edgec.passes.quant.common import consumers
 
 logger = logging.getLogger(__name__)
 
-QRANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
+QRANGE: dict[int, tuple[int, int]] = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 MS_DOMAIN = "com.microsoft"
 FLOAT_CONTRIB_OPS = frozenset({"QuickGelu"})
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):  # noqa: ANN001, ANN202 - onnx attribute values
-    found = next((a for a in node.attribute if a.name == name), None)
-    return helper.get_attribute_value(found) if found is not None else default
 
 
 def _reduce_axes(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> list[int] | None:
     if len(node.input) > 1 and node.input[1]:
         axes = constants.get(node.input[1])
         return None if axes is None else [int(a) for a in axes.reshape(-1)]
-    return _attr(node, "axes")
+    return proto_attribute(node, "axes")
 
 
 def _rank(proto: onnx.ModelProto, name: str) -> int | None:
@@ -64,7 +60,7 @@ def _spatial_mean(node: onnx.NodeProto, constants: dict, proto: onnx.ModelProto)
     axes = _reduce_axes(node, constants)
     if axes is None or _rank(proto, node.input[0]) != 4 or sorted(a % 4 for a in axes) != [2, 3]:
         return None
-    if _attr(node, "keepdims", 1):
+    if proto_attribute(node, "keepdims", 1):
         return [helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), node.name)]
     pooled = f"{node.output[0]}/pooled"
     return [helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], node.name),
@@ -155,7 +151,7 @@ def _scalar(graph: onnx.GraphProto, array: np.ndarray, name: str) -> str:
 def _integer_hardsigmoid(graph: onnx.GraphProto, node: onnx.NodeProto, quant: onnx.NodeProto,
                          users: list[onnx.NodeProto], dtype: int) -> list[onnx.NodeProto]:
     """Nodes replacing ``node`` -> ``quant``; edits the DQ ``users`` of the quantized output in place."""
-    alpha, beta = float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5))
+    alpha, beta = float(proto_attribute(node, "alpha", 0.2)), float(proto_attribute(node, "beta", 0.5))
     lo, hi = QRANGE[dtype]
     np_type = helper.tensor_dtype_to_np_dtype(dtype)
     tag = node.name or node.output[0]
@@ -184,7 +180,7 @@ def integer_hardsigmoid(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     replaced: dict[str, list[onnx.NodeProto]] = {}
     dropped: set[str] = set()  # outputs of the Q nodes that the replacements re-create
     for node in graph.node:
-        if node.op_type != "HardSigmoid" or float(_attr(node, "alpha", 0.2)) <= 0:
+        if node.op_type != "HardSigmoid" or float(proto_attribute(node, "alpha", 0.2)) <= 0:
             continue
         source, after = producers.get(node.input[0]), users.get(node.output[0], [])
         if source is None or source.op_type != "DequantizeLinear" or len(after) != 1:

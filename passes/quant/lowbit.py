@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgec.passes.ir_utils import proto_attribute
 from edgec.passes.quant.subgraphs import drop_unused_initializers as drop_graph_initializers
 from edgec.passes.quant.subgraphs import find_initializer, walk
 
@@ -51,8 +52,8 @@ def weight_slots(proto: onnx.ModelProto) -> list[WeightSlot]:
             continue
         tensor, owner = found
         axis = spec[1]
-        if node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        if axis is None:  # Gemm: the weight's output axis follows transB
+            trans_b = proto_attribute(node, "transB", 0)
             axis = 0 if trans_b else 1
         slots.append(WeightSlot(path, graph, node, spec[0], tensor, owner, axis % len(tensor.dims)))
     return slots

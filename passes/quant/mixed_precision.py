@@ -5,13 +5,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import onnx
 import onnx_ir as ir
 
 from edgec.core.ir import to_proto
-from edgec.passes.base import EdgecPass, Tolerance, register_pass
+from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
 from edgec.passes.quant import precision
 from edgec.passes.quant.common import replace_model, require_dtype
 from edgec.passes.quant.fp8 import Fp8Config, Fp8Pass
@@ -56,7 +56,7 @@ class MixedPrecisionPass(EdgecPass[MixedPrecisionConfig]):
     config_cls = MixedPrecisionConfig
     # Same floor as each precision's own pass: a broken step (wrong scales, swapped axes) is far lower.
     tolerance = Tolerance(lossy=True, min_cosine=0.9)
-    search_space = {"default": ("int8", "fp32")}
+    search_space = {"default": Knob(("int8", "fp32"))}
 
     @classmethod
     def node_choices(cls, model: ir.Model | onnx.ModelProto, target: TargetProfile) -> dict[str, tuple[str, ...]]:
@@ -65,6 +65,7 @@ class MixedPrecisionPass(EdgecPass[MixedPrecisionConfig]):
         return precision.node_choices(proto, target)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Resolve each node's precision and run the quantization steps on their nodes in place."""
         proto = to_proto(model)
         resolved, notes = precision.resolve(proto, self.ctx.target, self.config.precisions, self.config.default,
                                             self.name)
@@ -86,7 +87,9 @@ class MixedPrecisionPass(EdgecPass[MixedPrecisionConfig]):
         for name, pass_cls, config_of in _LATER_STEPS:
             if by_precision[name]:
                 # every other node, those in If/Loop/Scan bodies included (the int4 quantizer enters them)
-                rest = tuple(sorted(n.name for n in model.graph.all_nodes() if n.name not in by_precision[name]))
+                # a node in a graph always has a name: onnx_ir's name authority gives it one
+                rest = tuple(sorted(cast(str, n.name) for n in model.graph.all_nodes()
+                                    if n.name not in by_precision[name]))
                 self._step(model, name, pass_cls, config_of(rest))
         if by_precision["fp16"]:
             self._fp16(model, by_precision["fp16"])

@@ -1,8 +1,8 @@
 """Pad depthwise-conv channel groups to the target's channel multiple with zero channels (exact in float).
 
 ORT's int8 depthwise kernel (QLinearConv, NHWC) has a fast path only when the channel count is a
-multiple of 16 on x86: measured on this machine in a pw -> dw -> pw chain, 72 channels ran 1.14x
-fp32 and 80 channels 0.66x; 5x5 with 120 channels 1.72x, with 128 0.76x. MobileNetV3-Large's
+multiple of 16 on x86: in a pw -> dw -> pw chain, 72 channels (5x5: 120) ran slower than fp32 and
+80 channels (5x5: 128) faster; whole-model figures are in bench/RESULTS.md, Quantization. MobileNetV3-Large's
 expanded widths are 72, 120, 184, 200. fp32 already pads them inside its NCHWc kernels; int8 must
 get the padding in the graph.
 
@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgec.passes.ir_utils import proto_attribute
+
 logger = logging.getLogger(__name__)
 
 UNARY = frozenset({"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Clip", "LeakyRelu", "Identity", "Tanh",
@@ -44,7 +46,7 @@ class _Group:
 
 
 def _group_of(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
+    return proto_attribute(node, "group", 1)
 
 
 def _is_depthwise(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> bool:
@@ -183,7 +185,8 @@ def pad_depthwise(proto: onnx.ModelProto, multiple: int) -> tuple[onnx.ModelProt
     if multiple <= 1:
         return proto, {}
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    notes, done = {}, set()
+    notes: dict[str, str] = {}
+    done: set[str] = set()
     for node in list(proto.graph.node):
         if not _is_depthwise(node, weights) or node.name in done:
             continue
@@ -193,8 +196,9 @@ def pad_depthwise(proto: onnx.ModelProto, multiple: int) -> tuple[onnx.ModelProt
             continue
         walker = _Walker(proto, weights)
         group = walker.grow(node, channels)
-        why = walker.failed or (_shared(proto, group) and f"weights shared with {_shared(proto, group)}")
-        if why:
+        shared = None if group is None else _shared(proto, group)
+        why = walker.failed or (shared and f"weights shared with {shared}")
+        if why or group is None:  # grow() returns None only when it failed
             notes[node.name] = f"kept {channels} channels: {why}"
             continue
         _apply(proto, group, extra, weights)

@@ -3,11 +3,11 @@
 ORT runs int8 convs NHWC and float convs in blocked NCHWc; every switch between the two costs a
 Transpose and a Q/DQ, so int8 and float regions should be long, not alternating. In mobile CNNs
 the early high-resolution layers gain nothing from int8 (a 3-channel stem conv; 16- or 32-channel
-depthwise convs at 112x112 ran 2.3-3.5x slower in int8 than in fp32 here) while the later layers
-gain 2-3x. So the candidates are: everything int8, or everything up to a clean cut (one tensor
+depthwise convs at 112x112 ran slower in int8 than in fp32) while the later layers run much
+faster in int8. So the candidates are: everything int8, or everything up to a clean cut (one tensor
 crossing) after the k-th depthwise conv left float. The host times them and keeps the fastest;
 candidates within TIE_MARGIN of it are a tie on a shared host, and a tie goes to the most accurate
-(on EfficientNet-B0 three prefixes timed within 2% of each other with cosines 0.985 to 0.997).
+(on EfficientNet-B0 three prefixes timed as a tie with different cosines; bench/RESULTS.md, Quantization).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from edgec.runtime.timing import interleaved_samples
 MAX_PREFIX_CANDIDATES = 6
 # Cuts are tried only in the first part of the network: late layers always gain from int8.
 PREFIX_SHARE = 0.75
-# Ratios within this fraction of the fastest int8 candidate's are a tie. On this shared 2-core host,
-# EfficientNet-B0's best prefixes swapped order between reruns (mostly within 2.5%), while MobileNetV3's
-# second-best prefix stayed 5-9% behind the best in every rerun. Relative, because load on the host
+# Ratios within this fraction of the fastest int8 candidate's are a tie. On a shared host EfficientNet-B0's
+# best prefixes swapped order between reruns, while MobileNetV3's second-best prefix stayed clearly behind
+# the best in every rerun (the races: bench/RESULTS.md, Quantization). Relative, because load on the host
 # shrinks or stretches all ratios together.
 TIE_MARGIN = 0.025
 

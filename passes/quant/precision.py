@@ -106,8 +106,10 @@ def resolve(proto: onnx.ModelProto, target: TargetProfile, precisions: Mapping[s
 
 
 def cast_nodes_to_fp16(proto: onnx.ModelProto, names: set[str]) -> int:
-    """Run the named Conv/Gemm/MatMul nodes in float16: weights stored fp16, a Cast on each other input
-    and one back to float32 on each output, so the rest of the graph and its I/O keep their dtypes.
+    """Run the named Conv/Gemm/MatMul nodes in float16; returns how many were converted.
+
+    Weights are stored fp16, with a Cast on each other input and one back to float32 on each output, so the
+    rest of the graph and its I/O keep their dtypes.
 
     Written here rather than with ORT's float16 converter: asked to convert a few nodes of a QDQ graph,
     the converter also converts the Q/DQ scales around them and adds a Cast pair per tensor it touched

@@ -11,17 +11,24 @@ import onnx_ir as ir
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from edgec.core.ir import to_proto
-from edgec.passes.base import EdgecPass, Tolerance, register_pass
+from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
 from edgec.passes.quant.attention import unpack_attention
-from edgec.passes.quant.common import INT8_DYNAMIC, has_onnx_domain, replace_model, require_format, workdir
+from edgec.passes.quant.common import INT8_DYNAMIC, has_onnx_domain, has_op, replace_model, require_format, workdir
 from edgec.passes.quant.subgraphs import walk
+from edgec.targets.profile import TargetProfile
 
 # ORT's dynamic int8 has kernels for these (MatMulIntegerToFloat, DynamicQuantizeMatMul, QAttention);
 # Gather covers constant embedding tables (int8 rows, dequantized after the lookup): a quarter of the
 # size at no measured cost (MiniLM mean cosine 0.9939 -> 0.9936, same latency).
 DYNAMIC_OPS = ("MatMul", "Attention", "Gather")
-# Dynamic Conv becomes ConvInteger: 5-9x slower than fp32 on ORT's CPU EP. It is never quantized here.
+# Dynamic Conv becomes ConvInteger: several times slower than fp32 on ORT's CPU EP (bench/RESULTS.md,
+# Quantization: ORT dynamic). It is never quantized here.
 REFUSED_OPS = ("Conv", "ConvTranspose")
+
+
+def matmul_graph(proto: onnx.ModelProto) -> bool:
+    """A Conv-free graph with MatMul or Attention (a transformer): where dynamic int8 beats static QDQ."""
+    return not has_op(proto, *REFUSED_OPS) and has_op(proto, "MatMul", "Attention")
 
 
 def dynamic_quantize(pass_: EdgecPass[Any], proto: onnx.ModelProto, per_channel: bool,
@@ -112,9 +119,16 @@ class QuantizeDynamicPass(EdgecPass[QuantizeDynamicConfig]):
 
     config_cls = QuantizeDynamicConfig
     tolerance = Tolerance(lossy=True, min_cosine=0.9)
-    search_space = {"per_channel": (True, False)}
+    search_space = {"per_channel": Knob((True, False))}
+    precision = "int8-dynamic"
+
+    @classmethod
+    def precision_pass(cls, proto: onnx.ModelProto, target: TargetProfile) -> type[EdgecPass[Any]] | None:
+        """Itself for MatMul graphs on targets that run dynamic int8; none for Conv nets (``REFUSED_OPS``)."""
+        return cls if matmul_graph(proto) and INT8_DYNAMIC in target.quantization_formats else None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Quantize the model's MatMul/Attention weights dynamically, in place."""
         proto = to_proto(model)
         quantized = dynamic_quantize(self, proto, self.config.per_channel)
         replace_model(model, quantized)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
 import onnx_ir as ir
 
 from edgec.core.errors import CalibrationError, ConfigError, UnsupportedOpError
 from edgec.core.ir import to_proto
-from edgec.passes.base import EdgecPass, Tolerance, register_pass
+from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
 from edgec.passes.quant import int8ops, placement, static, subgraphs
 from edgec.passes.quant import sensitivity as sens
 from edgec.passes.quant.analysis import explain
@@ -30,7 +30,8 @@ from edgec.passes.quant.common import (
     workdir,
 )
 from edgec.passes.quant.pad import pad_depthwise
-from edgec.passes.quant.quantize_dynamic import dynamic_quantize
+from edgec.passes.quant.quantize_dynamic import QuantizeDynamicPass, dynamic_quantize, matmul_graph
+from edgec.targets.profile import TargetProfile
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,14 @@ PER_CHANNEL_OPSET = 13  # DequantizeLinear has no ``axis`` before opset 13
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeInt8Config:
-    """Options of quantize-int8. ``max_drop`` is the accuracy budget (primary metric, absolute;
-    0.005 = half a point of accuracy), or 1 - cosine to fp32 when the model has no task metric.
+    """Options of quantize-int8.
+
+    ``max_drop`` is the accuracy budget (primary metric, absolute; 0.005 = half a point of accuracy), or
+    1 - cosine to fp32 when the model has no task metric.
     ``int8_rewrites`` turns on the exact float rewrites that let ORT keep mobile CNNs int8
     (HardSwish/HardSigmoid/ReduceMean, depthwise widths padded to the target's channel multiple), and
-    the one that keeps SiLU float as a single QuickGelu where the target's first EP runs it."""
+    the one that keeps SiLU float as a single QuickGelu where the target's first EP runs it.
+    """
 
     method: Literal["auto", "static", "dynamic"] = "auto"
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -80,8 +84,21 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
     config_cls = QuantizeInt8Config
     # Expected int8 error is ~0.95-0.9999 cosine; a broken graph (wrong ranges, swapped axes) is far lower.
     tolerance = Tolerance(lossy=True, min_cosine=0.9)
-    search_space = {"calibration": ("minmax", "entropy", "percentile"), "per_channel": (True, False),
-                    "placement": ("auto", "all"), "keep_float": (0, 1, 4)}
+    # placement "auto" times the build host: a rebuild of the search's choice would not be exact.
+    search_space = {"calibration": Knob(("minmax", "entropy", "percentile")), "per_channel": Knob((True, False)),
+                    "placement": Knob(("auto", "all"), timing_dependent=("auto",)), "keep_float": Knob((0, 1, 4))}
+    precision = "int8"
+
+    @classmethod
+    def precision_pass(cls, proto: onnx.ModelProto, target: TargetProfile) -> type[EdgecPass[Any]] | None:
+        """The pass that runs int8 on ``target``: quantize-dynamic, this one, or None.
+
+        quantize-dynamic for MatMul graphs where the target runs it (``method = "auto"`` would pick dynamic
+        anyway), else itself where the target runs int8 QDQ.
+        """
+        if matmul_graph(proto) and INT8_DYNAMIC in target.quantization_formats:
+            return QuantizeDynamicPass
+        return cls if INT8_QDQ in target.quantization_formats else None
 
     def requires(self, model: ir.Model) -> None:
         """Finite weights: a NaN or infinite one has no int8 scale (ORT would quantize it to garbage)."""
@@ -90,6 +107,7 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
             raise ir.passes.PreconditionError(found)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Quantize the model to int8 in place: dynamic or static QDQ, as ``method`` and the target choose."""
         proto = to_proto(model)
         if not has_onnx_domain(proto):
             self.skip("model", "no ONNX-domain ops (ai.onnx.ml only): nothing to quantize")
@@ -130,7 +148,7 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         return transformer
 
     def _options(self) -> static.StaticOptions:
-        act = self.config.activation_dtype
+        act: str = self.config.activation_dtype
         act = self.ctx.target.activation_dtype if act == "target" else act
         if act not in static.ACTIVATION_TYPES:
             raise ConfigError(f"pass {self.name!r}: activation dtype {act!r} is not uint8 or int8")
@@ -165,8 +183,11 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         return self._recover(pre_proto, proto, feeds, build, base_exclude)
 
     def _keep_bodies_float(self, pre: onnx.ModelProto) -> list[str]:
-        """Note each If/Loop/Scan body (ORT's QDQ quantizer leaves them float) and return the Relu/Clip nodes
-        to exclude so that the outer values the bodies read stay as they are (see _quant_subgraphs)."""
+        """Note each If/Loop/Scan body left float and return the Relu/Clip nodes to exclude from quantization.
+
+        ORT's QDQ quantizer leaves the bodies float; excluding those nodes keeps the outer values the bodies
+        read as they are (see _quant_subgraphs).
+        """
         frozen = subgraphs.frozen_for_qdq(pre.graph)
         for owner in subgraphs.body_owners(pre.graph):
             captured = sorted(subgraphs.outer_reads(owner) - {t.name for t in pre.graph.initializer})

@@ -71,7 +71,7 @@ def recover(build: Callable[[list[str]], onnx.ModelProto], ranked: Sequence[tupl
     kept: list[str] = []
     model = build(kept)
     drop = drop_of(model)
-    steps = [{"kept_float": 0, "drop": drop}]
+    steps: list[dict[str, float | str]] = [{"kept_float": 0, "drop": drop}]
     best = Recovery(model, [], drop, drop <= max_drop, steps)
     for name, _ in ranked[:max_steps]:
         if best.met:

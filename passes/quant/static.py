@@ -94,7 +94,7 @@ def island_nodes(proto: onnx.ModelProto) -> list[str]:
 def placement_candidates(pre: onnx.ModelProto) -> dict[str, list[str]]:
     """Named exclusion lists to try: everything int8, or float islands (and depthwise convs) left float."""
     islands, depthwise = island_nodes(pre), depthwise_convs(pre)
-    candidates = {"all": []}
+    candidates: dict[str, list[str]] = {"all": []}
     if islands:
         candidates["float-islands"] = islands
     if islands and depthwise:

@@ -38,8 +38,11 @@ def owner_label(node: onnx.NodeProto) -> str:
 
 def walk(graph: onnx.GraphProto, path: str = "", scope: tuple[onnx.GraphProto, ...] = (),
          ) -> Iterator[tuple[str, onnx.GraphProto, onnx.NodeProto, tuple[onnx.GraphProto, ...]]]:
-    """``(path, graph, node, scope)`` for every node at every depth; ``scope`` runs from the main graph to
-    ``graph``, and ``path`` names the node as compiler.analysis does (``branch/then_branch/conv``)."""
+    """``(path, graph, node, scope)`` for every node at every depth.
+
+    ``scope`` runs from the main graph to ``graph``, and ``path`` names the node as compiler.analysis does
+    (``branch/then_branch/conv``).
+    """
     scope = (*scope, graph)
     for node in list(graph.node):
         name = f"{path}{node.name}"

@@ -97,6 +97,7 @@ class AdbTransport:
         self.device = device
 
     def adb(self, *args: str, timeout_s: float = ADB_TIMEOUT_S) -> str:
+        """Run ``adb -s <serial> args`` and return its stdout; DeviceError with advice when it fails."""
         argv = ["adb", "-s", self.device.serial, *args]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -112,6 +113,7 @@ class AdbTransport:
         return proc.stdout
 
     def shell(self, command: str, timeout_s: float = ADB_TIMEOUT_S) -> str:
+        """Run a shell command on the device and return its stdout."""
         return self.adb("shell", command, timeout_s=timeout_s)
 
     def facts(self) -> dict[str, Any]:
@@ -132,6 +134,7 @@ class AdbTransport:
                 "cpu_max_freq_khz": freqs}
 
     def temperatures(self) -> dict[str, float]:
+        """Thermal zones in degrees Celsius, keyed by zone type."""
         text = self.shell("for z in /sys/class/thermal/thermal_zone*; do echo $(cat $z/type) $(cat $z/temp); "
                           "done 2>/dev/null")
         temps = {}

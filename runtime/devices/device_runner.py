@@ -39,7 +39,7 @@ def fail(kind, detail, code=3):
 
 
 def import_runtime():
-    """numpy and onnxruntime, or a clear error naming what the device lacks."""
+    """Import numpy and onnxruntime, or fail with a clear error naming what the device lacks."""
     missing = []
     modules = {}
     for name in ("numpy", "onnxruntime"):
@@ -54,6 +54,7 @@ def import_runtime():
 
 
 def read_text(path):
+    """The stripped text of a file, or None when it cannot be read."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read().strip()
@@ -77,6 +78,7 @@ def cpu_model():
 
 
 def governors():
+    """The cpufreq scaling governor of each CPU, keyed by cpuN."""
     found = {}
     for path in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor")):
         found[path.split("/")[5]] = read_text(path)
@@ -96,6 +98,7 @@ def temperatures():
 
 
 def environment(np, ort):
+    """The device facts reported with every result: versions, OS, CPU, board, governors, providers."""
     uname = platform.uname()
     try:
         usable = len(os.sched_getaffinity(0))
@@ -112,6 +115,7 @@ def environment(np, ort):
 
 
 def session(ort, path, task, profile_prefix=None):
+    """An ORT session on ``path`` with the task's options and providers (CPU last), profiling when asked."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVEL_NAMES[task["level"]])
     opts.intra_op_num_threads = int(task["threads"])
@@ -127,6 +131,7 @@ def session(ort, path, task, profile_prefix=None):
 
 
 def latencies(np, sess, feeds, runs, warmup):
+    """Time ``runs`` runs after ``warmup`` untimed ones; percentiles, mean, min and max in milliseconds."""
     for _ in range(warmup):
         sess.run(None, feeds)
     times = np.empty(runs)
@@ -167,6 +172,7 @@ def node_times(events):
 
 
 def profile_nodes(ort, path, task, feeds, work):
+    """Per-node times from an ORT profile of the task's model (``profile_runs`` runs after one dropped)."""
     trace_dir = tempfile.mkdtemp(prefix="trace-", dir=work)
     try:
         sess = session(ort, path, task, profile_prefix=os.path.join(trace_dir, "ort"))
@@ -179,12 +185,14 @@ def profile_nodes(ort, path, task, feeds, work):
 
 
 def encode(np, array):
+    """An array as base64 of its .npy bytes (C order, no pickle)."""
     buf = io.BytesIO()
     np.save(buf, np.require(array, requirements="C"), allow_pickle=False)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def run_task(np, ort, task, arrays, work):
+    """Run one task of the job: its outputs, latencies and node profile as asked; a JSON-ready dict."""
     path = os.path.join(work, task["model"])
     prefix = task["id"] + "/"
     feeds = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -203,10 +211,12 @@ def run_task(np, ort, task, arrays, work):
 
 
 def on_deadline(signum, frame):
+    """SIGALRM handler: report the deadline error and exit 124."""
     fail("deadline", "the device runner passed its deadline and stopped", code=124)
 
 
 def main(argv):
+    """Run every task of the job file ``argv[1]`` and print one result line with the environment."""
     if len(argv) != 2:
         fail("usage", "usage: device_runner.py job.json", code=2)
     work = os.path.dirname(os.path.abspath(argv[1]))

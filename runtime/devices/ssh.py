@@ -93,7 +93,7 @@ class SshTransport:
         return path
 
     def push(self, files: Sequence[pathlib.Path], remote_dir: str) -> None:
-        """scp the files into ``remote_dir``."""
+        """Copy the files into ``remote_dir`` with scp."""
         dest = f"{self.device.user}@{self.device.host}" if self.device.user else self.device.host
         argv = ["scp", "-q", *self._options("-P"), *map(str, files), f"{dest}:{remote_dir}/"]
         self._call(argv, COPY_TIMEOUT_S, "copying the bundle")

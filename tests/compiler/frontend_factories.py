@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
-
-from edgec.runtime.session import make_session, run
 
 
 class TinyConvNet(nn.Module):
@@ -84,8 +81,3 @@ def not_a_module() -> object:
 
 def broken_factory() -> nn.Module:
     raise RuntimeError("checkpoint weights.pt not found")
-
-
-def ort_outputs(model: bytes | str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run once on CPU with graph optimizations off, so only the model itself is compared."""
-    return run(make_session(model, level="disabled"), feeds)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import frontend_factories
 import numpy as np
 import onnx
 import pytest
+from helpers import outputs
 from onnx import TensorProto, helper
 
 from edgec.compiler.calibration import RANDOM_WARNING, ImagePreprocess, load_calibration, model_inputs
@@ -60,8 +60,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _runs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    blob = model.SerializeToString()
-    return [next(iter(frontend_factories.ort_outputs(blob, f).values())) for f in feeds]
+    return [next(iter(o.values())) for o in outputs(model, feeds)]
 
 
 # --- no data, zoo, random -------------------------------------------------------------------------------
@@ -395,13 +394,6 @@ def _seq_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _ort(model: onnx.ModelProto, feeds: dict) -> dict:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
-
-
 def test_model_inputs_describe_sequences_and_optionals() -> None:
     xs, t_opt, s_opt = model_inputs(_seq_model())
     assert (xs.kind, xs.sequence, xs.dtype, xs.dims, xs.npz_keys()) == ("sequence", True, np.float32, (None, 3),
@@ -417,7 +409,7 @@ def test_npz_sequence_and_present_optionals(tmp_path: Path) -> None:
                              "s_opt/0": np.array([4, 5], np.int64), "s_opt/1": np.array(6, np.int64)})
     (feed,) = load_calibration(path, _seq_model()).feeds
     assert [a.shape for a in feed["xs"]] == [(2, 3), (1, 3)] and [a.shape for a in feed["s_opt"]] == [(2,), ()]
-    out = _ort(_seq_model(), feed)
+    out = outputs(_seq_model(), feed, level="all")
     assert int(out["n"]) == 2
     for got, want in zip(out["ys"], xs, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -429,7 +421,7 @@ def test_npz_empty_sequence_and_absent_optionals(tmp_path: Path) -> None:
     path = _npz(tmp_path, **{"xs/__empty__": np.zeros(0, np.float32)})  # no t_opt, no s_opt: both absent
     (feed,) = load_calibration(path, _seq_model()).feeds
     assert feed == {"xs": [], "t_opt": None, "s_opt": None}
-    out = _ort(_seq_model(), feed)
+    out = outputs(_seq_model(), feed, level="all")
     assert int(out["n"]) == 0 and out["ys"] == [] and out["t"] is None and out["s"] is None
 
 

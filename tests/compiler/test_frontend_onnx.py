@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from frontend_factories import ort_outputs
+from helpers import assert_outputs_close, outputs
 from onnx import TensorProto, helper
 from onnx.external_data_helper import uses_external_data
 
@@ -64,9 +64,7 @@ def test_onnx_file_loads_and_runs(convnet_onnx: Path) -> None:
     loaded = load_model(str(convnet_onnx))
     assert loaded.base_dir == convnet_onnx.parent.resolve()
     assert not any("upgraded" in note for note in loaded.notes)
-    got = ort_outputs(loaded.proto.SerializeToString(), FEEDS)["y"]
-    want = ort_outputs(str(convnet_onnx), FEEDS)["y"]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert_outputs_close(convnet_onnx, loaded.proto, FEEDS, atol=1e-6)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -125,8 +123,7 @@ def test_external_data_round_trip(convnet_onnx: Path, tmp_path: Path) -> None:
     loaded = load_model(str(path))
     assert not any(uses_external_data(t) for t in onnx_file.iter_tensors(loaded.proto))
     assert any("loaded external data" in note for note in loaded.notes)
-    got = ort_outputs(loaded.proto.SerializeToString(), FEEDS)["y"]
-    np.testing.assert_allclose(got, ort_outputs(str(convnet_onnx), FEEDS)["y"], rtol=0, atol=1e-6)
+    assert_outputs_close(convnet_onnx, loaded.proto, FEEDS, atol=1e-6)
 
 
 def test_external_data_missing(convnet_onnx: Path, tmp_path: Path) -> None:
@@ -185,8 +182,7 @@ def test_over_limit_keeps_external_data(convnet_onnx: Path, tmp_path: Path,
     # The proto still runs when written next to its data files.
     beside = loaded.base_dir / "normalized.onnx"
     beside.write_bytes(loaded.proto.SerializeToString())
-    want = ort_outputs(str(convnet_onnx), FEEDS)["y"]
-    np.testing.assert_allclose(ort_outputs(str(beside), FEEDS)["y"], want, rtol=0, atol=1e-6)
+    assert_outputs_close(convnet_onnx, beside, FEEDS, atol=1e-6)
 
 
 # --- normalization ----------------------------------------------------------------------------------------
@@ -196,9 +192,7 @@ def test_opset11_upgraded_same_outputs(convnet_opset11_onnx: Path) -> None:
     loaded = load_model(str(convnet_opset11_onnx))
     assert default_opset(loaded.proto) == 17
     assert "upgraded opset 11 -> 17" in loaded.notes
-    got = ort_outputs(loaded.proto.SerializeToString(), FEEDS)["y"]
-    want = ort_outputs(str(convnet_opset11_onnx), FEEDS)["y"]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert_outputs_close(convnet_opset11_onnx, loaded.proto, FEEDS, atol=1e-5)
 
 
 def test_opset_converter_failure_keeps_model(tmp_path: Path) -> None:
@@ -217,7 +211,7 @@ def test_opset_converter_failure_keeps_model(tmp_path: Path) -> None:
                for n in loaded.notes)
     x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(1, 2, 4, 4)
     want = np.maximum(2 * x + np.array([1.0, -1.0], np.float32).reshape(1, 2, 1, 1), 0)
-    got = ort_outputs(loaded.proto.SerializeToString(), {"x": x})["y"]
+    got = outputs(loaded.proto, {"x": x})["y"]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
@@ -228,8 +222,7 @@ def test_dynamic_batch_fixed_from_input_shape(convnet_dynamic_onnx: Path) -> Non
     assert "fixed dim batch=4 on input x" in loaded.notes
     assert loaded.proto.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 4
     feeds = {"x": np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)}
-    got = ort_outputs(loaded.proto.SerializeToString(), feeds)["y"]
-    np.testing.assert_allclose(got, ort_outputs(str(convnet_dynamic_onnx), feeds)["y"], rtol=0, atol=1e-6)
+    assert_outputs_close(convnet_dynamic_onnx, loaded.proto, feeds, atol=1e-6)
 
 
 def test_dynamic_batch_left_is_noted(convnet_dynamic_onnx: Path) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import outputs
 
 from edgec.compiler.frontend import load_model
 from edgec.compiler.frontend.torch_export import is_factory_spec
@@ -25,7 +26,7 @@ def _check_against_torch(proto_bytes: bytes, module: torch.nn.Module, feeds: dic
                          atol: float) -> None:
     with torch.no_grad():
         want = module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-    (got,) = frontend_factories.ort_outputs(proto_bytes, feeds).values()
+    (got,) = outputs(proto_bytes, feeds).values()
     np.testing.assert_allclose(got, want, rtol=0, atol=atol)
 
 

@@ -19,10 +19,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
+from helpers import build_with_config
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.compiler.cli import cli
 from edgec.compiler.pipeline import run_pipeline
 from edgec.core.stats import model_stats
 from edgec.passes.base import available_passes, create_pass
@@ -258,10 +257,9 @@ def test_every_pass_has_a_bound():
 @pytest.mark.parametrize(("pass_name", "kind"), _params())
 def test_pass_on_control_flow_model(tmp_path, cases, pass_name, kind):
     path, calib, held_out = cases[kind]
-    out, config = tmp_path / "bundle", tmp_path / "edgec.toml"
-    config.write_text(f'model = "{path}"\ntarget = "{TARGETS.get(pass_name, "cpu-x86")}"\npasses = ["{pass_name}"]\n'
-                      f'[calibration]\nsource = "{calib}"\n[pass-options.{pass_name}]\n{OPTIONS.get(pass_name, "")}\n')
-    result = CliRunner().invoke(cli, ["build", "--config", str(config), "-o", str(out), "--quiet"])
+    result, out = build_with_config(
+        tmp_path, f'model = "{path}"\ntarget = "{TARGETS.get(pass_name, "cpu-x86")}"\npasses = ["{pass_name}"]\n'
+        f'[calibration]\nsource = "{calib}"\n[pass-options.{pass_name}]\n{OPTIONS.get(pass_name, "")}\n')
     assert result.exit_code in (0, 2), (result.exit_code, result.stderr, result.exception)
     if result.exit_code == 2:
         lines = result.stderr.strip().splitlines()

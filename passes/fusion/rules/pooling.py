@@ -5,11 +5,12 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 
+from edgec.passes.ir_utils import initializer_value
+
 
 def _axes(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.const_value is None:
-        return None
-    return [int(a) for a in value.const_value.numpy().ravel()]
+    array = initializer_value(value)
+    return None if array is None else [int(a) for a in array.ravel()]
 
 
 class FuseReduceMeanIntoGlobalAveragePool(RewriteRuleClassBase):
@@ -21,9 +22,12 @@ class FuseReduceMeanIntoGlobalAveragePool(RewriteRuleClassBase):
     """
 
     def pattern(self, op, x, axes):
+        """A ReduceMean of ``x`` over the ``axes`` input, any attributes."""
         return op.ReduceMean(x, axes, _allow_other_attributes=True, _outputs=["mean"])
 
-    def check(self, context, x, axes, mean, **_) -> MatchResult:
+    # onnxscript types check() as (op, *args, **kwargs), yet rules are meant to name their pattern variables.
+    def check(self, context, x, axes, mean, **_) -> MatchResult:  # type: ignore[override]
+        """Match only a keepdims ReduceMean over the two spatial axes of a rank-4 input."""
         result = MatchResult()
         node = mean.producer()
         if node.attributes.get_int("keepdims", 1) != 1:
@@ -36,6 +40,7 @@ class FuseReduceMeanIntoGlobalAveragePool(RewriteRuleClassBase):
         return result
 
     def rewrite(self, op, x, axes, mean, **_):
+        """GlobalAveragePool of ``x``."""
         return op.GlobalAveragePool(x)
 
 

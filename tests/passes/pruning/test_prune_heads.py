@@ -11,6 +11,7 @@ import onnx.parser
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 import pytest
+from helpers import outputs
 
 from edgec.compiler.pipeline import run_pipeline
 from edgec.core.stats import model_stats
@@ -24,7 +25,7 @@ from edgec.passes.pruning.heads import (
     heads_to_keep,
     prune_heads,
 )
-from edgec.runtime.session import compare_outputs, make_session, run
+from edgec.runtime.session import compare_outputs
 from edgec.targets.registry import get_target
 
 TRANSFORMERS = ["bert-like", "minilm"]
@@ -44,13 +45,6 @@ def _ir(source: str | onnx.ModelProto) -> ir.Model:
     model = ir.serde.deserialize_model(proto)
     common.ShapeInferencePass()(model)
     return model
-
-
-def _outputs(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    proto = ir.serde.serialize_model(model)
-    onnx.checker.check_model(proto, full_check=True)
-    session = make_session(proto.SerializeToString(), level="disabled")
-    return [run(session, f) for f in feeds]
 
 
 def _blocks(model: ir.Model) -> list[AttentionBlock]:
@@ -139,12 +133,12 @@ def test_tiny_attention_matches_and_both_head_counts_are_rewritten():
     feeds = _tiny_feeds((1, 1, 4, 4))
     keep = {block.name: [1]}
     _zero_dropped_heads([block], keep)
-    zeroed = _outputs(model, feeds)
+    zeroed = outputs(model, feeds, full_check=True)
     assert prune_heads(model, [block], keep) == 1
     shapes = {n.outputs[0].name: n.inputs[1].const_value.numpy().tolist() for n in model.graph
               if n.op_type == "Reshape"}
     assert shapes == {"q2": [1, 4, 1, 4], "k2": [1, 4, 1, 4], "v2": [1, 4, 1, 4], "c2": [1, 4, 4]}
-    for err in compare_outputs(zeroed, _outputs(model, feeds)):
+    for err in compare_outputs(zeroed, outputs(model, feeds, full_check=True)):
         assert err.max_rel <= ZERO_RTOL, err
 
 
@@ -176,10 +170,10 @@ def test_every_zoo_attention_block_is_found(name):
 def test_keeping_all_heads_is_bit_exact(name):
     model = _ir(name)
     feeds = get_zoo_model(name).calibration(2)
-    before = _outputs(model, feeds)
+    before = outputs(model, feeds, full_check=True)
     blocks = _blocks(model)
     assert prune_heads(model, blocks, {b.name: list(range(b.num_heads)) for b in blocks}) == 0
-    for ref, got in zip(before, _outputs(model, feeds), strict=True):
+    for ref, got in zip(before, outputs(model, feeds, full_check=True), strict=True):
         for key in ref:
             np.testing.assert_array_equal(ref[key], got[key])
 
@@ -193,9 +187,9 @@ def test_pruning_zeroed_heads_changes_nothing(name):
     keep = {b.name: sorted({(3 * i + 5 * j) % HEADS for j in range(7)}) for i, b in enumerate(blocks)}
     assert all(len(k) == 7 for k in keep.values())
     _zero_dropped_heads(blocks, keep)
-    zeroed = _outputs(model, feeds)
+    zeroed = outputs(model, feeds, full_check=True)
     assert prune_heads(model, blocks, keep) == LAYERS * 5
-    for err in compare_outputs(zeroed, _outputs(model, feeds)):
+    for err in compare_outputs(zeroed, outputs(model, feeds, full_check=True)):
         assert err.max_rel <= ZERO_RTOL, (name, err)
 
 
@@ -218,7 +212,7 @@ def test_pruned_model_is_smaller_by_the_dropped_heads(name, ratio):
     dropped = prune_heads(model, blocks, keep)
     assert dropped == LAYERS * int(HEADS * ratio)
     after = ir.serde.serialize_model(model)
-    _outputs(model, get_zoo_model(name).calibration(1))  # passes the full checker and runs in ORT
+    outputs(model, get_zoo_model(name).calibration(1), full_check=True)  # passes the full checker and runs in ORT
     # Per head: d columns of Q, K, V (weights and biases) and d rows of the output projection.
     assert _float_params(before) - _float_params(after) == dropped * (4 * HIDDEN * HEAD_DIM + 3 * HEAD_DIM)
     # Per head: the four projections over every token, and its scores and weighted sum of values.
@@ -283,7 +277,7 @@ def test_eager_attention_export_prunes_exactly_too(tmp_path):
     assert [(b.num_heads, b.head_dim, len(b.shape_fixes)) for b in blocks] == [(HEADS, HEAD_DIM, 0)] * LAYERS
     keep = heads_to_keep(head_importance(model, blocks), 0.5)
     _zero_dropped_heads(blocks, keep)
-    zeroed = _outputs(model, feeds)
+    zeroed = outputs(model, feeds, full_check=True)
     assert prune_heads(model, blocks, keep) == LAYERS * HEADS // 2
-    for err in compare_outputs(zeroed, _outputs(model, feeds)):
+    for err in compare_outputs(zeroed, outputs(model, feeds, full_check=True)):
         assert err.max_rel <= ZERO_RTOL, err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -19,7 +18,6 @@ from edgec.runtime.bundle import write_bundle
 from edgec.targets.registry import get_target
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
-HERE = pathlib.Path(__file__).parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,17 +110,9 @@ def client_config_for():
     return write_client_config
 
 
-def _tiny_classifier():
-    """The runtime tests' model, loaded by path so no conftest module name is shadowed."""
-    spec = importlib.util.spec_from_file_location("edgec_tests_runtime_models", HERE.parent / "runtime" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tiny_classifier()
-
-
 @pytest.fixture(scope="session")
-def android_bundle(tmp_path_factory) -> pathlib.Path:
-    """A tiny android-arm64 bundle: model.ort shipped, model.onnx beside it."""
+def android_bundle(tmp_path_factory, tiny_model) -> pathlib.Path:
+    """A tiny android-arm64 bundle of tests/runtime's classifier: model.ort shipped, model.onnx beside it."""
     feeds = {"input.1": np.random.default_rng(7).standard_normal((2, 3, 16, 16)).astype(np.float32)}
     out = tmp_path_factory.mktemp("devbundle") / "bundle"
-    return write_bundle(out, model=_tiny_classifier(), target=get_target("android-arm64"), sample_inputs=feeds)
+    return write_bundle(out, model=tiny_model, target=get_target("android-arm64"), sample_inputs=feeds)

@@ -10,6 +10,7 @@ import onnx.parser
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 import pytest
+from helpers import outputs
 
 from edgec.compiler.pipeline import run_pipeline
 from edgec.core.errors import CalibrationError, ConfigError, UnsupportedOpError
@@ -19,7 +20,7 @@ from edgec.passes.context import BuildContext
 from edgec.passes.pruning.channel_export import apply_plan, choose_orders
 from edgec.passes.pruning.channel_graph import analyze
 from edgec.passes.pruning.plan import make_plan, zero_pruned
-from edgec.runtime.session import compare_outputs, make_session, run
+from edgec.runtime.session import compare_outputs
 from edgec.targets.registry import get_target
 
 ZOO = ["resnet18", "resnet50", "mobilenetv2", "mobilenetv3-large", "densenet121", "efficientnet-b0",
@@ -43,13 +44,6 @@ def _ir(name: str) -> ir.Model:
     return model
 
 
-def _outputs(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    proto = ir.serde.serialize_model(model)
-    onnx.checker.check_model(proto)
-    session = make_session(proto.SerializeToString(), level="disabled")
-    return [run(session, f) for f in feeds]
-
-
 def _prune_zeroed(name: str, mode: str, ratio: float, kinds: tuple[str, ...], naive: bool = False,
                   allocation: str = "per-consumer", rounding: str = "up"):
     """Outputs of the model with the plan's channels zeroed, and of the same model pruned by that plan."""
@@ -58,9 +52,9 @@ def _prune_zeroed(name: str, mode: str, ratio: float, kinds: tuple[str, ...], na
     plan = make_plan(model, cg, lambda _: ratio, mode, "l2", 16, allocation=allocation, rounding=rounding)
     zero_pruned(model, cg, plan)
     feeds = get_zoo_model(name).calibration(2)
-    zeroed = _outputs(model, feeds)
+    zeroed = outputs(model, feeds, check=True)
     selections = apply_plan(model, cg, plan, choose_orders(cg, plan, reorder=not naive), kinds, naive=naive)
-    return zeroed, _outputs(model, feeds), selections
+    return zeroed, outputs(model, feeds, check=True), selections
 
 
 @pytest.mark.parametrize(("mode", "allocation"), PLANS)

@@ -8,12 +8,13 @@ import numpy as np
 import onnx
 import pytest
 
-from edgec.compiler.config import config_file_fields
-from edgec.compiler.search.space import SEARCH_PASSES, build_space, choice_toml, ratio_breakpoints, removable_blocks
+from edgec.compiler.config import SEARCH_PASSES, config_file_fields
+from edgec.compiler.search.space import build_space, choice_toml
 from edgec.compiler.search.strategy import _fit_ratio, _spread
 from edgec.core.errors import ConfigError
 from edgec.models.zoo import get_zoo_model
-from edgec.passes.pruning.plan import round_keep
+from edgec.passes.depth.prune_depth import removable_blocks
+from edgec.passes.pruning.plan import ratio_breakpoints, round_keep
 from edgec.targets.registry import get_target
 
 

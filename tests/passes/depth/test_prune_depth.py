@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from helpers import outputs
 
 from edgec.compiler.pipeline import run_pipeline
 from edgec.core.errors import ConfigError
@@ -39,11 +40,6 @@ def _model(name: str) -> ir.Model:
 
 def _ctx(name: str, n: int = 8) -> BuildContext:
     return BuildContext(get_target("cpu-x86"), get_zoo_model(name).calibration(n))
-
-
-def _outputs(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    session = make_session(ir.serde.serialize_model(model).SerializeToString(), level="disabled")
-    return [run(session, f) for f in feeds]
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -137,8 +133,7 @@ def test_replace_drops_the_least_influential_span_with_one_map():
     plain = create_pass("prune-depth", _ctx("minilm", 8), {"blocks": [first, second]})(clone(_model("minilm"))).model
     # one MatMul + Add in place of the two layers, and their post-norms gone with them
     assert len(list(fitted.graph)) == len(list(plain.graph)) + 2 - 2
-    outputs = _outputs(fitted, ctx.calibration)
-    assert all(np.isfinite(o["sentence_embedding"]).all() for o in outputs)
+    assert all(np.isfinite(o["sentence_embedding"]).all() for o in outputs(fitted, ctx.calibration))
 
 
 def test_replacement_folds_into_next_conv_and_matches_inserted_op(monkeypatch):
@@ -152,7 +147,7 @@ def test_replacement_folds_into_next_conv_and_matches_inserted_op(monkeypatch):
     inserted = create_pass("prune-depth", ctx2, options)(clone(_model(name))).model
     assert ctx2.report.stats["prune-depth"]["replacement"]["blocks.2"] == "inserted Conv"
     assert len(list(folded.graph)) == len(list(inserted.graph)) - 1
-    for a, b in zip(_outputs(folded, feeds), _outputs(inserted, feeds), strict=True):
+    for a, b in zip(outputs(folded, feeds), outputs(inserted, feeds), strict=True):
         np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-4, atol=1e-4 * np.abs(b["logits"]).max())
 
 

@@ -7,9 +7,8 @@ import collections
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from helpers import build_with_config
 
-from edgec.compiler.cli import cli
 from edgec.compiler.pipeline import run_pipeline
 from edgec.core.errors import ConfigError, PrecisionError
 from edgec.models.zoo import get_zoo_model
@@ -149,11 +148,9 @@ def test_int4_on_a_conv_is_refused(mnist):
     ('no_such_node = "fp32"', "no node named 'no_such_node'"),
 ])
 def test_cli_bad_map_exits_2_with_one_line(tmp_path, table, fragment):
-    config = tmp_path / "edgec.toml"
-    config.write_text('model = "zoo:mnist-resnet"\ntarget = "cpu-x86"\npasses = ["mixed-precision"]\n'
-                      f"[pass-options.mixed-precision.precisions]\n{table}\n")
-    out = tmp_path / "bundle"
-    result = CliRunner().invoke(cli, ["build", "--config", str(config), "-o", str(out), "--quiet"])
+    toml = ('model = "zoo:mnist-resnet"\ntarget = "cpu-x86"\npasses = ["mixed-precision"]\n'
+            f"[pass-options.mixed-precision.precisions]\n{table}\n")
+    result, out = build_with_config(tmp_path, toml)
     assert result.exit_code == 2, (result.exit_code, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr, result.stderr

@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
-
-from edgec.compiler.cli import cli
+from helpers import build_with_config
 
 
 def _build(tmp_path, options: str):
-    config = tmp_path / "edgec.toml"
-    config.write_text(f'passes = ["prune-channels"]\n[pass-options.prune-channels]\n{options}\n')
-    out = tmp_path / "bundle"
-    result = CliRunner().invoke(cli, ["build", "zoo:digits-cnn", "--target", "cpu-x86", "--config", str(config),
-                                      "-o", str(out), "--quiet"])
-    return result, out
+    toml = f'passes = ["prune-channels"]\n[pass-options.prune-channels]\n{options}\n'
+    return build_with_config(tmp_path, toml, "zoo:digits-cnn", "--target", "cpu-x86")
 
 
 def test_build_prunes_with_config_options(tmp_path):

@@ -11,6 +11,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 import pytest
 import torch
+from helpers import outputs
 
 from edgec.compiler.pipeline import run_pipeline
 from edgec.core.errors import ConfigError
@@ -21,7 +22,7 @@ from edgec.passes.pruning.channel_export import apply_plan, choose_orders
 from edgec.passes.pruning.channel_graph import analyze
 from edgec.passes.pruning.plan import make_plan
 from edgec.passes.pruning.recovery import recover
-from edgec.runtime.session import make_session, run
+from edgec.runtime.session import make_session
 from edgec.targets.registry import get_target
 
 CALIB, HELD_OUT = 64, 64
@@ -35,9 +36,9 @@ def _proto(name: str) -> bytes:
     return onnx.load(str(get_zoo_model(name).onnx_path())).SerializeToString()
 
 
-def _outputs(data: bytes, feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
-    session = make_session(data, level="disabled")
-    return np.concatenate([run(session, f)[name] for f in feeds])
+def _output(data: bytes, feeds: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+    """Output ``name`` concatenated over the feeds."""
+    return np.concatenate([o[name] for o in outputs(data, feeds)])
 
 
 def _rel_mse(got: np.ndarray, ref: np.ndarray) -> float:
@@ -49,13 +50,13 @@ def _rel_mse(got: np.ndarray, ref: np.ndarray) -> float:
 def test_recovery_reduces_held_out_error(name, mode):
     zoo = get_zoo_model(name)
     held_out = zoo.calibration(HELD_OUT, "eval")
-    ref = _outputs(_proto(name), held_out, zoo.output_name)
+    ref = _output(_proto(name), held_out, zoo.output_name)
     err = {}
     for recovery in ("none", "bias", "lstsq"):
         ctx = BuildContext(get_target("cpu-x86"), zoo.calibration(CALIB))
         options = {"ratio": 0.5, "mode": mode, "recovery": recovery}
         result = run_pipeline(onnx.load_from_string(_proto(name)), [create_pass("prune-channels", ctx, options)], ctx)
-        err[recovery] = _rel_mse(_outputs(result.model.SerializeToString(), held_out, zoo.output_name), ref)
+        err[recovery] = _rel_mse(_output(result.model.SerializeToString(), held_out, zoo.output_name), ref)
         if recovery != "none":
             assert result.records[0].stats["recovered_layers"] > 0
     assert err["bias"] <= BIAS_MAX * err["none"], err
@@ -148,14 +149,14 @@ def test_matmul_offset_goes_into_its_bias_add_or_a_new_add(tail, adds):
     proto = _mlp(tail)
     rng = np.random.default_rng(1)
     feeds = [{"x": (rng.standard_normal((1, 6, 8)) + 1.0).astype(np.float32)} for _ in range(32)]
-    ref = _outputs(proto.SerializeToString(), feeds, "y")
+    ref = _output(proto.SerializeToString(), feeds, "y")
     err = {}
     for recovery in ("none", "bias", "lstsq"):
         ctx = BuildContext(get_target("cpu-x86"), feeds)
         result = run_pipeline(proto, [create_pass("prune-channels", ctx, {"ratio": 0.5, "recovery": recovery})], ctx)
         ops = [n.op_type for n in result.model.graph.node]
         assert ops.count("Add") == tail.startswith("Add") + (adds if recovery != "none" else 0), ops
-        err[recovery] = _rel_mse(_outputs(result.model.SerializeToString(), feeds, "y"), ref)
+        err[recovery] = _rel_mse(_output(result.model.SerializeToString(), feeds, "y"), ref)
     assert err["lstsq"] < err["bias"] < err["none"], err
 
 

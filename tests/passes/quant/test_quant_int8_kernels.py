@@ -7,6 +7,7 @@ import collections
 import numpy as np
 import onnx
 import pytest
+from helpers import outputs
 
 from edgec.compiler.pipeline import run_pipeline
 from edgec.models.zoo import get_zoo_model
@@ -19,7 +20,7 @@ from edgec.passes.quant.common import name_nodes
 from edgec.passes.quant.int8ops import prepare_float
 from edgec.passes.quant.pad import pad_depthwise
 from edgec.passes.quant.static import preprocess
-from edgec.runtime.session import compare_outputs, make_session, run
+from edgec.runtime.session import compare_outputs
 from edgec.targets.registry import get_target
 
 FLOAT_ONLY_OPS = {"HardSwish", "HardSigmoid", "ReduceMean", "Sigmoid", "Mul", "Add", "Conv"}
@@ -27,11 +28,6 @@ FLOAT_ONLY_OPS = {"HardSwish", "HardSigmoid", "ReduceMean", "Sigmoid", "Mul", "A
 
 def _ops(model: onnx.ModelProto) -> collections.Counter[str]:
     return collections.Counter(n.op_type for n in model.graph.node)
-
-
-def _outputs(model: onnx.ModelProto, feeds: list) -> list[dict]:
-    session = make_session(model.SerializeToString(), level="disabled")
-    return [run(session, f) for f in feeds]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +46,7 @@ def test_unpacked_attention_is_exact_in_float(fused_bert):
     ops = _ops(unpacked)
     assert "Attention" not in ops and ops["MultiHeadAttention"] == 6
     onnx.checker.check_model(unpacked)
-    for err in compare_outputs(_outputs(fused, feeds), _outputs(unpacked, feeds)):
+    for err in compare_outputs(outputs(fused, feeds), outputs(unpacked, feeds)):
         assert err.max_rel < 1e-4, err
 
 
@@ -100,7 +96,7 @@ def test_int8_rewrites_and_padding_are_exact_in_float(mobilenet_pre):
               and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     assert all(next(a.i for a in n.attribute if a.name == "group") % 16 == 0 for n in widths)
     onnx.checker.check_model(padded)
-    for err in compare_outputs(_outputs(fp32, feeds), _outputs(padded, feeds)):
+    for err in compare_outputs(outputs(fp32, feeds), outputs(padded, feeds)):
         assert err.max_rel < 1e-4, err
 
 
@@ -148,7 +144,7 @@ def test_fp32_winning_the_race_keeps_the_model_float(monkeypatch):
     assert any("kept float" in s["reason"] and "1.30x" in s["reason"] for s in record.skips)
     assert "QuantizeLinear" not in _ops(result.model)
     feeds = zoo.calibration(2, "eval")
-    for err in compare_outputs(_outputs(proto, feeds), _outputs(result.model, feeds)):
+    for err in compare_outputs(outputs(proto, feeds), outputs(result.model, feeds)):
         assert err.max_abs == 0.0
 
 
@@ -179,7 +175,7 @@ def test_silu_folds_into_quickgelu_exactly():
     rewritten, counts = prepare_float(onnx.load_from_string(model.SerializeToString()), quick_gelu=True)
     assert counts == {"SiLU": 1}
     assert [n.op_type for n in rewritten.graph.node] == ["Conv", "QuickGelu", "Conv"]
-    for err in compare_outputs(_outputs(model, feeds), _outputs(rewritten, feeds)):
+    for err in compare_outputs(outputs(model, feeds), outputs(rewritten, feeds)):
         assert err.max_rel < 1e-5, err
 
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 ROOT = os.environ.get("EDGEC_ARM64_ROOT")
 
 pytestmark = pytest.mark.skipif(

@@ -6,18 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import build_with_config
 
-from edgec.compiler.cli import cli
 from edgec.models.zoo import get_zoo_model
-
-
-def _build(tmp_path, toml: str, *extra: str):
-    config = tmp_path / "edgec.toml"
-    config.write_text(toml)
-    out = tmp_path / "bundle"
-    result = CliRunner().invoke(cli, ["build", "--config", str(config), "-o", str(out), "--quiet", *extra])
-    return result, out
 
 
 def _one_line_exit_2(result, *fragments):
@@ -31,7 +22,7 @@ def _one_line_exit_2(result, *fragments):
 def test_build_int8_with_pass_options(tmp_path):
     toml = ('model = "zoo:digits-cnn"\ntarget = "cpu-x86"\npasses = ["quantize-int8"]\n'
             '[pass-options.quantize-int8]\ncalibration = "percentile"\nsamples = 8\nplacement = "all"\n')
-    result, out = _build(tmp_path, toml)
+    result, out = build_with_config(tmp_path, toml)
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     record = manifest["passes"][0]
@@ -43,7 +34,7 @@ def test_build_int8_with_pass_options(tmp_path):
 
 def test_fp8_on_android_exits_2(tmp_path):
     toml = 'model = "zoo:digits-cnn"\ntarget = "android-arm64"\npasses = ["fp8"]\n'
-    result, out = _build(tmp_path, toml)
+    result, out = build_with_config(tmp_path, toml)
     _one_line_exit_2(result, "fp8", "android-arm64")
     assert not out.exists()
 
@@ -58,7 +49,7 @@ def test_bad_calibration_exits_2(tmp_path, case):
     toml = (f'model = "{zoo.onnx_path()}"\ntarget = "cpu-x86"\npasses = ["quantize-int8"]\n'
             f'[calibration]\nsource = "{tmp_path / "calib.npz"}"\nsamples = 8\n'
             '[pass-options.quantize-int8]\nsamples = 8\n')
-    result, out = _build(tmp_path, toml)
+    result, out = build_with_config(tmp_path, toml)
     _one_line_exit_2(result, "NaN" if case == "nan" else "asked for 8")
     assert not out.exists()
 
@@ -66,7 +57,7 @@ def test_bad_calibration_exits_2(tmp_path, case):
 def test_unknown_pass_option_exits_2(tmp_path):
     toml = ('model = "zoo:digits-cnn"\ntarget = "cpu-x86"\npasses = ["quantize-int8"]\n'
             '[pass-options.quantize-int8]\ncalibraton = "minmax"\n')
-    result, _ = _build(tmp_path, toml)
+    result, _ = build_with_config(tmp_path, toml)
     _one_line_exit_2(result, "calibraton")
 
 
@@ -74,7 +65,7 @@ def test_max_drop_flag_reaches_int8_recovery(tmp_path):
     # placement fixed: on a loaded host the race may find fp32 as fast as int8 (0.94x) and keep it float
     toml = ('model = "zoo:digits-cnn"\ntarget = "cpu-x86"\npasses = ["quantize-int8"]\n'
             '[pass-options.quantize-int8]\nplacement = "all"\n')
-    result, out = _build(tmp_path, toml, "--max-drop", "0.005")
+    result, out = build_with_config(tmp_path, toml, "--max-drop", "0.005")
     assert result.exit_code == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     stats = manifest["passes"][0]["stats"]

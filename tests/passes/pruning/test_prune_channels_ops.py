@@ -15,6 +15,7 @@ import onnx_ir.passes.common as common
 import onnxscript
 import pytest
 import torch
+from helpers import outputs
 from torch import nn
 
 from edgec.compiler.pipeline import run_pipeline
@@ -24,7 +25,7 @@ from edgec.passes.context import BuildContext
 from edgec.passes.pruning.channel_export import apply_plan, choose_orders
 from edgec.passes.pruning.channel_graph import analyze
 from edgec.passes.pruning.plan import make_plan, zero_pruned
-from edgec.runtime.session import compare_outputs, make_session, run
+from edgec.runtime.session import compare_outputs
 from edgec.targets.registry import get_target
 
 # Zeroed channels contribute exact zeros; only summation order differs after pruning.
@@ -149,13 +150,6 @@ def _ir(name: str) -> ir.Model:
     return model
 
 
-def _outputs(model: ir.Model) -> list[dict[str, np.ndarray]]:
-    proto = ir.serde.serialize_model(model)
-    onnx.checker.check_model(proto)
-    session = make_session(proto.SerializeToString(), level="disabled")
-    return [run(session, f) for f in _feeds()]
-
-
 def _nodes(model: ir.Model, op_type: str) -> list[ir.Node]:
     return [n for n in model.graph if n.op_type == op_type]
 
@@ -166,9 +160,9 @@ def _prune_zeroed(name: str, mode: str, allocation: str, multiple: int = 4):
     cg = analyze(model)
     plan = make_plan(model, cg, lambda _: 0.5, mode, "l2", multiple, allocation=allocation)
     zero_pruned(model, cg, plan)
-    zeroed = _outputs(model)
+    zeroed = outputs(model, _feeds(), check=True)
     apply_plan(model, cg, plan, choose_orders(cg, plan, reorder=True), ("slice", "gather"))
-    return zeroed, _outputs(model), model, cg
+    return zeroed, outputs(model, _feeds(), check=True), model, cg
 
 
 @pytest.mark.parametrize(("mode", "allocation"), PLANS)
@@ -277,9 +271,9 @@ def test_legacy_export_constants_are_read(name, mode):
     assert all("not constant" not in r for r in cg.frozen_groups().values()), cg.frozen_groups()
     plan = make_plan(model, cg, lambda _: 0.5, mode, "l2", 4)
     zero_pruned(model, cg, plan)
-    zeroed = _outputs(model)
+    zeroed = outputs(model, _feeds(), check=True)
     apply_plan(model, cg, plan, choose_orders(cg, plan, reorder=True), ("slice", "gather"))
-    for err in compare_outputs(zeroed, _outputs(model)):
+    for err in compare_outputs(zeroed, outputs(model, _feeds(), check=True)):
         assert err.max_rel <= ZERO_RTOL, err
 
 

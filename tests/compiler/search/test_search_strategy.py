@@ -10,22 +10,26 @@ from __future__ import annotations
 import onnx
 import pytest
 
+from edgec.compiler.config import SEARCH_PASSES
 from edgec.compiler.search.evaluate import make_scorer
+from edgec.compiler.search.measure import HostLatency
 from edgec.compiler.search.objective import HEADROOM, WINDOW, Evaluation, Objective
 from edgec.compiler.search.orchestrate import (
     CONFIRM_ROUNDS,
     CONFIRMATIONS,
-    HostLatency,
     SearchError,
+    SearchRun,
     SearchSettings,
     _confirmed,
     _ModelCache,
     run_search,
 )
-from edgec.compiler.search.space import SEARCH_PASSES, Knob, build_space
-from edgec.compiler.search.strategy import MAX_PROBES, RATIO, GuidedStrategy, _Lander
+from edgec.compiler.search.space import SearchKnob, build_space
+from edgec.compiler.search.strategy import MAX_PROBES, GuidedStrategy, _Lander
 from edgec.models.zoo import get_zoo_model
 from edgec.targets.registry import get_target
+
+RATIO = "prune-channels.ratio"
 
 
 def _evaluation(ms: float, accuracy: float = 1.0) -> Evaluation:
@@ -43,7 +47,7 @@ def test_a_candidate_fits_only_within_the_headroom():
 
 def _land(curve, target: float) -> list[tuple[float, float]]:
     """Probe ratios with the lander until it settles; the (ratio, latency) probed."""
-    knob = Knob("prune-channels", "ratio", (0.0, 0.6), 0.0, ordered=True, continuous=True)
+    knob = SearchKnob("prune-channels", "ratio", (0.0, 0.6), 0.0, ordered=True, continuous=True)
     lander = _Lander({RATIO: 0.0}, knob, Objective(latency_ms=target), first=0.0, order=0)
     while (ratio := lander.next_ratio()) is not None:
         lander.add(ratio, _evaluation(curve(ratio)))
@@ -134,11 +138,9 @@ def _confirm(script: dict[int, list[float]], accuracies: list[float], objective:
     cache = _ModelCache()
     for i, model in enumerate(models):
         cache.models[f"d{i}"] = (accuracies[i], model)
-    confirmations, warnings = [], []
-    settings = SearchSettings(objective, latency_ratio=None)
-    _, _, chosen = _confirmed(evaluations, settings, None, {}, None, latency, None, timed, cache, confirmations,
-                              warnings)
-    return chosen, confirmations, warnings
+    run = SearchRun(None, SearchSettings(objective, latency_ratio=None), None, None, latency, 0.0, None, timed, cache)
+    _, _, chosen = _confirmed(run, evaluations)
+    return chosen, run.confirmations, run.warnings
 
 
 def test_a_choice_that_no_longer_fits_when_timed_again_gives_way_to_the_next_best():
