@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from edgec.compiler.calibration import ImagePreprocess, load_calibration
+from edgec.compiler.calibration import CalibrationSplit, ImagePreprocess, load_calibration, split_calibration
 from edgec.compiler.config import DEFAULT_PASSES, SEARCH_PASSES, BuildConfig
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.frontend.load import confirm_opset_upgrade
@@ -142,23 +142,46 @@ def _search_pipeline(cfg: BuildConfig) -> tuple[str, ...]:
     return SEARCH_PASSES if cfg.passes == DEFAULT_PASSES else cfg.passes
 
 
-def _search(cfg: BuildConfig, proto: onnx.ModelProto, zoo: Any, feeds: list[Any], target: TargetProfile,
+def _search(cfg: BuildConfig, proto: onnx.ModelProto, zoo: Any, split: CalibrationSplit, target: TargetProfile,
             on_phase: Callable[[str], None]) -> tuple[BuildConfig, SearchResult]:
-    """Run the search; the config that builds its choice (passes and pass options), and the search result."""
+    """Run the search; the config that builds its choice (passes and pass options), and the search result.
+
+    Candidates are built on ``split.fit`` and scored on ``split.held_out``.
+    """
     settings = search_settings(cfg)
-    if not feeds:
+    if not split.fit:
         raise ConfigError("the search needs calibration data to build and score candidates (--calib)")
     if cfg.pass_options:
         raise ConfigError(f"{cfg.config_path}: [pass-options] cannot be combined with a search; "
                           "the search chooses them")
     space = build_space(_search_pipeline(cfg), proto, target)
-    scorer = make_scorer(proto.SerializeToString(), feeds, cfg.metric,
-                         zoo.name if zoo is not None and zoo.trained else None)
-    result = run_search(proto, space, settings, target=target, calibration=feeds, scorer=scorer,
-                                    on_progress=on_phase)
+    scorer = make_scorer(proto.SerializeToString(), split.held_out, cfg.metric, _trained_zoo_name(zoo))
+    result = run_search(proto, space, settings, target=target, calibration=split.fit, scorer=scorer,
+                        on_progress=on_phase)
     passes, options = space.pipeline(result.chosen.candidate)
     chosen_cfg = dataclasses.replace(cfg, passes=passes, pass_options=options, max_drop=None)
     return chosen_cfg, result
+
+
+def _trained_zoo_name(zoo: Any) -> str | None:
+    return zoo.name if zoo is not None and zoo.trained else None
+
+
+def _split_scores(cfg: BuildConfig, original: bytes, final: bytes, split: CalibrationSplit, zoo: Any
+                  ) -> dict[str, Any]:
+    """The chosen model's score on both parts of the calibration data, and the split.
+
+    The held-out score is the one the search ranked by; the fit score shows how much the fitted parts
+    (quantization ranges, recovery, ReplaceMe) flatter on the data they were fitted to. A trained zoo
+    model is scored on its own evaluation split instead, which neither part touches.
+    """
+    out: dict[str, Any] = {"split": split.to_json()}
+    if _trained_zoo_name(zoo) is not None:
+        return out
+    for part, feeds in (("held_out", split.held_out), ("fit", split.fit)):
+        scorer = make_scorer(original, feeds, cfg.metric, None)
+        out[part] = {"before": scorer.score(original), "after": scorer.score(final), "metric": scorer.label}
+    return out
 
 
 def search_settings(cfg: BuildConfig) -> SearchSettings:
@@ -204,10 +227,13 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     # outputs are the pipeline's reference too (dropping a declared shape changes no value).
     reference = input_reference(loaded.proto, calib.feeds[:VERIFY_SAMPLES], calib.source, target)
     loaded.notes += drop_contradicted_output_shapes(loaded.proto, reference[0] if reference else {})
-    search = None
+    search, split = None, None
     if cfg.searches:
-        cfg, search = _search(cfg, loaded.proto, zoo, calib.feeds, target, on_phase)
-    ctx = BuildContext(target=target, calibration=calib.feeds, seed=cfg.seed,
+        split = split_calibration(calib.feeds)
+        cfg, search = _search(cfg, loaded.proto, zoo, split, target, on_phase)
+        reference = input_reference(loaded.proto, split.fit[:VERIFY_SAMPLES], calib.source, target)
+    # A search's choice is built on the part its candidates were built on, so the bundle is the model it scored.
+    ctx = BuildContext(target=target, calibration=split.fit if split else calib.feeds, seed=cfg.seed,
                        evaluate=zoo.evaluate if zoo is not None and zoo.trained else None,
                        calibration_source=calib.source)
     # A search's report times the model after each pass, to show where the saving comes from.
@@ -225,6 +251,9 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
         on_phase("measuring the chosen candidate")
         metrics["search"], sidecars = search_report.summarise(cfg, search, loaded.proto, result.model, target,
                                                               calib.feeds[0], stages)
+        assert split is not None  # a search always splits
+        metrics["search"]["calibration"] = _split_scores(cfg, loaded.proto.SerializeToString(),
+                                                         result.model.SerializeToString(), split, zoo)
         warnings += search.warnings
     on_phase("writing bundle")
     # One stored sample per distinct calibration shape (write_bundle keeps the first of each), so that

@@ -65,6 +65,41 @@ class CalibrationSet:
     warnings: list[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class CalibrationSplit:
+    """Calibration samples split for a search: ``fit`` builds candidates, ``held_out`` only scores them.
+
+    ``in_sample`` is True when there were too few samples to hold any out: then both parts are the same
+    samples, and the scores they give flatter (say so in the report).
+    """
+
+    fit: list[Feeds]
+    held_out: list[Feeds]
+    in_sample: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's record of the split."""
+        return {"fit": len(self.fit), "held_out": len(self.held_out), "in_sample": self.in_sample,
+                "rule": HELD_OUT_RULE}
+
+
+# Every 4th sample is held out, so the held-out part spans the whole file (a folder sorted by class keeps
+# each class in both parts); with 2 or 3 samples, the last one is.
+HELD_OUT_EVERY = 4
+HELD_OUT_RULE = f"every {HELD_OUT_EVERY}th sample (the last one when there are fewer than {HELD_OUT_EVERY})"
+
+
+def split_calibration(feeds: list[Feeds]) -> CalibrationSplit:
+    """Hold out every 4th sample (the last of 2-3) for scoring; one sample is both parts, flagged in-sample."""
+    if len(feeds) < 2:
+        return CalibrationSplit(list(feeds), list(feeds), in_sample=True)
+    if len(feeds) < HELD_OUT_EVERY:
+        return CalibrationSplit(feeds[:-1], feeds[-1:], in_sample=False)
+    held = [i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 for i in range(len(feeds))]
+    return CalibrationSplit([f for f, h in zip(feeds, held, strict=True) if not h],
+                            [f for f, h in zip(feeds, held, strict=True) if h], in_sample=False)
+
+
 def load_calibration(spec: str | None, model: onnx.ModelProto, *, zoo_feeds: list[Feeds] | None = None,
                      image_config: ImagePreprocess | None = None, tokenizer_dir: Path | None = None,
                      n: int = 16, seed: int = 0, allow_nonfinite: bool = False) -> CalibrationSet:

@@ -122,7 +122,8 @@ _TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extrac
               "ops that fall back to the CPU, calibration data left out) instead of building.")
 @click.option("--seed", type=int, help="Seed for random calibration data and search.")
 @click.option("--max-drop", type=click.FloatRange(0, 1), help="Accuracy budget for lossy passes: largest drop of "
-              "the task metric (or of output cosine) they may cause; they keep sensitive nodes precise to meet it. "
+              "the task metric (or of the output-agreement proxy) they may cause; they keep sensitive nodes precise "
+              "to meet it. "
               "With no --passes: search for the fastest model within this drop.")
 @click.option("--latency-ms", type=click.FloatRange(0, min_open=True), help="Search for the most accurate model "
               "that runs within this many ms on the target (with --max-drop: also within that drop).")

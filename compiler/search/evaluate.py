@@ -10,11 +10,15 @@ Accuracy, higher is better, from the first that applies:
 * a user metric ``package.module:function``, called as ``function(model_bytes, feeds) -> float``
   (or a dict whose first value is primary), as prune-depth's ``metric`` score takes it;
 * the zoo's held-out task metric for trained zoo models (``ZooModel.evaluate``, first key primary);
-* the proxy: lowest per-output cosine to the original's outputs on the calibration feeds
-  (``accuracy.output_cosine``).
+* the proxy: the lowest per-output agreement with the original's outputs (``accuracy.output_agreement``:
+  Pearson per slice, or KL for probability outputs; see ``edgec.core.agreement``).
+
+The search builds candidates on the fit part of the calibration data and scores them on the held-out part
+(``compiler.calibration.split_calibration``), so recovery or ReplaceMe fitted to the fit part cannot
+score its own fit.
 
 A candidate's *drop* is the original's score minus the candidate's, the unit ``--max-drop`` uses
-elsewhere (absolute points of the task metric, or 1 - cosine).
+elsewhere (absolute points of the task metric, or 1 - agreement).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import numpy as np
 import onnx
 
 from edgec.compiler.pipeline import run_pipeline
-from edgec.compiler.search.accuracy import ProxyTask, output_cosine
+from edgec.compiler.search.accuracy import ProxyTask, output_agreement
+from edgec.core.agreement import output_agreement as output_agreement_of
 from edgec.core.errors import ConfigError, EdgecError
 from edgec.core.ir import Feeds
 from edgec.passes.base import create_pass
@@ -50,6 +55,8 @@ class Scorer:
     name: str
     feeds: tuple[Feeds, ...] = ()
     reference: tuple[dict[str, np.ndarray], ...] = ()
+    # The proxy: how each output is compared ("output0: pearson per axis-1 slice"), for the label.
+    measures: str = ""
 
     def score(self, model: bytes) -> float:
         """The primary accuracy figure of ``model`` (higher is better)."""
@@ -59,7 +66,7 @@ class Scorer:
             from edgec.models.zoo import get_zoo_model
 
             return _primary(get_zoo_model(self.name).evaluate(model), f"zoo:{self.name}")
-        return output_cosine(ProxyTask(model, self.feeds, self.reference))
+        return output_agreement(ProxyTask(model, self.feeds, self.reference))
 
     @property
     def label(self) -> str:
@@ -68,7 +75,7 @@ class Scorer:
             return f"metric {self.name}"
         if self.kind == "zoo":
             return f"zoo:{self.name} held-out metric"
-        return "output cosine to the original (proxy)"
+        return f"agreement with the original's outputs (proxy; {self.measures})"
 
 
 def _primary(value: Any, source: str) -> float:
@@ -161,7 +168,10 @@ def build_and_score(task: CandidateTask) -> CandidateOutcome:
 
 
 def make_scorer(original: bytes, feeds: Sequence[Feeds], metric: str | None, zoo_name: str | None) -> Scorer:
-    """The user's metric if given, else the trained zoo model's own, else the output-cosine proxy."""
+    """The user's metric if given, else the trained zoo model's own, else the output-agreement proxy.
+
+    ``feeds`` are the samples that score: the held-out part of the calibration data.
+    """
     if metric:
         load_metric(metric)  # fail now, in the parent, with a message naming --metric
         return Scorer("metric", metric, tuple(feeds))
@@ -170,4 +180,14 @@ def make_scorer(original: bytes, feeds: Sequence[Feeds], metric: str | None, zoo
     from edgec.runtime.session import make_session, run
 
     session = make_session(original, level="all", threads=1)
-    return Scorer("proxy", "", tuple(feeds), tuple(run(session, f) for f in feeds))
+    reference = tuple(run(session, f) for f in feeds)
+    return Scorer("proxy", "", tuple(feeds), reference, _measures(reference))
+
+
+def _measures(reference: Sequence[dict[str, Any]]) -> str:
+    """How the proxy compares each output, read off the original's own outputs."""
+    named = []
+    for a in output_agreement_of(list(reference), list(reference)):
+        sliced = f" per axis-{a.slice_axis} slice" if a.slice_axis is not None else ""
+        named.append(f"{a.output}: {a.measure}{sliced}")
+    return ", ".join(named)

@@ -96,7 +96,7 @@ def test_a_pass_declared_in_a_test_is_searched_on_its_ordered_knob(registered, d
     assert space.default()[KEY] == 0 and space.pipeline(space.default()) == ((), {})  # idle: left out
     assert space.pipeline({KEY: 16}) == ((NAME,), {NAME: {"bits": 16}})
 
-    scorer = make_scorer(proto.SerializeToString(), feeds, None, None)  # output cosine to the original
+    scorer = make_scorer(proto.SerializeToString(), feeds, None, None)  # output agreement with the original
     result = run_search(proto, space, SearchSettings(Objective(max_drop=0.5), budget=8, workers=1),
                         target=target, calibration=feeds, scorer=scorer)
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.compiler.search.accuracy import ProxyTask, output_cosine
+from edgec.compiler.search.accuracy import ProxyTask, output_agreement
 from edgec.compiler.search.executor import LocalExecutor, make_executor
 from edgec.compiler.search.measure import _settled, measure_latencies
 from edgec.core.errors import ConfigError
@@ -61,7 +61,7 @@ def test_local_executor_runs_real_sessions_in_order():
     seen: list[int] = []
     executor = LocalExecutor(workers=2)
     try:
-        scores = executor.map(output_cosine, tasks, on_result=lambda i, _: seen.append(i))
+        scores = executor.map(output_agreement, tasks, on_result=lambda i, _: seen.append(i))
     finally:
         executor.close()
     assert scores[0] == pytest.approx(1.0, abs=1e-6) and scores[1] == pytest.approx(1.0, abs=1e-6)
@@ -76,10 +76,10 @@ def test_dask_executor_matches_local_results():
                                   dashboard_address=None) as cluster:
         executor = make_executor(cluster.scheduler_address)
         try:
-            scores = executor.map(output_cosine, tasks)
+            scores = executor.map(output_agreement, tasks)
         finally:
             executor.close()
-    assert scores == pytest.approx([output_cosine(t) for t in tasks], abs=1e-9)
+    assert scores == pytest.approx([output_agreement(t) for t in tasks], abs=1e-9)
 
 
 def test_bad_scheduler_address_is_a_user_error():
