@@ -1,5 +1,6 @@
 """edgec.core: what every layer shares and that depends on no other part of edgec.
 
 Errors (``errors``), IR conversions and the feeds type (``ir``), model statistics and shape inference
-(``stats``). The layers above it, low to high: targets, runtime, passes and models, compiler.
+(``stats``), and how well two models' outputs agree (``agreement``). The layers above it, low to high:
+targets, runtime, passes and models, compiler.
 """
