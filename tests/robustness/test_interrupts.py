@@ -20,7 +20,11 @@ import pytest
 
 from edgec.models.zoo import get_zoo_model
 
-EDGEC = [sys.executable, "-c", "from edgec.compiler.cli import main; main()"]
+# A process started in the background by a shell without job control inherits SIGINT ignored, and Python
+# then never raises KeyboardInterrupt; the child restores the default so the test does not depend on how
+# the suite was started.
+EDGEC = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from edgec.compiler.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")
