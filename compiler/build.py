@@ -225,15 +225,16 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     check_tensor_sizes(loaded.proto, calib.feeds[0], cfg.model)
     # ORT loads the model and runs the data; declarations its outputs contradict are not passed on. The
     # outputs are the pipeline's reference too (dropping a declared shape changes no value).
-    reference = input_reference(loaded.proto, calib.feeds[:VERIFY_SAMPLES], calib.source, target)
+    # A search builds on the fit part of the data (and scores on the rest), and so does its final pipeline.
+    split = split_calibration(calib.feeds) if cfg.searches else None
+    pipeline_feeds = split.fit if split else calib.feeds
+    reference = input_reference(loaded.proto, pipeline_feeds[:VERIFY_SAMPLES], calib.source, target)
     loaded.notes += drop_contradicted_output_shapes(loaded.proto, reference[0] if reference else {})
-    search, split = None, None
-    if cfg.searches:
-        split = split_calibration(calib.feeds)
+    search = None
+    if split is not None:
         cfg, search = _search(cfg, loaded.proto, zoo, split, target, on_phase)
-        reference = input_reference(loaded.proto, split.fit[:VERIFY_SAMPLES], calib.source, target)
     # A search's choice is built on the part its candidates were built on, so the bundle is the model it scored.
-    ctx = BuildContext(target=target, calibration=split.fit if split else calib.feeds, seed=cfg.seed,
+    ctx = BuildContext(target=target, calibration=pipeline_feeds, seed=cfg.seed,
                        evaluate=zoo.evaluate if zoo is not None and zoo.trained else None,
                        calibration_source=calib.source)
     # A search's report times the model after each pass, to show where the saving comes from.

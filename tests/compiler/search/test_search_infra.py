@@ -32,7 +32,7 @@ def _feeds(n: int = 4) -> tuple[dict[str, np.ndarray], ...]:
 def _tasks() -> list[ProxyTask]:
     feeds = _feeds()
     reference = tuple(run(make_session(_matmul_model(1.0)), f) for f in feeds)
-    # Scaling the weights keeps the cosine at 1; a sign flip on half of them does not.
+    # Scaling the weights keeps the agreement at 1; a sign flip on half of them does not.
     flipped = onnx.load_from_string(_matmul_model(1.0))
     w = numpy_helper.to_array(flipped.graph.initializer[0]).copy()
     w[:8] *= -1
