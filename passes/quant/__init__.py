@@ -5,7 +5,8 @@ writes). ORT's quantization tooling does the quantizing; the other modules are e
 around it: ``static`` and ``calib`` (quantize_static and its data reader), ``placement`` and
 ``int8ops`` (which nodes get int8 on the target), ``sensitivity`` (per-node error ranking),
 ``precision`` (what a target's formats allow), ``lowbit`` (fp8/fp4 rounding), ``pad``, ``attention``
-and ``subgraphs`` (graph shapes ORT's quantizer cannot take as they are), ``analysis`` and ``common``.
+and ``subgraphs`` (graph shapes ORT's quantizer cannot take as they are), ``concat_ranges`` (Concats whose
+inputs' ranges one int8 scale cannot hold), ``analysis`` and ``common``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import onnx_ir as ir
 from edgec.core.errors import CalibrationError, ConfigError, UnsupportedOpError
 from edgec.core.ir import to_proto
 from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
-from edgec.passes.quant import int8ops, placement, static, subgraphs
+from edgec.passes.quant import concat_ranges, int8ops, placement, static, subgraphs
 from edgec.passes.quant import sensitivity as sens
 from edgec.passes.quant.analysis import explain
 from edgec.passes.quant.calib import check_finite_outputs, checked_feeds
@@ -47,6 +47,9 @@ class QuantizeInt8Config:
     ``int8_rewrites`` turns on the exact float rewrites that let ORT keep mobile CNNs int8
     (HardSwish/HardSigmoid/ReduceMean, depthwise widths padded to the target's channel multiple), and
     the one that keeps SiLU float as a single QuickGelu where the target's first EP runs it.
+    ``concat_range_ratio``: a Concat whose inputs' ranges on the calibration feeds differ more than this many
+    times stays float, with every node after it (one int8 scale cannot hold pixels and probabilities); ``inf``
+    turns the rule off.
     """
 
     method: Literal["auto", "static", "dynamic"] = "auto"
@@ -63,6 +66,7 @@ class QuantizeInt8Config:
     max_drop: float | None = None
     max_recovery_steps: int = 8
     sensitivity_plot: str = ""
+    concat_range_ratio: float = concat_ranges.MAX_RANGE_RATIO
 
 
 @register_pass("quantize-int8")
@@ -120,6 +124,9 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         require_format(self.ctx, INT8_QDQ, self.name)
         if self.config.keep_float < 0:
             raise ConfigError(f"pass {self.name!r}: keep_float must be 0 or more, not {self.config.keep_float}")
+        if not self.config.concat_range_ratio >= 1:
+            raise ConfigError(f"pass {self.name!r}: concat_range_ratio must be 1 or more (inf: off), "
+                              f"not {self.config.concat_range_ratio}")
         feeds = checked_feeds(proto, self.ctx.calibration, self.config.samples, self.name)
         check_finite_outputs(proto, feeds, self.name)
         if self.config.per_channel:
@@ -164,7 +171,7 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         onnx.save(pre_proto, str(pre))
         opts = self._options()
         counter = iter(range(10**6))
-        frozen = self._keep_bodies_float(pre_proto)
+        frozen = [*self._keep_bodies_float(pre_proto), *self._keep_mixed_concats_float(pre_proto, feeds)]
 
         def build(exclude: list[str], only: list[str] | None = None) -> onnx.ModelProto:
             out = folder / f"q{next(counter)}.onnx"
@@ -199,6 +206,24 @@ class QuantizeInt8Pass(EdgecPass[QuantizeInt8Config]):
         if frozen:
             self.record(kept_float_for_subgraphs=sorted(frozen))
         return sorted(frozen)
+
+    def _keep_mixed_concats_float(self, pre: onnx.ModelProto, feeds: list) -> list[str]:
+        """Note each Concat whose inputs' ranges differ too much for one scale; return it and the nodes after it.
+
+        ORT quantizes a Concat's output on one scale (see concat_ranges); left float, each input keeps its own.
+        """
+        limit = self.config.concat_range_ratio
+        mixed = concat_ranges.mixed_range_concats(pre, feeds, limit)
+        for concat in mixed:
+            spans = ", ".join(f"{name} {span:.3g}" for name, span in concat.spans.items())
+            after = f"; the {len(concat.downstream)} nodes after it too" if concat.downstream else ""
+            self.skip(concat.node, f"Concat kept float: its inputs' ranges differ {concat.ratio:.3g}x (over "
+                                   f"{limit:g}x; spans {spans}), too much for one int8 scale{after}")
+        if mixed:
+            self.record(float_concats=[{"node": c.node, "range_ratio": round(c.ratio, 2),
+                                        "spans": {k: round(v, 4) for k, v in c.spans.items()},
+                                        "kept_float_after": len(c.downstream)} for c in mixed])
+        return sorted({name for c in mixed for name in (c.node, *c.downstream)})
 
     def _rewrite(self, pre: onnx.ModelProto) -> onnx.ModelProto:
         """Exact float rewrites so that ORT finds int8 kernels for every op (see _quant_int8ops, _quant_pad)."""
