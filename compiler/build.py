@@ -28,6 +28,7 @@ from edgec.compiler.search.orchestrate import DEFAULT_BUDGET, SearchResult, Sear
 from edgec.compiler.search.space import build_space
 from edgec.compiler.search.strategy import STRATEGIES
 from edgec.core.errors import BundleError, ConfigError, ModelLoadError, UnsupportedOpError
+from edgec.core.ir import Feeds
 from edgec.passes.base import EdgecPass, available_passes, create_pass
 from edgec.passes.context import BuildContext
 from edgec.runtime.bundle import write_bundle
@@ -101,9 +102,12 @@ def _check_output(cfg: BuildConfig) -> None:
                               "choose another output path")
 
 
-def _measure(original: onnx.ModelProto, result: PipelineResult, ctx: BuildContext) -> dict[str, Any]:
-    """Whole-build figures: output error end to end, host latency before/after, task metric."""
-    metrics: dict[str, Any] = {"calibration_samples": len(ctx.calibration)}
+def _measure(original: onnx.ModelProto, result: PipelineResult, ctx: BuildContext, samples: int) -> dict[str, Any]:
+    """Whole-build figures: output error end to end, host latency before/after, task metric.
+
+    ``samples``: how many calibration samples were loaded (the passes may have seen only the fit part).
+    """
+    metrics: dict[str, Any] = {"calibration_samples": samples}
     original_bytes, final_bytes = original.SerializeToString(), result.model.SerializeToString()
     if ctx.calibration:
         errors = compare_outputs(result.input_outputs, result.outputs)
@@ -167,21 +171,80 @@ def _trained_zoo_name(zoo: Any) -> str | None:
     return zoo.name if zoo is not None and zoo.trained else None
 
 
-def _split_scores(cfg: BuildConfig, original: bytes, final: bytes, split: CalibrationSplit, zoo: Any
-                  ) -> dict[str, Any]:
-    """The chosen model's score on both parts of the calibration data, and the split.
+NO_SPLIT = "none: no lossy pass"
 
-    The held-out score is the one the search ranked by; the fit score shows how much the fitted parts
-    (quantization ranges, recovery, ReplaceMe) flatter on the data they were fitted to. A trained zoo
-    model is scored on its own evaluation split instead, which neither part touches.
+
+def _split_for(cfg: BuildConfig, feeds: list[Feeds]) -> tuple[CalibrationSplit | None, str]:
+    """How the build splits its calibration data, and a warning when it cannot hold any out.
+
+    None when no pass fits anything to it (no search, no lossy pass). An unknown pass name counts as lossless
+    here: planning the passes names it as an error.
     """
+    passes = available_passes()
+    lossy = any(passes[name].tolerance.lossy for name in cfg.passes if name in passes)
+    if not (cfg.searches or lossy):
+        return None, ""
+    split = split_calibration(feeds)
+    asked = None if cfg.searches or split.in_sample else _samples_asked(cfg, passes)
+    if asked is None or asked[1] <= len(split.fit):
+        return split, ""
+    # A pass that needs more samples than the fit part holds would fail on data that sufficed before the
+    # split: it gets them all (and names a shortfall itself), and the scores are labelled in-sample.
+    name, n = asked
+    enough = next(k for k in range(n + 1, 4 * n + 4) if len(split_calibration([{}] * k).fit) >= n)
+    why = (f"{name} asks for {n} calibration samples and {len(feeds)} were given: none held out, so the accuracy "
+           f"on calibration samples is in-sample (give {enough} or more for a held-out score)")
+    return CalibrationSplit(list(feeds), list(feeds), in_sample=True, held_out_indices=tuple(range(len(feeds)))), why
+
+
+def _samples_asked(cfg: BuildConfig, passes: dict[str, type[EdgecPass[Any]]]) -> tuple[str, int] | None:
+    """The pass asking for the most calibration samples (its config's ``samples``), and how many."""
+    asked = []
+    for name in cfg.passes:
+        fields = {f.name: f for f in dataclasses.fields(passes[name].config_cls)} if name in passes else {}
+        if "samples" in fields:
+            n = _pass_options(cfg, name).get("samples", fields["samples"].default)
+            if isinstance(n, int) and not isinstance(n, bool):
+                asked.append((n, name))
+    return (max(asked)[1], max(asked)[0]) if asked else None
+
+
+def _calibration_scores(cfg: BuildConfig, original: bytes, final: bytes, samples: int, split: CalibrationSplit | None,
+                        task: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """``metrics.calibration``: the split, and the final model's score on each part of the calibration data.
+
+    The held-out score is the honest one (a search ranked by it); the fit score shows how much the fitted
+    parts (quantization ranges, recovery, ReplaceMe) flatter on the data they were fitted to. Both use the
+    search's scorer on the samples (``--metric`` or the output-agreement proxy). ``task``: a trained zoo
+    model's own metric and its ``metrics.accuracy``, on its evaluation split, which neither part touches.
+    """
+    if split is None:
+        return {"split": NO_SPLIT, "samples": samples}
     out: dict[str, Any] = {"split": split.to_json()}
-    if _trained_zoo_name(zoo) is not None:
-        return out
-    for part, feeds in (("held_out", split.held_out), ("fit", split.fit)):
-        scorer = make_scorer(original, feeds, cfg.metric, None)
-        out[part] = {"before": scorer.score(original), "after": scorer.score(final), "metric": scorer.label}
+    if split.held_out:
+        out["held_out"] = _part_score(cfg, original, final, split.held_out)
+        # One sample is both parts: the same figure, scored once.
+        out["fit"] = out["held_out"] if split.in_sample else _part_score(cfg, original, final, split.fit)
+    if task is not None and all(task[1].get(k) for k in ("before", "after")):
+        name, accuracy = task
+        out["task"] = {k: next(iter(accuracy[k].values())) for k in ("before", "after")}
+        out["task"]["metric"] = make_scorer(original, (), None, name).label
     return out
+
+
+def _part_score(cfg: BuildConfig, original: bytes, final: bytes, feeds: list[Feeds]) -> dict[str, Any]:
+    scorer = make_scorer(original, feeds, cfg.metric, None)
+    return {"before": scorer.score(original), "after": scorer.score(final), "metric": scorer.label}
+
+
+def _search_calibration(scores: dict[str, Any], zoo: Any) -> dict[str, Any]:
+    """``metrics.search.calibration``: the split and the part scores the search ranked by.
+
+    A trained zoo model's search ranked by its own evaluation split instead, so only the split is given.
+    """
+    if _trained_zoo_name(zoo) is not None:
+        return {"split": scores["split"]}
+    return {k: v for k, v in scores.items() if k in ("split", "held_out", "fit")}
 
 
 def search_settings(cfg: BuildConfig) -> SearchSettings:
@@ -196,12 +259,16 @@ def search_settings(cfg: BuildConfig) -> SearchSettings:
         raise ConfigError(f"--latency-ms: expected a positive number of milliseconds, got {cfg.latency_ms!r}")
     if cfg.budget is not None and (isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int) or cfg.budget < 1):
         raise ConfigError(f"--budget: expected a whole number of candidates >= 1, got {cfg.budget!r}")
+    if cfg.layer_budget is not None and (isinstance(cfg.layer_budget, bool) or not isinstance(cfg.layer_budget, int)
+                                         or cfg.layer_budget < 0):
+        raise ConfigError(f"--layer-budget: expected a whole number of candidates >= 0, got {cfg.layer_budget!r}")
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}")
     if cfg.device_file is not None and not Path(cfg.device_file).is_file():
         raise ConfigError(f"--device-file {cfg.device_file}: no such file")
     return SearchSettings(Objective(cfg.latency_ms, cfg.max_drop), cfg.budget or DEFAULT_BUDGET, cfg.strategy,
-                          cfg.scheduler, device_file=cfg.device_file, seed=cfg.seed, latency_ratio=cfg.latency_ratio)
+                          cfg.scheduler, device_file=cfg.device_file, seed=cfg.seed, latency_ratio=cfg.latency_ratio,
+                          layer_budget=cfg.layer_budget)
 
 
 def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None) -> BuildResult:
@@ -225,13 +292,14 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     check_tensor_sizes(loaded.proto, calib.feeds[0], cfg.model)
     # ORT loads the model and runs the data; declarations its outputs contradict are not passed on. The
     # outputs are the pipeline's reference too (dropping a declared shape changes no value).
-    # A search builds on the fit part of the data (and scores on the rest), and so does its final pipeline.
-    split = split_calibration(calib.feeds) if cfg.searches else None
+    # A search, or a pipeline with a lossy pass, builds on the fit part of the data and is scored on the rest
+    # (a search's final pipeline too); lossless passes fit nothing and verify on every sample.
+    split, split_warning = _split_for(cfg, calib.feeds)
     pipeline_feeds = split.fit if split else calib.feeds
     reference = input_reference(loaded.proto, pipeline_feeds[:VERIFY_SAMPLES], calib.source, target)
     loaded.notes += drop_contradicted_output_shapes(loaded.proto, reference[0] if reference else {})
     search = None
-    if split is not None:
+    if split is not None and cfg.searches:
         cfg, search = _search(cfg, loaded.proto, zoo, split, target, on_phase)
     # A search's choice is built on the part its candidates were built on, so the bundle is the model it scored.
     ctx = BuildContext(target=target, calibration=pipeline_feeds, seed=cfg.seed,
@@ -242,19 +310,25 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     keep_stage = None if search is None else lambda name, proto: stages.append((name, proto.SerializeToString()))
     result = run_pipeline(loaded.proto, _plan_passes(cfg, ctx), ctx, on_pass=lambda n: on_phase(f"pass {n}"),
                           on_model=keep_stage, reference=reference)
-    warnings = [*weight_warnings, *calib.warnings, *check_target_ops(result.model, target)]
+    warnings = [*weight_warnings, *calib.warnings, *([split_warning] if split_warning else []),
+                *check_target_ops(result.model, target)]
     if warnings and cfg.strict:
         raise ConfigError(f"--strict: {warnings[0]}")
     on_phase("measuring")
-    metrics = _measure(loaded.proto, result, ctx)
+    metrics = _measure(loaded.proto, result, ctx, len(calib.feeds))
+    if split is not None:
+        on_phase("scoring on held-out calibration samples")
+    metrics["calibration"] = _calibration_scores(
+        cfg, loaded.proto.SerializeToString(), result.model.SerializeToString(), len(calib.feeds), split,
+        (zoo.name, metrics["accuracy"]) if "accuracy" in metrics and zoo is not None else None)
+    if split_warning:
+        metrics["calibration"]["split"]["reason"] = split_warning
     sidecars: dict[str, Any] = {}
     if search is not None:
         on_phase("measuring the chosen candidate")
         metrics["search"], sidecars = search_report.summarise(cfg, search, loaded.proto, result.model, target,
                                                               calib.feeds[0], stages)
-        assert split is not None  # a search always splits
-        metrics["search"]["calibration"] = _split_scores(cfg, loaded.proto.SerializeToString(),
-                                                         result.model.SerializeToString(), split, zoo)
+        metrics["search"]["calibration"] = _search_calibration(metrics["calibration"], zoo)
         warnings += search.warnings
     on_phase("writing bundle")
     # One stored sample per distinct calibration shape (write_bundle keeps the first of each), so that

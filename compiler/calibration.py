@@ -67,7 +67,7 @@ class CalibrationSet:
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationSplit:
-    """Calibration samples split for a search: ``fit`` builds candidates, ``held_out`` only scores them.
+    """Calibration samples split for a search or a lossy build: ``fit`` builds, ``held_out`` only scores.
 
     ``in_sample`` is True when there were too few samples to hold any out: then both parts are the same
     samples, and the scores they give flatter (say so in the report).
@@ -76,11 +76,13 @@ class CalibrationSplit:
     fit: list[Feeds]
     held_out: list[Feeds]
     in_sample: bool
+    # Positions of the held-out samples in the calibration data, so a reader can tell which ones scored.
+    held_out_indices: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's record of the split."""
         return {"fit": len(self.fit), "held_out": len(self.held_out), "in_sample": self.in_sample,
-                "rule": HELD_OUT_RULE}
+                "held_out_indices": list(self.held_out_indices), "rule": HELD_OUT_RULE}
 
 
 # Every 4th sample is held out, so the held-out part spans the whole file (a folder sorted by class keeps
@@ -92,12 +94,13 @@ HELD_OUT_RULE = f"every {HELD_OUT_EVERY}th sample (the last one when there are f
 def split_calibration(feeds: list[Feeds]) -> CalibrationSplit:
     """Hold out every 4th sample (the last of 2-3) for scoring; one sample is both parts, flagged in-sample."""
     if len(feeds) < 2:
-        return CalibrationSplit(list(feeds), list(feeds), in_sample=True)
+        return CalibrationSplit(list(feeds), list(feeds), in_sample=True, held_out_indices=tuple(range(len(feeds))))
     if len(feeds) < HELD_OUT_EVERY:
-        return CalibrationSplit(feeds[:-1], feeds[-1:], in_sample=False)
+        return CalibrationSplit(feeds[:-1], feeds[-1:], in_sample=False, held_out_indices=(len(feeds) - 1,))
     held = [i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 for i in range(len(feeds))]
     return CalibrationSplit([f for f, h in zip(feeds, held, strict=True) if not h],
-                            [f for f, h in zip(feeds, held, strict=True) if h], in_sample=False)
+                            [f for f, h in zip(feeds, held, strict=True) if h], in_sample=False,
+                            held_out_indices=tuple(i for i, h in enumerate(held) if h))
 
 
 def load_calibration(spec: str | None, model: onnx.ModelProto, *, zoo_feeds: list[Feeds] | None = None,

@@ -69,6 +69,22 @@ def pass_table(records: Iterable[Any]) -> Table:
     return table
 
 
+def calibration_line(entry: dict[str, Any]) -> str:
+    """One line on ``metrics.calibration``: the score on the held-out samples, and on those fitted to.
+
+    Empty when nothing was split (no lossy pass) or nothing scored.
+    """
+    split, held, fit = entry.get("split"), entry.get("held_out"), entry.get("fit")
+    if not isinstance(split, dict) or not held or not fit:
+        return ""
+    if split["in_sample"]:
+        return (f"accuracy on calibration samples the passes were also fitted on (in-sample: it flatters): "
+                f"{held['before']:.4f} -> {held['after']:.4f} ({split['held_out']} samples); {held['metric']}")
+    return (f"accuracy on held-out calibration samples: {held['before']:.4f} -> {held['after']:.4f} "
+            f"({split['held_out']} samples; fit on {split['fit']}, where it scores {fit['after']:.4f}); "
+            f"{held['metric']}")
+
+
 def print_build(console: Console, result: Any) -> None:
     """The human summary of a build."""
     for note in result.notes:
@@ -84,6 +100,9 @@ def print_build(console: Console, result: Any) -> None:
     if "accuracy" in m:
         for key, before in (m["accuracy"]["before"] or {}).items():
             console.print(f"{key}: {before:.4f} -> {m['accuracy']['after'][key]:.4f}")
+    line = calibration_line(m.get("calibration") or {})
+    if line:
+        console.print(escape(line), soft_wrap=True)  # one line, however long the measures' names
     console.print(f"bundle written: [bold]{escape(str(result.bundle))}[/] (target {result.target})")
 
 
