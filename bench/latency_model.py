@@ -1,19 +1,23 @@
 """Bench: the search's latency predictor against measured latency of held-out configurations on this host.
 
 A device file is swept on this host (edgec.runtime.devices.export_device_file) from the unpruned zoo
-models and from Convs at scaled channel widths. For each model family the predictor is calibrated on
+models and from Convs at scaled channel widths. For each model family the predictor is first used as
+the device file alone gives it (no calibration: every configuration is held out), then calibrated on
 unpruned models only, in two ways: the fp32 model alone (then the int8 model is held out too), and
-the fp32 and int8 models (one scale per precision). It then predicts held-out configurations it
-never saw: channel-pruned variants at ratios 0.1..0.6 in both modes, the int8 model (first way) and
-pruned int8 models. All variants of a family are timed in one interleaved run
-(edgec.compiler.search.measure.measure_latencies, 1 intra-op thread, ORT_ENABLE_ALL). Writes the
-``## Latency model`` section of bench/RESULTS.md and bench/plots/latency_model.png.
+the fp32 and int8 models (one scale per precision). Calibration is ``LatencyModel.calibrate`` on
+(model, measured ms) pairs, the call the search's ``CalibratedLatency`` makes with its host timings.
+It then predicts held-out configurations it never saw: channel-pruned variants at ratios 0.1..0.6 in
+both modes, the int8 model (first way) and pruned int8 models. All variants of a family are timed in
+one interleaved run (edgec.compiler.search.measure.measure_latencies, 1 intra-op thread,
+ORT_ENABLE_ALL). Writes the ``## Latency model`` section of bench/RESULTS.md and
+bench/plots/latency_model.png (``--no-write``: only logs the figures, for a reduced run).
 
     .venv/bin/python bench/latency_model.py [--models resnet18,mobilenetv2,efficientnet-b0,bert-like]
-        [--work /tmp/edgec-latency-bench]
+        [--sweep-models NAME,...] [--work /tmp/edgec-latency-bench] [--no-write]
 
 ``--work`` keeps the device file, the variants and the measurements; a second run reuses them
-(``--remeasure`` forces new timings).
+(``--remeasure`` forces new timings). A reduced run (a few minutes on 2 cores):
+``--models resnet18,mobilenetv2 --sweep-models resnet18,mobilenetv2 --work /tmp/edgec-latency-small --no-write``.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ TRANSFORMERS = ("bert-like", "minilm")
 SWEEP_MODELS = (*MODELS, "resnet50", "mobilenetv3-large", "densenet121", "mnist-resnet", "minilm")
 SCALED_FROM = ("resnet18", "mobilenetv2", "efficientnet-b0", "resnet50", "mobilenetv3-large")
 SCALE_FACTORS = (0.45, 0.7)
-# Which unpruned variants calibrate a family: fp32 alone, or fp32 and int8 (one scale per precision).
-CALIBRATIONS = {"fp32 calibration": ("fp32",), "fp32 + int8 calibration": ("fp32", "int8")}
+# Which unpruned variants calibrate a family: none (the device file alone), fp32 alone, or fp32 and int8
+# (one scale per precision).
+CALIBRATIONS = {"no calibration": (), "fp32 calibration": ("fp32",), "fp32 + int8 calibration": ("fp32", "int8")}
 
 
 def _build(name: str, passes: list[tuple[str, dict]]) -> bytes:
@@ -106,7 +111,7 @@ def family(name: str, work: pathlib.Path, remeasure: bool) -> dict:
 
 
 def predict_family(model: LatencyModel, doc: dict, calibration: tuple[str, ...] = ("fp32",)) -> list[dict]:
-    """Calibrate on the family's ``calibration`` variants (unpruned), then predict every other one."""
+    """Calibrate on the family's ``calibration`` variants (unpruned; none: uncalibrated), then predict the rest."""
     variants = doc["variants"]
     protos = [onnx.load(v["path"]) for v in variants]
     model.calibrate([(p, v["median_ms"]) for v, p in zip(variants, protos, strict=True)
@@ -158,8 +163,10 @@ def _section(modes: dict[str, list[dict]], command: str) -> str:
     lines = [SECTION, "", f"Command: `{command}`", "",
              "Device file swept on this host from the unpruned zoo models (resnet18, mobilenetv2, efficientnet-b0, "
              "bert-like, resnet50, mobilenetv3-large, densenet121, mnist-resnet, minilm) plus Convs at 0.45x and "
-             "0.7x channel widths. Each family is calibrated on its unpruned model(s) only; every other "
-             "configuration is held out. All variants of a family are measured in one interleaved run "
+             "0.7x channel widths. Each family is calibrated (LatencyModel.calibrate, as the search calibrates "
+             "on its host timings) on its unpruned model(s) only, and every other configuration is held out; "
+             "with no calibration the device file alone predicts, and every configuration counts as held out. "
+             "All variants of a family are measured in one interleaved run "
              "(measure_latencies, >= 15 rounds); the machine was shared with other jobs.", ""]
     for mode, rows in modes.items():
         held = [r for r in rows if r["held_out"]]
@@ -187,18 +194,18 @@ def _section(modes: dict[str, list[dict]], command: str) -> str:
     return "\n".join(lines)
 
 
-def device_file(work: pathlib.Path) -> pathlib.Path:
+def device_file(work: pathlib.Path, sweep: tuple[str, ...] = SWEEP_MODELS) -> pathlib.Path:
     """The host's device file: the zoo's op shapes plus Convs at scaled channel counts (other families' too)."""
     path = work / "host.json"
     if path.exists():
         return path
     extra = []
-    for name in SCALED_FROM:
+    for name in (n for n in SCALED_FROM if n in sweep):
         for factor in SCALE_FACTORS:
             out = work / f"scaled_{name}_{factor}.onnx"
             onnx.save(scaled_conv_model(onnx.load(str(get_zoo_model(name).onnx_path())), factor), out)
             extra.append(str(out))
-    export_device_file("local", path, target="cpu-x86", models=load_sweep_models([*SWEEP_MODELS, *extra]),
+    export_device_file("local", path, target="cpu-x86", models=load_sweep_models([*sweep, *extra]),
                        max_per_op=400, runs=20,
                        warmup=3)
     return path
@@ -208,18 +215,29 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--work", default="/tmp/edgec-latency-bench")
+    parser.add_argument("--sweep-models", default=",".join(SWEEP_MODELS),
+                        help="zoo models whose op shapes the device file sweeps (and scales, where listed)")
     parser.add_argument("--remeasure", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="log the figures; leave RESULTS.md and the plot")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    predictor = LatencyModel(load_device_file(device_file(work)))
+    predictor = LatencyModel(load_device_file(device_file(work, tuple(args.sweep_models.split(",")))))
     docs = [family(name, work, args.remeasure) for name in args.models.split(",")]
     modes = {mode: [row for doc in docs for row in predict_family(predictor, doc, calibration)]
              for mode, calibration in CALIBRATIONS.items()}
     for mode, rows in modes.items():
         held = [r for r in rows if r["held_out"]]
-        log.info("%s: %d/%d within 10%%", mode, sum(abs(r["error"]) <= 0.10 for r in held), len(held))
+        errors = sorted(abs(r["error"]) for r in held)
+        log.info("%s: %d/%d within 10%%, median |error| %.1f%%", mode, sum(e <= 0.10 for e in errors), len(held),
+                 100 * errors[len(errors) // 2])
+    if args.no_write:
+        for parts in zip(*modes.values(), strict=True):
+            log.info("%s %s: measured %.2f ms; %s", parts[0]["model"], parts[0]["label"], parts[0]["measured"],
+                     "; ".join(f"{m} {r['predicted']:.2f} ({r['error']:+.1%})" for m, r in zip(modes, parts,
+                                                                                                 strict=True)))
+        return
     _plot(modes)
     command = "PYTHONHASHSEED=0 .venv/bin/python bench/latency_model.py " + " ".join(argv or sys.argv[1:])
     write_section(_section(modes, command.strip()))

@@ -3,8 +3,9 @@
 yolo-det's ``output0`` concatenates box coordinates (pixels, 0-800) and 20 class probabilities (0-1). With one
 int8 scale for the Concat (the rule off: ``concat_range_ratio = inf``) the class scores collapse; with the rule
 the Concat stays float. Both int8 models are built with ``placement = "all"`` (the placement race would keep
-this model fp32 on a host where int8 does not pay). Prints the ``### Mixed-range Concat (yolo-det)`` subsection
-of bench/RESULTS.md; ``--write`` puts it there (at the end of ``## Quantization``).
+this model fp32 on a host where int8 does not pay). Prints the ``## Quantization: mixed-range Concat (yolo-det)``
+section of bench/RESULTS.md; ``--write`` puts it there (a section of its own: bench/quantization.py rewrites
+``## Quantization`` whole).
 
     .venv/bin/python bench/mixed_range_concat.py [--calib 8] [--eval 16] [--min-rounds 20] [--skip-others] [--write]
 """
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 
 import numpy as np
 import onnx
-from _results import RESULTS  # noqa: E402  (bench/ is on sys.path when run)
+from _results import write_section  # noqa: E402  (bench/ is on sys.path when run)
 
 from edgec.compiler.pipeline import run_pipeline
 from edgec.compiler.search.measure import measure_latencies
@@ -29,7 +29,7 @@ from edgec.passes.quant.concat_ranges import mixed_range_concats
 from edgec.runtime.session import make_session, run
 from edgec.targets.registry import get_target
 
-HEADING = "### Mixed-range Concat (yolo-det)"
+HEADING = "## Quantization: mixed-range Concat (yolo-det)"
 OFF = {"concat_range_ratio": float("inf")}
 
 
@@ -131,20 +131,6 @@ def render(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    """Replace the subsection in bench/RESULTS.md, or add it at the end of ``## Quantization``."""
-    text = RESULTS.read_text()
-    own = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^##|\Z)", re.S | re.M)
-    if own.search(text):
-        text = own.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        end = re.compile(r"^## Quantization\n.*?(?=^## |\Z)", re.S | re.M).search(text)
-        if end is None:
-            raise SystemExit(f"{RESULTS}: no '## Quantization' section to add {HEADING!r} to")
-        text = text[:end.end()].rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n\n" + text[end.end():]
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     """Parse the options, measure, print the subsection (and write it with ``--write``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -152,13 +138,13 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=16, help="held-out feeds (zoo 'eval' split)")
     parser.add_argument("--min-rounds", type=int, default=20, help="interleaved timing rounds, at least")
     parser.add_argument("--skip-others", action="store_true", help="skip the resnet18/mobilenetv2/mnist-resnet check")
-    parser.add_argument("--write", action="store_true", help="write the subsection into bench/RESULTS.md")
+    parser.add_argument("--write", action="store_true", help="write the section into bench/RESULTS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     section = render(args)
     print(section)  # noqa: T201 - a bench script's output
     if args.write:
-        write(section)
+        write_section(section)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,8 @@ _TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extrac
               "timed in the same interleaved rounds (robust to a busy host; e.g. 0.5 for twice as fast).")
 @click.option("--budget", type=click.IntRange(1), help="Search: candidate builds at most (default 24); with "
               "--max-drop alone, searches for the fastest model within the drop.")
+@click.option("--layer-budget", type=click.IntRange(0), help="Search: further builds that refine per-layer widths "
+              "around the best uniform choice under a latency target (default half of --budget; 0: none).")
 @click.option("--strategy", type=click.Choice(["guided", "random"]), help="Search strategy (default guided).")
 @click.option("--scheduler", help="Search: build candidates on a dask cluster at tcp://HOST:PORT (the dist extra).")
 @click.option("--metric", help="Search: accuracy as package.module:function(model_bytes, feeds) -> float.")
@@ -283,8 +285,8 @@ def profile(source: str, runs: int, warmup: int, threads: int, task: str | None,
                                    ssh_config=cfg, timeout_s=timeout_s, big_cores=big_cores)
         if export_device:
             doc = export_device_file(dev, export_device, models=load_sweep_models(), target=source,
-                                     python=device_python, ssh_config=cfg,
-                                     timeout_s=max(timeout_s, 1800))
+                                     python=device_python, ssh_config=cfg, timeout_s=max(timeout_s, 1800),
+                                     runner=str(runner) if runner else None, big_cores=big_cores)
             result["device_file"] = {"path": str(export_device), "entries": len(doc["entries"])}
     else:
         from edgec.compiler.inspect import profile_source

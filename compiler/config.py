@@ -19,6 +19,7 @@ Each CLI flag maps to exactly one field. A flag given on the command line wins o
     latency-ms = 2.5             # most accurate model within this latency on the target
     # latency-ratio = 0.5        # or: within this fraction of the original's latency, timed alongside it
     budget = 24                  # candidate builds at most
+    layer-budget = 12            # per-layer widths: further builds after the uniform search (default budget / 2)
     strategy = "guided"          # or "random"
     scheduler = "tcp://host:8786"
     metric = "pkg.module:function"
@@ -44,6 +45,7 @@ _TOP_KEYS = {"model", "target", "task", "passes", "pass-options", "calibration",
 _CALIB_KEYS = {"source", "samples", "image", "tokenizer", "allow-nonfinite"}
 _IMAGE_KEYS = {"size", "mean", "std", "layout", "channels"}
 _SEARCH_KEYS = {"latency-ms": "latency_ms", "latency-ratio": "latency_ratio", "budget": "budget",
+                "layer-budget": "layer_budget",
                 "strategy": "strategy", "scheduler": "scheduler", "metric": "metric", "device-file": "device_file"}
 
 
@@ -71,6 +73,7 @@ class BuildConfig:
     latency_ms: float | None = None
     latency_ratio: float | None = None
     budget: int | None = None
+    layer_budget: int | None = None
     strategy: str = "guided"
     scheduler: str | None = None
     metric: str | None = None

@@ -43,6 +43,9 @@ class Knob:
             value builds the same model), set per model by ``refine_knobs``; empty when unknown.
         label: how a candidate's short description names a value other than ``idle_at`` (a format string);
             empty: not named.
+        per_layer: the option takes one of ``choices`` per layer of the model, as (layer, value) pairs
+            (``idle_at`` is ``()``, no override): the search explores it layer by layer after the uniform
+            knobs (``EdgecPass.layer_levels`` names the layers and how each node's work scales with them).
     """
 
     choices: tuple[Any, ...]
@@ -53,6 +56,48 @@ class Knob:
     timing_dependent: tuple[Any, ...] = ()
     breakpoints: tuple[float, ...] = ()
     label: str = ""
+    per_layer: bool = False
+
+
+# One factor of a node's work: the share of its channels no layer changes, and (layer index, share) pairs.
+WorkFactor = tuple[float, tuple[tuple[int, float], ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerLevels:
+    """A per-layer knob on one model: its layers, the value each takes, and how node work follows them.
+
+    ``kept[i][k]`` is the share of layer i's channels a build keeps at ``levels[k]`` (rounding included).
+    ``scaling`` maps node names to the factors of their work: a node's work at a choice of levels is the
+    product over its factors of (fixed share + sum of share * kept), so a Conv reading layer a and writing
+    layer b scales with kept(a) * kept(b). ``traffic`` likewise maps nodes to the factor of the values they
+    write (bytes moved). Nodes absent from both are not changed by the knob.
+    """
+
+    layers: tuple[str, ...]
+    widths: tuple[int, ...]
+    levels: tuple[float, ...]
+    kept: tuple[tuple[float, ...], ...]
+    scaling: Mapping[str, tuple[WorkFactor, ...]]
+    traffic: Mapping[str, WorkFactor]
+
+    @staticmethod
+    def share(factor: WorkFactor, kept: Callable[[int], float]) -> float:
+        """A factor's kept share, ``kept(layer index)`` the share each layer keeps."""
+        fixed, parts = factor
+        return fixed + sum(share * kept(layer) for layer, share in parts)
+
+    def work(self, node: str, kept: Callable[[int], float]) -> float:
+        """The share of ``node``'s arithmetic left when each layer keeps ``kept(layer)`` of its channels."""
+        out = 1.0
+        for factor in self.scaling.get(node, ()):
+            out *= self.share(factor, kept)
+        return out
+
+    def moved(self, node: str, kept: Callable[[int], float]) -> float:
+        """The share of the bytes ``node`` writes that is left."""
+        factor = self.traffic.get(node)
+        return 1.0 if factor is None else self.share(factor, kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +136,16 @@ class EdgecPass(ir.passes.InPlacePass, Generic[ConfigT]):
     def refine_knobs(cls, proto: onnx.ModelProto, target: TargetProfile) -> Mapping[str, Knob]:
         """The ``search_space`` fitted to one model and target (choices it cannot take removed, breakpoints)."""
         return cls.search_space
+
+    @classmethod
+    def layer_levels(cls, proto: onnx.ModelProto, target: TargetProfile, feeds: Mapping[str, Any] | None,
+                     option: str, levels: tuple[float, ...], options: Mapping[str, Any]) -> LayerLevels | None:
+        """The layers of the ``per_layer`` knob ``option`` on ``proto``, each able to take every one of ``levels``.
+
+        ``options`` are the pass's other options in the candidate refined; ``feeds`` fix symbolic shapes for
+        the analysis. None where the model has no such layers, or those options leave the knob no effect.
+        """
+        return None
 
     @classmethod
     def precision_pass(cls, proto: onnx.ModelProto, target: TargetProfile) -> type[EdgecPass[Any]] | None:

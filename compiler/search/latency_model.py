@@ -22,6 +22,7 @@ measured to predicted latency, so measured results correct the kernel tables' sy
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import statistics
 from collections.abc import Iterable, Sequence
@@ -30,8 +31,11 @@ from typing import Any, cast
 import numpy as np
 import onnx
 
+from edgec.compiler.search.measure import HostLatency
+from edgec.core.ir import Feeds
 from edgec.core.stats import node_flops, value_shapes
 from edgec.runtime.devices.sweep import DeviceLatencyTable, load_device_file
+from edgec.targets.profile import TargetProfile
 
 _ELEMENTWISE_FALLBACK = ("Add", "Mul", "Relu", "Clip", "Sigmoid")
 # Ops ORT removes or folds at load time: they cost nothing at run time.
@@ -226,6 +230,85 @@ class PredictedLatency:
     def ratios(self, models: Sequence[bytes], min_rounds: int = 0) -> list[float]:
         """Each model's predicted latency over the original's (``min_rounds``: unused, nothing is timed)."""
         return [self._predict(m) / self.baseline_ms for m in models]
+
+
+class CalibratedLatency:
+    """A device file's prediction calibrated on this host's timings: a ``LatencySource`` for host targets.
+
+    When the target is this host its latency can be measured, so the kernel tables' error need not
+    stand: the original is timed (as ``HostLatency`` times it) and calibrates the model before any
+    candidate is priced, and a model asked for again, which only the search's confirmation of a
+    choice does, is timed in a pair with the original, and every measurement so far recalibrates
+    the model (``LatencyModel.calibrate``), so later predictions use them all. A candidate is
+    otherwise priced, not timed: its predicted latency over the original's, both under the current
+    calibration, times the original's measured latency.
+    """
+
+    measured = True  # a choice is timed again (on the target, this host) before it is accepted
+
+    def __init__(self, original: bytes, feeds: Feeds, target: TargetProfile, device_file: str) -> None:
+        self.model = LatencyModel(load_device_file(device_file))
+        self.host = HostLatency(original, feeds, target)
+        self.original = onnx.load_from_string(original)
+        self.original_digest = _digest(original)
+        # digest -> (model, its measured ratios to the original, its prediction before it was measured)
+        self.timed: dict[str, tuple[onnx.ModelProto, list[float], float]] = {}
+        self._priced: set[str] = set()  # digests of the models predicted so far
+        self._record(self.original_digest, self.original, 1.0)
+        self.label = (f"predicted for device {self.model.device} from {device_file}, calibrated on this host's "
+                      f"timings ({target.intra_op_num_threads} thread(s))")
+
+    @property
+    def baseline_ms(self) -> float:
+        """The original's measured latency: the median of its medians over every timing."""
+        return self.host.baseline_ms
+
+    def ratios(self, models: Sequence[bytes], min_rounds: int = 5) -> list[float]:
+        """Each model's latency over the original's: predicted, or timed when asked for a second time."""
+        out = []
+        for model in models:
+            digest, proto = _digest(model), onnx.load_from_string(model)
+            if digest in self.timed or digest in self._priced:
+                ((base_ms, model_ms),) = self.host.timings([model], min_rounds)
+                self._record(digest, proto, model_ms / base_ms)
+                out.append(model_ms / base_ms)
+            else:
+                self._priced.add(digest)
+                out.append(self.model.predict(proto).total_ms / self._original_ms)
+        return out
+
+    def pairs(self) -> list[tuple[onnx.ModelProto, float]]:
+        """(model, measured ms) of every timed model: its median ratio times the original's latency."""
+        return [(proto, statistics.median(ratios) * self.baseline_ms) for proto, ratios, _ in self.timed.values()]
+
+    def _record(self, digest: str, proto: onnx.ModelProto, ratio: float) -> None:
+        if digest not in self.timed:
+            self.timed[digest] = (proto, [], self.model.predict(proto).total_ms)
+        self.timed[digest][1].append(ratio)
+        self.model.calibrate(self.pairs())
+        self._original_ms = self.model.predict(self.original).total_ms  # under the new calibration
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """For the report: the pairs, the fitted scales, and each timed model's measured and predicted ms.
+
+        ``timings``: how often the model was timed (``measured_ms``: the median); ``uncalibrated_ms``: the
+        kernel tables alone; ``before_ms``: what the search predicted before the model was timed;
+        ``after_ms``: the prediction calibrated on every timing.
+        """
+        rows = []
+        for (digest, (proto, ratios, before)), (_, measured_ms) in zip(self.timed.items(), self.pairs(),
+                                                                        strict=True):
+            rows.append({"model": "original" if digest == self.original_digest else digest,
+                         "timings": len(ratios), "measured_ms": measured_ms,
+                         "uncalibrated_ms": sum(self.model._by_precision(proto).values()) + self.model.overhead_ms,
+                         "before_ms": before, "after_ms": self.model.predict(proto).total_ms})
+        return {"pairs": len(rows), "scale": self.model.scale, "scales": dict(self.model.scales),
+                "overhead_ms": self.model.overhead_ms, "models": rows}
+
+
+def _digest(model: bytes) -> str:
+    return hashlib.sha256(model).hexdigest()
 
 
 def _precision(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> str:

@@ -101,10 +101,14 @@ class HostLatency:
         the original's time base is the same throughout (a model timed alone keeps more of its
         weights in cache: ResNet-50 alone ran ~10% faster than alternating with another).
         """
+        return [model_ms / base_ms for base_ms, model_ms in self.timings(models, min_rounds)]
+
+    def timings(self, models: Sequence[bytes], min_rounds: int = 5) -> list[tuple[float, float]]:
+        """(the original's ms, the model's ms) of each model, timed in a pair as ``ratios`` times them."""
         out = []
         for model in models:
             base, timed = measure_latencies([self.original, model], self.feeds, min_rounds=min_rounds,
                                             threads=self.threads, level=self.level)
             self.original_ms.append(base.median_ms)
-            out.append(timed.median_ms / base.median_ms)
+            out.append((base.median_ms, timed.median_ms))
         return out

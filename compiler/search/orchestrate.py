@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -39,7 +40,8 @@ from edgec.compiler.search.evaluate import (
     build_and_score,
 )
 from edgec.compiler.search.executor import Executor, make_executor
-from edgec.compiler.search.latency_model import PredictedLatency
+from edgec.compiler.search.latency_model import CalibratedLatency, PredictedLatency
+from edgec.compiler.search.layers import LayerEvolution, LayerPhase, fit_cost, offspring_evaluations, prepare
 from edgec.compiler.search.measure import HostLatency, LatencySource
 from edgec.compiler.search.objective import HEADROOM, Evaluation, Objective
 from edgec.compiler.search.pareto import describe
@@ -52,6 +54,8 @@ from edgec.targets.profile import TargetProfile
 log = logging.getLogger(__name__)
 DEFAULT_BUDGET = 24
 DEFAULT_WORKERS = 2
+# Evaluations of the per-layer phase, as a share of the uniform search's budget (``--layer-budget`` sets it).
+LAYER_SHARE = 0.5
 CONFIRMATIONS = 3  # choices re-timed at most; then the best confirmed one that still fits is taken
 CONFIRM_ROUNDS = 12  # interleaved rounds of a confirmation (a search timing runs 5 or more)
 
@@ -74,6 +78,13 @@ class SearchSettings:
     # The latency target as a fraction of the original's, both timed here in the same rounds: free of
     # the drift a shared host puts between an absolute target and the search's own measurements.
     latency_ratio: float | None = None
+    # Evaluations of the per-layer phase (``compiler.search.layers``); None: ``LAYER_SHARE`` of the budget.
+    layer_budget: int | None = None
+
+    @property
+    def layer_evaluations(self) -> int:
+        """The per-layer phase's budget."""
+        return int(self.budget * LAYER_SHARE) if self.layer_budget is None else self.layer_budget
 
 
 @dataclasses.dataclass
@@ -93,6 +104,8 @@ class SearchResult:
     warnings: list[str]
     # Choices timed again before one was accepted: candidate label, ratio in the search, ratio again.
     confirmations: list[dict] = dataclasses.field(default_factory=list)
+    # The per-layer phase, when one ran: its layers and levels, to describe a per-layer choice.
+    layer_phase: LayerPhase | None = None
 
     @property
     def latency_source(self) -> str:
@@ -102,7 +115,12 @@ class SearchResult:
 
 def latency_source(original: bytes, feeds: Feeds, target: TargetProfile, device_file: str | None,
                    warnings: list[str]) -> LatencySource:
-    """The target's latency: measured for host targets, predicted from a device file, else measured here."""
+    """The target's latency: predicted from a device file, else measured here.
+
+    A device file for a host target is calibrated on the original's and the confirmed choices' host timings.
+    """
+    if device_file is not None and target.host_measurable:
+        return CalibratedLatency(original, feeds, target, device_file)
     if device_file is not None:
         return PredictedLatency(original, device_file)
     if not target.host_measurable:
@@ -167,6 +185,9 @@ class SearchRun:
     models: _ModelCache = dataclasses.field(default_factory=_ModelCache)
     confirmations: list[dict] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # Digests whose latency is the per-layer cost model's, not a timing: a confirmation replaces it.
+    priced: set[str] = dataclasses.field(default_factory=set)
+    layer_phases: list[LayerPhase] = dataclasses.field(default_factory=list)
 
     def tasks(self, candidates: Sequence[dict]) -> list[CandidateTask]:
         """The builds of ``candidates``' pipelines, indexed in order."""
@@ -270,7 +291,50 @@ def _confirmed(run: SearchRun, evaluations: list[Evaluation]) -> tuple[list[Eval
         (again,) = latency.ratios([model], min_rounds=CONFIRM_ROUNDS)
         run.confirmations.append({"candidate": describe(chosen.candidate), "digest": chosen.model_digest,
                                   "search_ratio": timed[chosen.model_digest], "again_ratio": again})
-        timed[chosen.model_digest] = (timed[chosen.model_digest] + again) / 2
+        previous = timed[chosen.model_digest]
+        timed[chosen.model_digest] = again if chosen.model_digest in run.priced else (previous + again) / 2
+        run.priced.discard(chosen.model_digest)
+
+
+def _layer_phase(run: SearchRun, evaluations: list[Evaluation], objective: Objective,
+                 target: TargetProfile) -> list[Evaluation]:
+    """Per-layer levels around the best uniform candidate (``compiler.search.layers``); their evaluations.
+
+    Offspring are built and scored like any candidate, and priced by the per-layer cost model; the
+    choice among them is timed before it is accepted (``_confirmed``).
+    """
+    budget = run.settings.layer_evaluations
+    if budget <= 0:
+        return []
+    feeds = run.context.calibration[0]
+    # On the latest reference: a candidate the first rounds timed over the target may fit now.
+    evaluations = _rescaled(evaluations, run.timed, run.latency.baseline_ms)
+    objective = _objective(run.settings, run.latency.baseline_ms)
+    phase = prepare(run.space, evaluations, objective, run.context.model, target, feeds)
+    if phase is None:
+        return []
+    run.layer_phases.append(phase)
+    cost = fit_cost(phase, evaluations, run.context.model, feeds)
+    evolution = LayerEvolution(phase, cost, random.Random(run.settings.seed))
+    out: list[Evaluation] = []
+    run.progress.budget += budget
+    while len(out) < budget:
+        choices = evolution.propose(min(2 * run.settings.workers, budget - len(out)))
+        if not choices:
+            break
+        outcomes = run.executor.map(build_and_score, run.tasks([phase.candidate(c) for c in choices]))
+        results = offspring_evaluations(phase, cost, choices, outcomes, run.baseline_accuracy)
+        for result, outcome in zip(results, outcomes, strict=True):
+            if result.ok and result.model_digest not in run.timed:
+                run.timed[result.model_digest] = result.ms / run.latency.baseline_ms
+                run.priced.add(result.model_digest)
+            if outcome.model is not None and result.ok:
+                run.models.offer(result.model_digest, outcome.model, result.accuracy, result.ms, objective.latency_ms)
+        evolution.select([(c, r.accuracy) for c, r in zip(choices, results, strict=True)])
+        out += results
+        run.progress.done += len(results)
+        run.progress.update(" (per-layer widths)")
+    return out
 
 
 def _rebuild(run: SearchRun, chosen: Evaluation) -> bytes | None:
@@ -315,6 +379,7 @@ def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSe
             if best is not None:
                 progress.best = f"{best.accuracy:.4g} at {best.latency_ms:.3g} ms"
             progress.update()
+        evaluations += _layer_phase(run, evaluations, objective, target)
         internal = [e for e in evaluations if e.error.startswith(INTERNAL_ERROR)]
         if internal:
             warnings.append(f"{len(internal)} candidate(s) failed with an internal error (a bug; logged), e.g. "
@@ -328,4 +393,5 @@ def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSe
         raise _unreachable(objective, evaluations, target.name, settings.latency_ratio, latency.baseline_ms)
     return SearchResult(evaluations, chosen, objective, settings.strategy, settings.budget,
                         latency.baseline_ms, baseline_accuracy, latency, scorer.label,
-                        time.perf_counter() - progress.start, warnings, run.confirmations)
+                        time.perf_counter() - progress.start, warnings, run.confirmations,
+                        run.layer_phases[0] if run.layer_phases else None)

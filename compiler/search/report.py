@@ -4,8 +4,8 @@ The bundle format lists every file it holds (the loader refuses others), so the 
 next to the bundle, named after it: ``OUT.search-choice.toml`` (``edgec build --config`` on it
 rebuilds the chosen model exactly) and ``OUT.pareto.png``. The manifest's ``metrics.search`` holds
 the summary: objective, budget and evaluations, the Pareto front, the chosen candidate's
-latency as the search estimated it and as measured again on the final bundle model, and each
-pass's share of the saving.
+latency as the search estimated it and as measured again on the final bundle model, each
+pass's share of the saving, and (a device file on a host target) the latency model's calibration.
 
 Pass shares: the original and the model after each pass that changed it are timed in one
 interleaved run (``measure_latencies``), so host drift hits every stage alike; a pass's share is
@@ -24,6 +24,7 @@ from typing import Any
 import onnx
 
 from edgec.compiler.config import BuildConfig
+from edgec.compiler.search.layers import layer_summary, plot_layers
 from edgec.compiler.search.measure import Measurement, measure_latencies
 from edgec.compiler.search.objective import HEADROOM
 from edgec.compiler.search.orchestrate import SearchResult
@@ -35,7 +36,8 @@ from edgec.targets.profile import TargetProfile
 def sidecar_paths(output: Path) -> dict[str, Path]:
     """Where the chosen config and the plot go: next to the bundle, named after it."""
     return {"choice": output.with_name(f"{output.name}.search-choice.toml"),
-            "plot": output.with_name(f"{output.name}.pareto.png")}
+            "plot": output.with_name(f"{output.name}.pareto.png"),
+            "layers": output.with_name(f"{output.name}.layers.png")}
 
 
 # Below this share of the original's latency, the whole saving is within timing noise: no shares.
@@ -183,10 +185,20 @@ def summarise(cfg: BuildConfig, search: SearchResult, original: onnx.ModelProto,
                         "build_s": round(e.build_s, 2), "error": e.error or None, "knobs": e.candidate,
                         "digest": e.model_digest or None}
                        for e in search.evaluations],
-        "files": {name: path.name for name, path in paths.items()},
+        "files": {name: path.name for name, path in paths.items() if name != "layers" or search.layer_phase},
     }
-    if not search.latency.measured:
+    if search.layer_phase is not None:
+        # Per layer of the chosen model: its width and what it keeps (all at the uniform ratio unless a
+        # per-layer candidate won), and how many per-layer candidates were tried.
+        summary["layers"] = {"knob": search.layer_phase.knob.key,
+                             "evaluated": sum(bool(e.candidate.get(search.layer_phase.knob.key))
+                                              for e in search.evaluations),
+                             "chosen": layer_summary(search.layer_phase, chosen.candidate)}
+    calibration = getattr(search.latency, "calibration", None)  # a device file calibrated on host timings
+    if not search.latency.measured or calibration is not None:
         summary["chosen"]["latency_ms"]["predicted_by"] = search.latency_source
+    if calibration is not None:
+        summary["latency_calibration"] = calibration
     return summary, {"choice": choice_text(cfg, search)}
 
 
@@ -209,4 +221,10 @@ def write_sidecars(cfg: BuildConfig, search: SearchResult, contents: dict[str, A
     _atomic_write(paths["plot"], lambda p: plot_front(p, search.evaluations, search.chosen,
                                                       target_ms=search.objective.latency_ms,
                                                       metric=search.metric, title=title))
+    if search.layer_phase is None:
+        paths.pop("layers").unlink(missing_ok=True)  # an earlier build's chart would describe another model
+        return paths
+    rows = layer_summary(search.layer_phase, search.chosen.candidate)
+    _atomic_write(paths["layers"], lambda p: plot_layers(p, rows, f"{cfg.model}: channels per layer "
+                                                                  f"({describe(search.chosen.candidate)})"))
     return paths

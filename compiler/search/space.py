@@ -40,6 +40,8 @@ class SearchKnob:
     # the same model); empty when unknown.
     breakpoints: tuple[float, ...] = ()
     idle_at: Any = None
+    # One of ``choices`` per layer, as sorted (layer, value) pairs; () overrides none.
+    per_layer: bool = False
 
     @property
     def key(self) -> str:
@@ -64,10 +66,17 @@ class SearchSpace:
     passes: tuple[str, ...]
     knobs: tuple[SearchKnob, ...]
     precision_passes: Mapping[str, str]
+    # Per-layer knobs: explored after the uniform knobs (``compiler.search.layers``), never sampled.
+    layer_knobs: tuple[SearchKnob, ...] = ()
+
+    @property
+    def all_knobs(self) -> tuple[SearchKnob, ...]:
+        """Uniform and per-layer knobs."""
+        return self.knobs + self.layer_knobs
 
     def knob(self, key: str) -> SearchKnob | None:
         """The knob with this candidate key, if the space has it."""
-        return next((k for k in self.knobs if k.key == key), None)
+        return next((k for k in self.all_knobs if k.key == key), None)
 
     def default(self) -> Candidate:
         """The prior candidate: ordered knobs at their smallest value, fp32, every categorical at its prior."""
@@ -75,7 +84,7 @@ class SearchSpace:
 
     def _idle(self, name: str, candidate: Mapping[str, Any]) -> bool:
         """Whether pass ``name`` changes nothing for this candidate: it has idle knobs and all are idle."""
-        idle = [k for k in self.knobs if k.pass_name == name and k.idle_at is not None]
+        idle = [k for k in self.all_knobs if k.pass_name == name and k.idle_at is not None]
         return bool(idle) and all(candidate.get(k.key, k.idle_at) == k.idle_at for k in idle)
 
     def active_passes(self, candidate: Mapping[str, Any]) -> list[str]:
@@ -101,8 +110,8 @@ class SearchSpace:
         for knob in self.knobs:
             if knob.continuous and knob.key in out:
                 out[knob.key] = round(float(out[knob.key]), KNOB_DECIMALS)
-        for knob in self.knobs:
-            if not self.applicable(knob, out):
+        for knob in self.all_knobs:
+            if (knob.key in out or not knob.per_layer) and not self.applicable(knob, out):
                 out[knob.key] = knob.default
         return out
 
@@ -113,6 +122,9 @@ class SearchSpace:
         for knob in self.knobs:
             if knob.pass_name in passes:
                 options.setdefault(knob.pass_name, {})[knob.option] = candidate[knob.key]
+        for knob in self.layer_knobs:
+            if knob.pass_name in passes and candidate.get(knob.key):
+                options.setdefault(knob.pass_name, {})[knob.option] = dict(candidate[knob.key])
         return tuple(passes), options
 
     def sample(self, rng: random.Random) -> Candidate:
@@ -143,6 +155,9 @@ def _pass_knobs(cls: type[EdgecPass[Any]], proto: onnx.ModelProto, target: Targe
     for option, declared in cls.refine_knobs(proto, target).items():
         choices = tuple(c for c in declared.choices if c not in declared.timing_dependent)
         if not choices:
+            continue
+        if declared.per_layer:
+            knobs.append(SearchKnob(cls.name, option, choices, (), idle_at=(), per_layer=True))
             continue
         default = declared.prior if declared.prior is not None else defaults.get(option)
         if declared.ordered:
@@ -181,9 +196,10 @@ def build_space(passes: Sequence[str], proto: onnx.ModelProto, target: TargetPro
         knobs.extend(_pass_knobs(registry[name], proto, target))
     for name in dict.fromkeys(precisions.values()):
         knobs.extend(_pass_knobs(registry[name], proto, target))
-    if not any(len(k.choices) > 1 or k.continuous for k in knobs):
+    if not any(len(k.choices) > 1 or k.continuous for k in knobs if not k.per_layer):
         raise _nothing_to_search(passes, registry)
-    return SearchSpace(tuple(pipeline), tuple(knobs), precisions)
+    return SearchSpace(tuple(pipeline), tuple(k for k in knobs if not k.per_layer), precisions,
+                       tuple(k for k in knobs if k.per_layer))
 
 
 def _toml_value(value: Any) -> str:
@@ -198,12 +214,17 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _toml_key(key: str) -> str:
+    """A bare TOML key where it may be one, else quoted (node names hold slashes, dots and colons)."""
+    return key if key and all(c.isalnum() or c in "_-" for c in key) else _toml_value(key)
+
+
 def _toml_table(name: str, table: Mapping[str, Any]) -> list[str]:
     lines = [f"[{name}]"]
     nested = {k: v for k, v in table.items() if isinstance(v, Mapping)}
-    lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if k not in nested]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if k not in nested]
     for key, sub in nested.items():
-        lines += ["", *_toml_table(f"{name}.{key}", sub)]
+        lines += ["", *_toml_table(f"{name}.{_toml_key(key)}", sub)]
     return lines
 
 

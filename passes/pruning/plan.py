@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -197,7 +197,8 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
 
 def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float], mode: str,
               importance: str, multiple: int, input_ms: dict[str, np.ndarray] | None = None,
-              allocation: str = "budgeted", rounding: str = "up") -> Plan:
+              allocation: str = "budgeted", rounding: str = "up",
+              group_ratios: Mapping[int, float] | None = None) -> Plan:
     """Choose live channels and consumer reads; frozen groups keep every channel live.
 
     ``input_ms`` (consumer input value -> feature mean squares) is needed by ``activation`` importance.
@@ -206,7 +207,8 @@ def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float
     ratio's worth of channels, as UPSCALE publishes it; ``global`` prices MACs once for the whole
     model (either mode), the total matching the uniform constrained plan at the ratios.
     ``rounding`` (``round_keep``) applies to constrained per-group plans; the budgets of the other
-    allocations round by value to the nearest multiple.
+    allocations round by value to the nearest multiple. ``group_ratios`` (group -> ratio) overrides
+    ``ratio_of`` for every reader of those groups: per-layer widths, one level per channel group.
     """
     if importance == "activation" and input_ms is None:
         raise ValueError("activation importance needs the consumers' input mean squares")
@@ -216,12 +218,17 @@ def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float
               for c in cg.consumers}
     group_score = {g: np.zeros(cg.space_sizes[g]) for g in scales}
     group_ratio: dict[int, float] = {}
+    overrides = dict(group_ratios or {})
+
+    def ratio_in(node: str, g: int) -> float:
+        return overrides.get(g, ratio_of(node))
+
     for c in cg.consumers:
         for (g, i), s in zip(positions(cg, c.layout), _unit(scores[c.node]), strict=True):
             group_score[g][i] += s
-            group_ratio[g] = min(group_ratio.get(g, 1.0), ratio_of(c.node))
+            group_ratio[g] = min(group_ratio.get(g, 1.0), ratio_in(c.node, g))
     if allocation == "global":
-        return _global_plan(model, cg, ratio_of, scores, multiple, shared=mode == "constrained")
+        return _global_plan(model, cg, ratio_in, scores, multiple, shared=mode == "constrained")
     multiples = group_multiples(cg, multiple)
     if mode == "constrained":
         live = {g: np.arange(cg.space_sizes[g]) if g in frozen or g not in group_ratio else
@@ -229,7 +236,7 @@ def make_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float
                 for g in scales}
         reads = {c.node: _reads_of_live(cg, c, live) for c in cg.consumers}
         return Plan(live, reads)
-    return _unconstrained_plan(model, cg, ratio_of, scores, multiple, allocation == "budgeted")
+    return _unconstrained_plan(model, cg, ratio_in, scores, multiple, allocation == "budgeted")
 
 
 def group_multiples(cg: ChannelGraph, multiple: int) -> dict[int, int]:
@@ -273,7 +280,7 @@ def channel_macs(model: ir.Model, cg: ChannelGraph) -> dict[int, float]:
     return macs
 
 
-def _group_problems(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float],
+def _group_problems(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str, int], float],
                     scores: dict[str, np.ndarray], multiple: int, energy: bool,
                     ) -> tuple[list[int], list[GroupProblem], list[list[tuple[str, np.ndarray]]]]:
     """Per read group: its id, its problem, and (consumer, positions in the consumer's input) per reader.
@@ -292,7 +299,7 @@ def _group_problems(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str],
     for g, items in members.items():
         readers = []
         for c, pos in items:
-            ratio = ratio_of(c.node)
+            ratio = ratio_of(c.node, g)
             value = scores[c.node] ** 2 / max(float((scores[c.node] ** 2).sum()), 1e-30) if energy \
                 else _unit(scores[c.node])
             cols = np.array([i for _, i in positions(cg, c.layout)])[pos]
@@ -317,14 +324,14 @@ def _assemble(cg: ChannelGraph, ids: list[int], where: list[list[tuple[str, np.n
     return Plan(live, reads_of)
 
 
-def _unconstrained_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float],
+def _unconstrained_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str, int], float],
                         scores: dict[str, np.ndarray], multiple: int, budgeted: bool) -> Plan:
     """Per group, ``_prune_budget.solve_group`` (budgeted) or each consumer's own best reads."""
     ids, problems, where = _group_problems(model, cg, ratio_of, scores, multiple, energy=False)
     multiples = group_multiples(cg, multiple)
     solve = (lambda g, p: solve_group(p.size, p.channel_cost, p.readers, p.frozen, multiples[g])) if budgeted \
         else (lambda g, p: own_reads(p.size, p.readers, p.frozen, multiples[g]))
-    solutions = [_shared_choice(p, min(ratio_of(node) for node, _ in items), multiples[g]) if _repeated(p)
+    solutions = [_shared_choice(p, min(ratio_of(node, g) for node, _ in items), multiples[g]) if _repeated(p)
                  else solve(g, p) for g, p, items in zip(ids, problems, where, strict=True)]
     return _assemble(cg, ids, where, solutions)
 
@@ -348,12 +355,12 @@ def _shared_choice(problem: GroupProblem, ratio: float, multiple: int) -> tuple[
     return live, [np.flatnonzero(np.isin(r.channels, live)) for r in problem.readers]
 
 
-def _global_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str], float],
+def _global_plan(model: ir.Model, cg: ChannelGraph, ratio_of: Callable[[str, int], float],
                  scores: dict[str, np.ndarray], multiple: int, shared: bool) -> Plan:
     """One MAC price for the whole model (``_prune_budget.solve_global``), shared masks or not."""
     ids, problems, where = _group_problems(model, cg, ratio_of, scores, multiple, energy=True)
     multiples = group_multiples(cg, multiple)
-    solutions = [_shared_choice(p, min(ratio_of(node) for node, _ in items), multiples[g]) if _repeated(p) else sol
+    solutions = [_shared_choice(p, min(ratio_of(node, g) for node, _ in items), multiples[g]) if _repeated(p) else sol
                  for g, p, items, sol in zip(ids, problems, where, solve_global(problems, shared, multiple),
                                              strict=True)]
     return _assemble(cg, ids, where, solutions)

@@ -14,10 +14,11 @@ import onnx_ir.passes.common as common
 
 from edgec.core.errors import CalibrationError, ConfigError, UnsupportedOpError
 from edgec.core.ir import clone
-from edgec.passes.base import EdgecPass, Knob, Tolerance, register_pass
+from edgec.passes.base import EdgecPass, Knob, LayerLevels, Tolerance, register_pass
 from edgec.passes.pruning.channel_export import Selection, apply_plan, choose_orders, selections
 from edgec.passes.pruning.channel_graph import analyze
 from edgec.passes.pruning.heads import prune_attention_heads
+from edgec.passes.pruning.layers import LEVELS, group_names, layer_levels
 from edgec.passes.pruning.plan import ROUNDINGS, Plan, input_mean_squares, make_plan, ratio_breakpoints
 from edgec.passes.pruning.records import ChannelGraph
 from edgec.passes.pruning.recovery import METHODS as RECOVERIES
@@ -54,7 +55,9 @@ class PruneChannelsConfig:
     """Options of prune-channels.
 
     ``ratio`` is the fraction of input channels each consumer (Conv/Gemm/MatMul) drops; ``layers``
-    overrides it per consumer node name (0 keeps that consumer whole). ``mode`` picks one mask per
+    overrides it per consumer node name (0 keeps that consumer whole); ``groups`` per channel group, named
+    by a node that computes it (``passes.pruning.layers``: the search's per-layer widths), for every
+    consumer reading that group. ``mode`` picks one mask per
     channel group (constrained) or one per consumer (unconstrained). ``allocation``: ``budgeted``
     (unconstrained only) gives each group the MACs the constrained mask would spend and chooses the
     reads within them (``_prune_budget``); ``per-consumer`` has every consumer read its own ratio's
@@ -74,6 +77,7 @@ class PruneChannelsConfig:
 
     ratio: float = 0.3
     layers: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    groups: Mapping[str, float] = dataclasses.field(default_factory=dict)
     heads: float = 0.0
     mode: str = "unconstrained"
     allocation: str = "budgeted"
@@ -90,6 +94,10 @@ class PruneChannelsConfig:
             raise ConfigError(f"prune-channels: layers must be a table of node name = ratio, got {self.layers!r}")
         for name, value in self.layers.items():
             _check_ratio(value, f"layers.{name}")
+        if not isinstance(self.groups, Mapping):
+            raise ConfigError(f"prune-channels: groups must be a table of node name = ratio, got {self.groups!r}")
+        for name, value in self.groups.items():
+            _check_ratio(value, f"groups.{name}")
         if self.mode not in MODES:
             raise ConfigError(f"prune-channels: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.allocation not in ALLOCATIONS:
@@ -134,6 +142,8 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
         "importance": Knob(("l2", "activation"), prior="activation"),
         "allocation": Knob(ALLOCATIONS),
         "rounding": Knob(("dithered",)),
+        # Per-layer widths: one ratio per channel group, explored by the search around its uniform choice.
+        "groups": Knob(LEVELS, per_layer=True, idle_at=(), label="per-layer widths"),
     }
     # Lossy by design: the pipeline records cosine on calibration data but never fails on it (a
     # random-init model pruned hard can reach a negative cosine); accuracy is the search's job.
@@ -152,6 +162,25 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
         steps = ratio_breakpoints(proto, max(target.channel_multiple, 1), min(ratio.choices), max(ratio.choices),
                                   rounding)
         return {**cls.search_space, "ratio": dataclasses.replace(ratio, breakpoints=steps)}
+
+    @classmethod
+    def layer_levels(cls, proto: onnx.ModelProto, target: TargetProfile, feeds: Mapping[str, Any] | None,
+                     option: str, levels: tuple[float, ...], options: Mapping[str, Any]) -> LayerLevels | None:
+        """The prunable channel groups of ``proto`` as the layers of ``groups``, each able to take ``levels``.
+
+        None under ``allocation = "global"``, which spends one MAC budget over the whole model: a group's
+        ratio then only shifts that budget, and the widths the levels promise would not be built.
+        """
+        if option != "groups" or options.get("allocation") == "global":
+            return None
+        rounding = options.get("rounding", PruneChannelsConfig.rounding)
+        model = ir.serde.deserialize_model(proto)
+        common.ShapeInferencePass()(model)
+        _name_nodes(model)
+        with sample_shapes(model, [feeds] if feeds else []):
+            cg = analyze(model)
+            layers = layer_levels(model, cg, max(target.channel_multiple, 1), levels, rounding)
+        return layers if layers.layers else None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Prune heads, then channels, in place; refit the changed layers when ``recovery`` is on."""
@@ -183,7 +212,7 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
         cfg = self.config
         plan = make_plan(model, cg, lambda node: cfg.layers.get(node, cfg.ratio), cfg.mode, cfg.importance,
                          self.ctx.target.channel_multiple, self._input_mean_squares(model, cg),
-                         allocation=cfg.allocation, rounding=cfg.rounding)
+                         allocation=cfg.allocation, rounding=cfg.rounding, group_ratios=self._group_ratios(cg))
         if not plan.prunes_anything(cg):
             self.record(mode=cfg.mode, channels_before=sum(cg.space_sizes), channels_after=sum(cg.space_sizes))
             return None
@@ -240,6 +269,20 @@ class PruneChannelsPass(EdgecPass[PruneChannelsConfig]):
         if not any(cg.group(s) not in frozen for c in cg.consumers for s in c.layout.pieces):
             first = next(iter(frozen.values()), "no Conv/Gemm/MatMul reads another's output")
             raise UnsupportedOpError(f"prune-channels: nothing prunable in this model (first frozen by {first})")
+
+    def _group_ratios(self, cg: ChannelGraph) -> dict[int, float]:
+        """``groups`` by group id; a name that computes no prunable group is skipped with a note."""
+        by_name = {name: g for g, name in group_names(cg).items()}
+        out = {}
+        for name, ratio in self.config.groups.items():
+            if name in by_name:
+                out[by_name[name]] = ratio
+            else:
+                self.skip(name, "groups: names no prunable channel group (see passes/pruning/layers.py)")
+        if out:
+            self.record(group_ratios={name: self.config.groups[name] for name in self.config.groups
+                                      if name in by_name})
+        return out
 
     def _report_frozen(self, cg: ChannelGraph) -> None:
         for reason in sorted(set(cg.frozen_groups().values())):

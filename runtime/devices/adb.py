@@ -3,7 +3,9 @@
 Phones rarely have Python, so the runner is a binary the user built (``--runner``): ORT's
 ``onnxruntime_perf_test`` for Android arm64. It reads the bundle's sample inputs from
 ``test_data_set_0/input_N.pb`` next to the model, prints percentiles (``-s``) and writes ORT's
-profiler trace (``-p``), which is parsed with the same code as device_runner.py.
+profiler trace (``-p``), which is parsed with the same code as device_runner.py. A latency sweep
+(``edgec profile --export-device``) runs each micro-model the same way (``sweep_on_adb``) and returns what
+device_runner.py returns for a job, so the device file has the same entries as a local or ssh sweep.
 """
 
 from __future__ import annotations
@@ -16,14 +18,20 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import onnx
 from onnx import numpy_helper
 
 from edgec.runtime.devices.device import Device, DeviceError
 from edgec.runtime.devices.device_runner import node_times
 from edgec.runtime.loader import LoadedBundle
+from edgec.runtime.mobile import convert_to_ort, ort_style_for
+from edgec.targets.profile import TargetProfile
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,8 @@ _ADB_FAILURES = (
     ("unauthorized", "the phone has not authorized this computer; accept the prompt on the phone"),
     ("offline", "the device is offline; reconnect it or run `adb kill-server`"),
 )
+EXIT_MARK = "@@edgec-exit="  # appended to a sweep's shell lines: perf_test's exit status, apart from adb's own
+WALL_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms")  # a device file's wall_ms
 _STAT = re.compile(r"^(Min|Max|P50|P90|P95|P99|P999) Latency:\s*([0-9.eE+-]+)\s*s\s*$", re.M)
 _FIELDS = {
     "session_creation_ms": (r"Session creation time cost:\s*([0-9.eE+-]+)\s*s", 1e3),
@@ -149,24 +159,34 @@ def _stage(bundle: LoadedBundle, runner: pathlib.Path, staging: pathlib.Path) ->
     """model/<model file> + model/test_data_set_0/input_N.pb (the layout perf_test reads) + the runner."""
     bundle.check_tensor_io("onnxruntime_perf_test runs", outputs=False)
     model_file = pathlib.PurePosixPath(bundle.manifest["model_file"]).name
-    data_dir = staging / "model" / "test_data_set_0"
-    data_dir.mkdir(parents=True)
+    (staging / "model").mkdir(parents=True)
     (staging / "model" / model_file).write_bytes(bundle.model_bytes())
-    for i, spec in enumerate(bundle.manifest["inputs"]):
-        tensor = numpy_helper.from_array(bundle.sample_inputs[spec["name"]], spec["name"])
-        (data_dir / f"input_{i}.pb").write_bytes(tensor.SerializeToString())
+    names = [spec["name"] for spec in bundle.manifest["inputs"]]
+    _write_test_data(staging / "model", [(name, bundle.sample_inputs[name]) for name in names])
     shutil.copyfile(runner, staging / runner.name)
     return model_file
 
 
+def _write_test_data(model_dir: pathlib.Path, feeds: Sequence[tuple[str, np.ndarray]]) -> None:
+    """``test_data_set_0/input_N.pb`` in the model's input order: the layout perf_test reads."""
+    data_dir = model_dir / "test_data_set_0"
+    data_dir.mkdir(parents=True)
+    for i, (name, array) in enumerate(feeds):
+        (data_dir / f"input_{i}.pb").write_bytes(numpy_helper.from_array(array, name).SerializeToString())
+
+
 def perf_test_command(remote: str, runner: str, model_file: str, *, runs: int, threads: int, level: str,
-                      ep: str, mask: str = "", profile: str = "") -> str:
-    """The shell line that runs onnxruntime_perf_test on the phone (pinned with taskset when ``mask``)."""
+                      ep: str, mask: str = "", profile: str = "", model_dir: str = "model") -> str:
+    """The shell line that runs onnxruntime_perf_test on the phone (pinned with taskset when ``mask``).
+
+    perf_test reads its inputs from ``test_data_set_0`` next to the model, so each model has a folder
+    (``model_dir``, relative to ``remote``).
+    """
     argv = [f"./{runner}", "-m", "times", "-r", str(runs), "-e", ep, "-x", str(threads), "-y", "1",
             "-o", OPT_LEVEL_FLAG[level], "-s"]
     if profile:
         argv += ["-p", profile]
-    argv.append(f"model/{model_file}")
+    argv.append(f"{model_dir}/{model_file}")
     pin = f"taskset {mask} " if mask else ""
     return f"cd {shlex.quote(remote)} && {pin}" + " ".join(shlex.quote(a) for a in argv)
 
@@ -238,3 +258,138 @@ def _cleanup(adb: AdbTransport, remote: str) -> None:
         adb.shell(f"rm -rf {shlex.quote(remote)}")
     except DeviceError as exc:
         log.warning("could not remove %s on %s: %s", remote, adb.device, exc)
+
+
+def open_adb(device: Device, runner: str | None) -> tuple[AdbTransport, pathlib.Path]:
+    """The runner, adb and the phone checked before a sweep builds anything: (adb transport, runner path)."""
+    runner_path = _check_runner(device, runner)
+    adb = AdbTransport(device)
+    adb.adb("get-state")
+    return adb, runner_path
+
+
+def stage_sweep(root: pathlib.Path, tasks: Sequence[dict[str, Any]], files: Mapping[str, bytes],
+                inputs: Mapping[str, np.ndarray], target: TargetProfile) -> tuple[dict[str, str], list[dict]]:
+    """Each sweep task's model in the target's format and its inputs, in ``root/<task id>/``.
+
+    Returns {task id: model file} and the failed tasks' results (a micro-model the .ort converter refuses
+    is a fact for the device file, as a build failure is).
+    """
+    staged, failed = {}, []
+    for task in tasks:
+        folder = root / task["id"]
+        folder.mkdir(parents=True)
+        model = onnx.load_from_string(files[task["model"]])
+        feeds = [(i.name, inputs[f"{task['id']}/{i.name}"]) for i in model.graph.input
+                 if f"{task['id']}/{i.name}" in inputs]
+        try:
+            if target.model_format == "ort":
+                source = folder / "model.onnx"
+                source.write_bytes(files[task["model"]])
+                convert_to_ort(source, folder, target, ort_style_for(model, target))
+                source.unlink()
+                (folder / "required_operators.config").unlink()
+            else:
+                (folder / "model.onnx").write_bytes(files[task["model"]])
+        except Exception as exc:  # recorded in the device file, as a micro-model that cannot be built is
+            shutil.rmtree(folder, ignore_errors=True)
+            failed.append({"id": task["id"], "ok": False, "error": f"ort conversion: {type(exc).__name__}: {exc}"})
+            continue
+        _write_test_data(folder, feeds)
+        staged[task["id"]] = "model.ort" if target.model_format == "ort" else "model.onnx"
+    return staged, failed
+
+
+def sweep_commands(remote: str, runner: str, task: dict[str, Any], model_file: str, *, ep: str,
+                   mask: str = "") -> tuple[str, str]:
+    """The timed and the profiled perf_test lines of one sweep task (its runs, threads and level)."""
+    common = {"threads": int(task["threads"]), "level": task["level"], "ep": ep, "mask": mask,
+              "model_dir": task["id"]}
+    timed = perf_test_command(remote, runner, model_file, runs=int(task["runs"]), **common)
+    profiled = perf_test_command(remote, runner, model_file, runs=int(task["profile_runs"]),
+                                 profile=f"{remote}/{task['id']}/ort_profile", **common)
+    return timed, profiled
+
+
+def sweep_result(task_id: str, status: int, output: str, nodes: Sequence[dict[str, Any]],
+                 device: Device | str = "adb") -> dict[str, Any]:
+    """One task's result as device_runner.py reports it, from perf_test's exit status, stdout and trace."""
+    if status != 0:
+        last = (output.strip().splitlines() or ["no output"])[-1]
+        return {"id": task_id, "ok": False, "error": f"onnxruntime_perf_test exited with {status}: {last}"}
+    try:
+        stats = parse_perf_test_output(output, device)
+    except DeviceError as exc:
+        return {"id": task_id, "ok": False, "error": str(exc)}
+    if not nodes:
+        return {"id": task_id, "ok": False, "error": "the runner wrote no profile trace: no kernel times"}
+    return {"id": task_id, "ok": True, "latency_ms": {k: stats[k] for k in WALL_KEYS if k in stats},
+            "nodes": list(nodes), "providers_used": sorted({n["provider"] for n in nodes})}
+
+
+def status_line(command: str) -> str:
+    """``command`` with its output and exit status on stdout: a failed perf_test is not a failed adb."""
+    return f"{command} 2>&1; echo {EXIT_MARK}$?"
+
+
+def split_status(text: str) -> tuple[int, str]:
+    """(exit status, output) from a ``status_line``'s stdout; -1 when the status is missing."""
+    head, mark, status = text.rpartition(EXIT_MARK)
+    code = status.strip()
+    return (int(code), head) if mark and code.lstrip("-").isdigit() else (-1, text)
+
+
+def _status_shell(adb: AdbTransport, command: str, timeout_s: float) -> tuple[int, str]:
+    """(exit status, output) of a command on the phone; only adb's own failures raise."""
+    return split_status(adb.shell(status_line(command), timeout_s))
+
+
+def sweep_on_adb(adb: AdbTransport, runner_path: pathlib.Path, tasks: Sequence[dict[str, Any]],
+                 files: Mapping[str, bytes], inputs: Mapping[str, np.ndarray], target: TargetProfile, *,
+                 warmup: int, big_cores: bool, timeout_s: float) -> dict[str, Any]:
+    """Run a sweep's micro-models with the user's perf_test: {"environment", "results"} as device_runner.py.
+
+    One push of every model; then per task a timed run and a profiled run, whose trace gives the kernel
+    times. ``warmup`` untimed runs of the first model go first, so the big cores are at speed.
+    """
+    deadline = time.monotonic() + timeout_s
+    env = adb.facts()
+    env["runner"] = runner_path.name
+    mask = env["taskset_mask"] if big_cores else ""
+    ep = next((EP_FLAG[p] for p in target.ep_names if p in EP_FLAG), "cpu")
+    name = f"edgec-sweep-{uuid.uuid4().hex[:12]}"
+    remote = f"{REMOTE_BASE}/{name}"
+    staging = pathlib.Path(tempfile.mkdtemp(prefix="edgec-stage-"))
+    try:
+        staged, results = stage_sweep(staging / name, tasks, files, inputs, target)
+        shutil.copyfile(runner_path, staging / name / runner_path.name)
+        adb.adb("push", str(staging / name), f"{REMOTE_BASE}/", timeout_s=_left(adb, deadline, timeout_s))
+        adb.shell(f"chmod 755 {remote}/{shlex.quote(runner_path.name)}")
+        env["temperatures_c_before"] = adb.temperatures()
+        planned = [(t, *sweep_commands(remote, runner_path.name, t, staged[t["id"]], ep=ep, mask=mask))
+                   for t in tasks if t["id"] in staged]
+        if warmup and planned:
+            first = planned[0][0]
+            warm, _ = sweep_commands(remote, runner_path.name, {**first, "runs": warmup}, staged[first["id"]],
+                                     ep=ep, mask=mask)
+            _status_shell(adb, warm, _left(adb, deadline, timeout_s))
+        for task, timed, profiled in planned:
+            status, output = _status_shell(adb, timed, _left(adb, deadline, timeout_s))
+            nodes: list[dict[str, Any]] = []
+            if status == 0 and _status_shell(adb, profiled, _left(adb, deadline, timeout_s))[0] == 0:
+                nodes = _pull_trace(adb, f"{remote}/{task['id']}", staging)
+            results.append(sweep_result(task["id"], status, output, nodes, adb.device))
+        env["temperatures_c_after"] = adb.temperatures()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        _cleanup(adb, remote)
+    return {"environment": env, "results": results}
+
+
+def _left(adb: AdbTransport, deadline: float, timeout_s: float) -> float:
+    """Seconds left of the sweep's ``timeout_s``; past it, the one-line timeout error."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeviceError(f"{adb.device}: timed out after {timeout_s:.0f} s running the latency sweep; "
+                          "raise --timeout")
+    return left

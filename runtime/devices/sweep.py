@@ -12,6 +12,9 @@ The file (schema ``edgec-device-latency/1``) is what the search's latency model 
 
 ``wall_ms`` is ``session.run`` wall time (it includes ORT's fixed per-run overhead, tens of microseconds);
 ``kernel_ms`` is the sum of the kernels' times from ORT's profiler, which is what a per-node predictor sums.
+Local and ssh devices run the micro-models with device_runner.py; an adb phone runs them with the user's
+``onnxruntime_perf_test`` (``adb.sweep_on_adb``: its statistics give ``wall_ms``, its profiler trace the
+kernels), in the target's model format (``.ort`` for android-arm64).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from edgec.core.errors import ConfigError
 from edgec.core.stats import model_stats
 from edgec.runtime.devices._jobs import INPUTS_FILE, run_job, staging_dir, write_job
 from edgec.runtime.devices._microbench import QDQ_OPS, OpSpec, build_fp32, collect_specs, to_fp16, to_int8_qdq
+from edgec.runtime.devices.adb import open_adb, sweep_on_adb
 from edgec.runtime.devices.api import as_device, transport_for
-from edgec.runtime.devices.device import Device, DeviceError
+from edgec.runtime.devices.device import Device
 from edgec.targets.profile import TargetProfile
 from edgec.targets.registry import get_target
 
@@ -64,8 +68,9 @@ def _variant(spec: OpSpec, precision: str, target: TargetProfile):
     return model, feeds, flops
 
 
-def _tasks(specs: list[OpSpec], precisions: list[str], target: TargetProfile, *, runs: int, warmup: int,
-           threads: int) -> tuple[list[dict], dict, dict, dict[str, dict], list[dict]]:
+def sweep_tasks(specs: list[OpSpec], precisions: list[str], target: TargetProfile, *, runs: int, warmup: int,
+                threads: int) -> tuple[list[dict], dict, dict, dict[str, dict], list[dict]]:
+    """The sweep's jobs: (tasks, inputs by ``<task id>/<input>``, model files, each task's facts, failed builds)."""
     tasks, inputs, files, meta, failed = [], {}, {}, {}, []
     for i, spec in enumerate(specs):
         for precision in precisions:
@@ -101,36 +106,47 @@ def export_device_file(device: str | Device, path: str | os.PathLike[str], *,
                        max_per_op: int = 6, runs: int = 30, warmup: int = 5, threads: int | None = None,
                        python: str | None = None,
                        ssh_config: str | None = None, timeout_s: float = 1800.0,
-                       remote_base: str | None = None) -> dict[str, Any]:
+                       remote_base: str | None = None, runner: str | None = None,
+                       big_cores: bool = True) -> dict[str, Any]:
     """Measure the sweep on ``device`` with ``target``'s session options and write it to ``path``.
 
     ``models`` are (name, model) pairs whose ops and shapes the sweep's micro-models copy (the compiler's
     ``load_sweep_models`` resolves zoo names and paths). ``target`` is a target name or the path of a
-    bundle (its manifest's target is used); default cpu-x86.
+    bundle (its manifest's target is used); default cpu-x86. An adb device needs ``runner`` (an Android
+    build of onnxruntime_perf_test) and is pinned to its big cores unless ``big_cores`` is false.
     """
     dev = as_device(device)
-    if dev.kind == "adb":
-        raise DeviceError(f"{dev}: latency sweeps need python on the device; use an ssh or local device")
     if max_per_op < 1 or runs < 1 or warmup < 0:
         raise ConfigError(f"--export-device: max_per_op and runs must be >= 1 (got {max_per_op}, {runs})")
+    phone = open_adb(dev, runner) if dev.kind == "adb" else None  # its one-line errors before the long build
     profile = get_target(_target_name(target))
     threads = threads or profile.intra_op_num_threads
-    precisions, skipped = _precisions(profile)
     specs = collect_specs(list(models), max_per_op)
-    tasks, inputs, files, meta, failed = _tasks(specs, precisions, profile, runs=runs, warmup=warmup,
-                                                threads=threads)
+    tasks, inputs, files, meta, failed = sweep_tasks(specs, _precisions(profile)[0], profile, runs=runs,
+                                                     warmup=warmup, threads=threads)
     log.info("sweep: %d micro-models (%d could not be built) on %s", len(tasks), len(failed), dev)
-    transport = transport_for(dev, python=python, ssh_config=ssh_config, remote_base=remote_base)
-    with staging_dir() as staging:
-        write_job(staging, tasks, inputs, files, timeout_s)
-        raw = run_job(transport, staging, timeout_s)
-    doc = {"schema": SCHEMA, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-           "device": str(dev), "target": profile.name, "threads": threads,
-           "level": profile.graph_optimization_level, "environment": raw["environment"],
-           "source_models": [name for name, _ in models], "precisions": precisions, "skipped_precisions": skipped,
-           "entries": [_entry(meta[r["id"]], r) for r in raw["results"]] + failed}
+    if phone is not None:
+        raw = sweep_on_adb(*phone, tasks, files, inputs, profile, warmup=warmup, big_cores=big_cores,
+                           timeout_s=timeout_s)
+    else:
+        transport = transport_for(dev, python=python, ssh_config=ssh_config, remote_base=remote_base)
+        with staging_dir() as staging:
+            write_job(staging, tasks, inputs, files, timeout_s)
+            raw = run_job(transport, staging, timeout_s)
+    doc = device_document(str(dev), profile, threads, raw, meta, failed, [name for name, _ in models])
     _write_atomic(pathlib.Path(path), json.dumps(doc, indent=1))
     return doc
+
+
+def device_document(device: str, target: TargetProfile, threads: int, raw: dict[str, Any], meta: dict[str, dict],
+                    failed: list[dict], source_models: list[str]) -> dict[str, Any]:
+    """The device file's document from a runner's ``{"environment", "results"}`` and the tasks' ``meta``."""
+    precisions, skipped = _precisions(target)
+    return {"schema": SCHEMA, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "device": device, "target": target.name, "threads": threads,
+            "level": target.graph_optimization_level, "environment": raw["environment"],
+            "source_models": source_models, "precisions": precisions, "skipped_precisions": skipped,
+            "entries": [_entry(meta[r["id"]], r) for r in raw["results"]] + failed}
 
 
 def _target_name(target: str | None) -> str:
