@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 import onnx
 
 from edgec.compiler.calibration import CalibrationSplit, ImagePreprocess, load_calibration, split_calibration
-from edgec.compiler.config import DEFAULT_PASSES, SEARCH_PASSES, BuildConfig
+from edgec.compiler.config import DEFAULT_PASSES, SEARCH_PASSES, BuildConfig, device_files
 from edgec.compiler.frontend import load_model, parse_input_shapes
 from edgec.compiler.frontend.load import confirm_opset_upgrade
 from edgec.compiler.frontend.normalize import drop_contradicted_output_shapes
@@ -25,8 +26,10 @@ from edgec.compiler.search import report as search_report
 from edgec.compiler.search.evaluate import make_scorer
 from edgec.compiler.search.objective import Objective
 from edgec.compiler.search.orchestrate import DEFAULT_BUDGET, SearchResult, SearchSettings, run_search
+from edgec.compiler.search.shared import SharedBuilds, SharedFinals
 from edgec.compiler.search.space import build_space
 from edgec.compiler.search.strategy import STRATEGIES
+from edgec.compiler.search.target_facts import RecordingTarget
 from edgec.core.errors import BundleError, ConfigError, ModelLoadError, UnsupportedOpError
 from edgec.core.ir import Feeds
 from edgec.passes.base import EdgecPass, available_passes, create_pass
@@ -78,7 +81,7 @@ def check_target_ops(model: onnx.ModelProto, target: TargetProfile) -> list[str]
             f"fall back to {provider}, not {target.ep_names[0]}" for provider, ops in by_provider.items()]
 
 
-def _check_output(cfg: BuildConfig) -> None:
+def check_output(cfg: BuildConfig) -> None:
     """Refuse, before any work, an output path that cannot be written or that would replace an input."""
     out = cfg.output
     if (out.exists() or out.is_symlink()) and not cfg.force:
@@ -147,7 +150,7 @@ def _search_pipeline(cfg: BuildConfig) -> tuple[str, ...]:
 
 
 def _search(cfg: BuildConfig, proto: onnx.ModelProto, zoo: Any, split: CalibrationSplit, target: TargetProfile,
-            on_phase: Callable[[str], None]) -> tuple[BuildConfig, SearchResult]:
+            on_phase: Callable[[str], None], shared: SharedBuilds | None = None) -> tuple[BuildConfig, SearchResult]:
     """Run the search; the config that builds its choice (passes and pass options), and the search result.
 
     Candidates are built on ``split.fit`` and scored on ``split.held_out``.
@@ -161,7 +164,7 @@ def _search(cfg: BuildConfig, proto: onnx.ModelProto, zoo: Any, split: Calibrati
     space = build_space(_search_pipeline(cfg), proto, target)
     scorer = make_scorer(proto.SerializeToString(), split.held_out, cfg.metric, _trained_zoo_name(zoo))
     result = run_search(proto, space, settings, target=target, calibration=split.fit, scorer=scorer,
-                        on_progress=on_phase)
+                        on_progress=on_phase, shared=shared)
     passes, options = space.pipeline(result.chosen.candidate)
     chosen_cfg = dataclasses.replace(cfg, passes=passes, pass_options=options, max_drop=None)
     return chosen_cfg, result
@@ -272,9 +275,39 @@ def search_settings(cfg: BuildConfig) -> SearchSettings:
 
 
 def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None) -> BuildResult:
-    """Build a bundle as ``cfg`` says (searching first when it asks). Raises EdgecError; writes nothing then."""
+    """Build a bundle as ``cfg`` says (searching first when it asks). Raises EdgecError; writes nothing then.
+
+    One target; several (``--target a,b``) make a package: ``edgec.compiler.package.run_package``.
+    """
+    if len(cfg.targets) > 1:
+        raise ConfigError(f"--target {cfg.target}: several targets build a package (compiler.package.run_package)")
     target = get_target(cfg.target)
-    _check_output(cfg)
+    cfg = dataclasses.replace(cfg, device_file=device_files(cfg).get(target.name))
+    check_output(cfg)
+    prepared = prepare_build(cfg, [target], on_phase)
+    return build_for_target(cfg, prepared, target, on_phase)
+
+
+@dataclasses.dataclass
+class PreparedBuild:
+    """What every target of one build shares: the model, its calibration data and split, the ORT reference."""
+
+    loaded: Any  # frontend LoadedModel
+    zoo: Any
+    calib: Any  # calibration CalibrationSet
+    split: CalibrationSplit | None
+    split_warning: str
+    reference: list[dict[str, Any]]
+    weight_warnings: list[str]
+
+    @property
+    def pipeline_feeds(self) -> list[Feeds]:
+        """The samples the passes fit and verify on: the fit part when split, else all."""
+        return self.split.fit if self.split else self.calib.feeds
+
+
+def prepare_build(cfg: BuildConfig, targets: list[TargetProfile], on_phase: Callable[[str], None]) -> PreparedBuild:
+    """Load the model and calibration data once for ``targets``; every node must run on each of them."""
     on_phase("loading model")
     loaded = load_model(cfg.model, parse_input_shapes(cfg.input_shapes) or None, task=cfg.task)
     weight_warnings = nonfinite_weights(loaded.proto)
@@ -288,7 +321,8 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
                              tokenizer_dir=Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else loaded.tokenizer_dir,
                              n=cfg.calib_samples, seed=cfg.seed, allow_nonfinite=cfg.calib_allow_nonfinite)
     loaded = confirm_opset_upgrade(loaded, calib.feeds[:VERIFY_SAMPLES])
-    check_target_ops(loaded.proto, target)
+    for target in targets:
+        check_target_ops(loaded.proto, target)
     check_tensor_sizes(loaded.proto, calib.feeds[0], cfg.model)
     # ORT loads the model and runs the data; declarations its outputs contradict are not passed on. The
     # outputs are the pipeline's reference too (dropping a declared shape changes no value).
@@ -296,21 +330,55 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
     # (a search's final pipeline too); lossless passes fit nothing and verify on every sample.
     split, split_warning = _split_for(cfg, calib.feeds)
     pipeline_feeds = split.fit if split else calib.feeds
-    reference = input_reference(loaded.proto, pipeline_feeds[:VERIFY_SAMPLES], calib.source, target)
+    reference: list[dict[str, Any]] = []
+    for target in targets:  # each target's optimization level must load it; the outputs do not depend on it
+        reference = input_reference(loaded.proto, pipeline_feeds[:VERIFY_SAMPLES], calib.source, target)
     loaded.notes += drop_contradicted_output_shapes(loaded.proto, reference[0] if reference else {})
+    return PreparedBuild(loaded, zoo, calib, split, split_warning, reference, weight_warnings)
+
+
+def _final_pipeline(cfg: BuildConfig, prepared: PreparedBuild, ctx: BuildContext, keep_stages: bool,
+                    on_phase: Callable[[str], None],
+                    finals: SharedFinals | None) -> tuple[PipelineResult, list[tuple[str, bytes]]]:
+    """Run the configured passes (or take an identical earlier target's run); the result and its stages.
+
+    The stages (after each pass, when ``keep_stages``) let a search's report time where the saving comes from.
+    """
+    key = json.dumps([list(cfg.passes), {n: _pass_options(cfg, n) for n in cfg.passes}, cfg.seed],
+                     sort_keys=True, default=repr)
+    taken = finals.take(key, ctx.target) if finals is not None else None
+    if taken is not None:
+        return taken
+    stages: list[tuple[str, bytes]] = []
+    keep_stage = (lambda name, proto: stages.append((name, proto.SerializeToString()))) if keep_stages else None
+    reads: set[str] = set()
+    run_ctx = ctx if finals is None else dataclasses.replace(ctx, target=RecordingTarget(ctx.target, reads))
+    result = run_pipeline(prepared.loaded.proto, _plan_passes(cfg, run_ctx), run_ctx,
+                          on_pass=lambda n: on_phase(f"pass {n}"), on_model=keep_stage, reference=prepared.reference)
+    if finals is not None:
+        finals.keep(key, reads, ctx.target, result, stages)
+    return result, stages
+
+
+def build_for_target(cfg: BuildConfig, prepared: PreparedBuild, target: TargetProfile,
+                     on_phase: Callable[[str], None], shared: SharedBuilds | None = None,
+                     finals: SharedFinals | None = None) -> BuildResult:
+    """Search (when asked), run the passes and write ``cfg.output``'s bundle for one target.
+
+    ``shared`` and ``finals``: builds kept from the other targets of a multi-target build, taken where
+    this target builds identically. ``cfg.device_file`` is this target's file alone.
+    """
+    loaded, zoo, calib, split = prepared.loaded, prepared.zoo, prepared.calib, prepared.split
     search = None
     if split is not None and cfg.searches:
-        cfg, search = _search(cfg, loaded.proto, zoo, split, target, on_phase)
+        cfg, search = _search(cfg, loaded.proto, zoo, split, target, on_phase, shared)
     # A search's choice is built on the part its candidates were built on, so the bundle is the model it scored.
-    ctx = BuildContext(target=target, calibration=pipeline_feeds, seed=cfg.seed,
+    ctx = BuildContext(target=target, calibration=prepared.pipeline_feeds, seed=cfg.seed,
                        evaluate=zoo.evaluate if zoo is not None and zoo.trained else None,
                        calibration_source=calib.source)
-    # A search's report times the model after each pass, to show where the saving comes from.
-    stages: list[tuple[str, bytes]] = []
-    keep_stage = None if search is None else lambda name, proto: stages.append((name, proto.SerializeToString()))
-    result = run_pipeline(loaded.proto, _plan_passes(cfg, ctx), ctx, on_pass=lambda n: on_phase(f"pass {n}"),
-                          on_model=keep_stage, reference=reference)
-    warnings = [*weight_warnings, *calib.warnings, *([split_warning] if split_warning else []),
+    result, stages = _final_pipeline(cfg, prepared, ctx, search is not None, on_phase, finals)
+    split_warning = prepared.split_warning
+    warnings = [*prepared.weight_warnings, *calib.warnings, *([split_warning] if split_warning else []),
                 *check_target_ops(result.model, target)]
     if warnings and cfg.strict:
         raise ConfigError(f"--strict: {warnings[0]}")
@@ -345,7 +413,6 @@ def run_build(cfg: BuildConfig, on_phase: Callable[[str], None] = lambda _: None
         search_report.write_sidecars(cfg, search, sidecars)
     notes = [*loaded.notes, *(f"sensitivity plot: {path}" for path in _sensitivity_plots(cfg.output, result.records))]
     return BuildResult(bundle, target.name, result.records, metrics, notes, warnings)
-
 
 def _sensitivity_plots(output: str | Path, records: list[PassRecord]) -> list[Path]:
     """A bar chart next to the bundle per pass that ranked its nodes by sensitivity: ``OUT.<pass>-sensitivity.png``.

@@ -109,13 +109,14 @@ _TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extrac
 
 @cli.command()
 @click.argument("model", required=False)
-@click.option("--target", help="Device profile (see `edgec targets`).")
+@click.option("--target", help="Device profile (see `edgec targets`), or several comma-separated "
+              "(cpu-x86,android-arm64): one bundle per target in the package folder -o OUT, with OUT/package.json.")
 @click.option("--task", help=_TASK_HELP)
 @click.option("--calib", help="Calibration data: .npz, image folder, text file, or 'random'.")
 @click.option("--passes", "passes", help="Comma-separated passes, e.g. cleanup,fuse.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="An edgec.toml build file.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="name=1x3x224x224 (repeatable).")
-@click.option("-o", "--output", help="Bundle path to write.")
+@click.option("-o", "--output", help="Bundle path to write (several targets: the package folder).")
 @click.option("--format", "fmt", type=click.Choice(["dir", "zip"]), help="Bundle as a directory or a zip.")
 @click.option("--force", is_flag=True, default=None, help="Replace an existing output.")
 @click.option("--strict", is_flag=True, default=None, help="Stop with exit 2 on any warning (NaN/Inf weights, "
@@ -137,7 +138,8 @@ _TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extrac
 @click.option("--strategy", type=click.Choice(["guided", "random"]), help="Search strategy (default guided).")
 @click.option("--scheduler", help="Search: build candidates on a dask cluster at tcp://HOST:PORT (the dist extra).")
 @click.option("--metric", help="Search: accuracy as package.module:function(model_bytes, feeds) -> float.")
-@click.option("--device-file", help="Search: predict latency from this device file (edgec profile --export-device).")
+@click.option("--device-file", multiple=True, help="Search: predict latency from this device file (edgec profile "
+              "--export-device); with several targets TARGET=PATH (repeatable or comma-separated).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @handle_errors
@@ -147,13 +149,21 @@ def build(model: str | None, config_path: Path | None, as_json: bool, quiet: boo
     With --latency-ms (or --max-drop and no --passes) edgec searches pruning, depth and precision
     choices for the best model under the constraint, writes it, and next to it OUT.search-choice.toml
     (rebuild with --config) and OUT.pareto.png.
+
+    Several targets (--target cpu-x86,android-arm64 --device-file android-arm64=phone.json) make a
+    package folder OUT: one bundle (and search) per target, OUT/<target>/, and OUT/package.json listing
+    them (EPs, latency, accuracy, choice); a build that several targets make identically is made once.
     """
     from edgec.compiler.build import run_build
     from edgec.compiler.config import make_build_config, parse_pass_list
 
     if flags["passes"] is not None:
         flags["passes"] = parse_pass_list(flags["passes"])
+    flags["device_file"] = ",".join(flags["device_file"]) or None
     cfg = make_build_config({"model": model, **flags}, config_path)
+    if len(cfg.targets) > 1:
+        _build_package(cfg, as_json, quiet)
+        return
     # Third-party calibrators print progress; stdout carries only our report (and must stay valid --json).
     with report.progress(err_console, enabled=not (quiet or as_json)) as on_phase, \
             contextlib.redirect_stdout(sys.stderr):
@@ -164,6 +174,27 @@ def build(model: str | None, config_path: Path | None, as_json: bool, quiet: boo
         report.print_build(out_console, result)
         if "search" in result.metrics:
             _print_search(out_console, result.metrics["search"])
+
+
+def _build_package(cfg: Any, as_json: bool, quiet: bool) -> None:
+    """Several targets: build the package, then report each variant as a single build is reported."""
+    from edgec.compiler.package import run_package
+
+    with report.progress(err_console, enabled=not (quiet or as_json)) as on_phase, \
+            contextlib.redirect_stdout(sys.stderr):
+        result = run_package(cfg, on_phase)
+    if as_json:
+        _emit_json({"package": str(result.path), "manifest": result.manifest,
+                    "variants": [report.build_json(v) for v in result.variants]})
+        return
+    if quiet:
+        return
+    for variant in result.variants:
+        report.print_build(out_console, variant)
+        if "search" in variant.metrics:
+            _print_search(out_console, variant.metrics["search"])
+    out_console.print(f"package: {escape(str(result.path))} ({len(result.variants)} targets, "
+                      f"{result.manifest['shared_builds']} builds shared between them)")
 
 
 def _print_search(console: Console, search: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 Each CLI flag maps to exactly one field. A flag given on the command line wins over the file.
 
     # edgec.toml
-    target = "android-arm64"
+    target = "android-arm64"     # or several: ["cpu-x86", "android-arm64"] (a package of one bundle each)
     task = "feature-extraction"  # a Hugging Face folder's export task (default: inferred from the folder)
     passes = ["cleanup", "fuse"]
     [pass-options.fuse]          # options of one pass, checked against its config dataclass
@@ -23,7 +23,8 @@ Each CLI flag maps to exactly one field. A flag given on the command line wins o
     strategy = "guided"          # or "random"
     scheduler = "tcp://host:8786"
     metric = "pkg.module:function"
-    device-file = "phone.json"   # latency from this device file instead of measuring
+    device-file = "phone.json"   # latency from this device file instead of measuring; with several targets
+                                 # name each: ["android-arm64=phone.json"]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class BuildConfig:
     """Everything one ``edgec build`` needs."""
 
     model: str
-    target: str
+    target: str  # one target name, or several comma-separated (``targets``): a package, one bundle each
     output: Path
     task: str | None = None  # a Hugging Face folder's export task; None: inferred from the folder
     passes: tuple[str, ...] = DEFAULT_PASSES
@@ -77,8 +78,14 @@ class BuildConfig:
     strategy: str = "guided"
     scheduler: str | None = None
     metric: str | None = None
+    # A device file's path, or comma-separated TARGET=PATH items (``device_files`` reads it).
     device_file: str | None = None
     config_path: Path | None = None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The target names, in the order given."""
+        return tuple(name.strip() for name in self.target.split(","))
 
     @property
     def searches(self) -> bool:
@@ -93,6 +100,57 @@ def parse_pass_list(value: str, source: str = "--passes") -> tuple[str, ...]:
     if not names or any(not n for n in names):
         raise ConfigError(f"{source}: expected a comma-separated list of pass names, got {value!r}")
     return names
+
+
+def parse_target_list(value: str, source: str = "--target") -> tuple[str, ...]:
+    """``"cpu-x86,android-arm64"`` to a tuple; empty or repeated items are an error naming the option."""
+    names = tuple(part.strip() for part in value.split(","))
+    if not names or any(not n for n in names):
+        raise ConfigError(f"{source}: expected a target name or a comma-separated list of them, got {value!r}")
+    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if repeated is not None:
+        raise ConfigError(f"{source}: target {repeated!r} is given twice")
+    return names
+
+
+def device_files(cfg: BuildConfig) -> dict[str, str]:
+    """Each target's device file, from ``--device-file``: a plain PATH (one target) or TARGET=PATH items.
+
+    Items are comma-separated (the CLI joins a repeated option with commas); an item that is itself an
+    existing file is a plain path even if it holds ``=`` or ``,``. A TARGET= naming a target not built, a
+    plain path with several targets, a target named twice, or a missing file is an error naming the option.
+    """
+    if not cfg.device_file:
+        return {}
+    targets = cfg.targets
+    spec = cfg.device_file
+    items = [spec] if Path(spec).is_file() else [part.strip() for part in spec.split(",")]
+    files: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or Path(item).is_file():
+            if len(targets) > 1:
+                raise ConfigError(f"--device-file {item}: with several targets, name the one it is for "
+                                  f"(TARGET=PATH, TARGET one of {', '.join(targets)})")
+            name, path = targets[0], item
+        name, path = name.strip(), path.strip()
+        if name not in targets:
+            raise ConfigError(f"--device-file {item}: target {name!r} is not among --target {','.join(targets)}")
+        if name in files:
+            raise ConfigError(f"--device-file {item}: a second device file for {name}")
+        if not path or not Path(path).is_file():
+            raise ConfigError(f"--device-file {item}: no such file")
+        files[name] = path
+    return files
+
+
+def _joined(value: Any, where: str) -> Any:
+    """A TOML list of strings as one comma-separated string (the CLI's form); other values as they are."""
+    if not isinstance(value, list):
+        return value
+    if not value or not all(isinstance(v, str) and v and "," not in v for v in value):
+        raise ConfigError(f"{where}: expected a non-empty list of names without commas")
+    return ",".join(value)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -128,7 +186,7 @@ def config_file_fields(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: 'task' must be a task name such as \"feature-extraction\"")
     fields: dict[str, Any] = {
         "model": data.get("model"),
-        "target": data.get("target"),
+        "target": _joined(data.get("target"), f"{path}: 'target'"),
         "task": data.get("task"),
         "passes": tuple(passes) if passes is not None else None,
         "pass_options": data.get("pass-options"),
@@ -143,6 +201,7 @@ def config_file_fields(path: Path) -> dict[str, Any]:
         "max_drop": data.get("max-drop"),
         **{field: search.get(key) for key, field in _SEARCH_KEYS.items()},
     }
+    fields["device_file"] = _joined(fields["device_file"], f"{path} [search]: 'device-file'")
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -154,4 +213,8 @@ def make_build_config(cli: dict[str, Any], config_path: Path | None) -> BuildCon
         if required not in merged:
             raise ConfigError(f"missing {flag} (give it on the command line or in the config file)")
     merged["output"] = Path(merged["output"])
+    if not isinstance(merged["target"], str):
+        raise ConfigError(f"{config_path}: 'target' must be a target name or a list of them, "
+                          f"got {merged['target']!r}")
+    merged["target"] = ",".join(parse_target_list(merged["target"]))
     return BuildConfig(config_path=config_path, **merged)

@@ -36,6 +36,7 @@ import onnx
 
 from edgec.compiler.pipeline import run_pipeline
 from edgec.compiler.search.accuracy import ProxyTask, output_agreement
+from edgec.compiler.search.target_facts import RecordingTarget
 from edgec.core.agreement import output_agreement as output_agreement_of
 from edgec.core.errors import ConfigError, EdgecError
 from edgec.core.ir import Feeds
@@ -131,12 +132,19 @@ class CandidateOutcome:
     accuracy: float | None
     build_s: float
     error: str = ""
+    # The target facts the build read (``target_facts``): a target agreeing on them builds the same model.
+    target_facts: tuple[str, ...] = ()
 
 
 def build_model(model: bytes, passes: Sequence[str], options: dict[str, dict[str, Any]], target: str,
-                calibration: Sequence[Feeds], seed: int) -> bytes:
-    """Run the verified pipeline on a fresh copy of ``model``; the bytes of the result."""
-    ctx = BuildContext(target=get_target(target), calibration=list(calibration), seed=seed)
+                calibration: Sequence[Feeds], seed: int, reads: set[str] | None = None) -> bytes:
+    """Run the verified pipeline on a fresh copy of ``model``; the bytes of the result.
+
+    ``reads``, when given, collects the names of the target facts the passes read (``target_facts``).
+    """
+    profile = get_target(target)
+    ctx = BuildContext(target=profile if reads is None else RecordingTarget(profile, reads),
+                       calibration=list(calibration), seed=seed)
     planned = [create_pass(name, ctx, options.get(name, {}), source="search candidate") for name in passes]
     return run_pipeline(onnx.load_from_string(model), planned, ctx).model.SerializeToString()
 
@@ -151,10 +159,12 @@ def build_and_score(task: CandidateTask) -> CandidateOutcome:
     """Build and score one candidate; user-level failures (a pass refusing it) come back as ``error``."""
     _quiet_worker()
     start = time.perf_counter()
+    reads: set[str] = set()
     try:
         # Calibrators print progress to stdout, which is the CLI's (and --json's) stdout in a worker.
         with contextlib.redirect_stdout(io.StringIO()):
-            built = build_model(task.model, task.passes, task.options, task.target, task.calibration, task.seed)
+            built = build_model(task.model, task.passes, task.options, task.target, task.calibration, task.seed,
+                                reads)
             accuracy = task.scorer.score(built)
     except EdgecError as exc:
         return CandidateOutcome(task.index, None, None, time.perf_counter() - start,
@@ -164,7 +174,8 @@ def build_and_score(task: CandidateTask) -> CandidateOutcome:
         log.warning("candidate %s failed with an internal error", task.options, exc_info=True)
         return CandidateOutcome(task.index, None, None, time.perf_counter() - start,
                                 f"{INTERNAL_ERROR}{type(exc).__name__}: {exc}")
-    return CandidateOutcome(task.index, built, accuracy, time.perf_counter() - start)
+    return CandidateOutcome(task.index, built, accuracy, time.perf_counter() - start,
+                            target_facts=tuple(sorted(reads)))
 
 
 def make_scorer(original: bytes, feeds: Sequence[Feeds], metric: str | None, zoo_name: str | None) -> Scorer:

@@ -218,6 +218,7 @@ class PredictedLatency:
     """Latency predicted from a device file (``edgec profile --export-device``): a ``LatencySource``."""
 
     measured = False  # nothing is timed: the same model always gets the same figure
+    prices = True
 
     def __init__(self, original: bytes, device_file: str) -> None:
         self.model = LatencyModel(load_device_file(device_file))
@@ -245,6 +246,7 @@ class CalibratedLatency:
     """
 
     measured = True  # a choice is timed again (on the target, this host) before it is accepted
+    prices = True  # a model is timed only when asked for again (a confirmation)
 
     def __init__(self, original: bytes, feeds: Feeds, target: TargetProfile, device_file: str) -> None:
         self.model = LatencyModel(load_device_file(device_file))

@@ -40,6 +40,7 @@ from edgec.targets.profile import TargetProfile
 MAX_SWITCHES = 3  # level switches per offspring: EvoPress draws 1 to a few
 FILL_TRIES = 8  # attempts to hand spare latency back to a layer
 PROPOSE_TRIES = 200  # mutations tried per offspring before the generation goes short
+CREDIT_UP, CREDIT_DOWN = 1.5, 0.8  # how a move's draw weight follows the offspring it made
 
 
 def static_at(proto: onnx.ModelProto, feeds: Feeds) -> onnx.ModelProto:
@@ -185,6 +186,8 @@ class LayerEvolution:
         self.parent_score = phase.base.score
         self.budget_ms = cost.predict(self.parent)
         self.seen = {self._widths_of(self.parent)}
+        self.narrow_credit = [1.0] * len(self.parent)
+        self.widen_credit = [1.0] * len(self.parent)
 
     def _widths_of(self, choice: Sequence[int]) -> tuple[float, ...]:
         return tuple(self.phase.levels.kept[i][k] for i, k in enumerate(choice))
@@ -196,37 +199,39 @@ class LayerEvolution:
         at = next(i for i, k in enumerate(options) if self.phase.levels.kept[layer][k] == width)
         return options[at + direction] if 0 <= at + direction < len(options) else None
 
+    def _movable(self, child: Sequence[int], direction: int) -> list[int]:
+        return [i for i in range(len(child)) if self._step(i, child[i], direction) is not None]
+
+    def _pick(self, layers: Sequence[int], direction: int) -> int:
+        """A layer to move ``direction``, drawn by the credit that move has earned so far."""
+        credit = self.narrow_credit if direction > 0 else self.widen_credit
+        return self.rng.choices(list(layers), weights=[credit[i] for i in layers])[0]
+
+    def _move(self, child: list[int], layer: int, direction: int) -> None:
+        step = self._step(layer, child[layer], direction)
+        if step is not None:
+            child[layer] = step
+
     def _mutate(self) -> list[int] | None:
         child = list(self.parent)
-        layers = range(len(child))
-        for _ in range(self.rng.randint(1, MAX_SWITCHES)):
-            up = [i for i in layers if self._step(i, child[i], +1) is not None]
-            down = [i for i in layers if self._step(i, child[i], -1) is not None]
-            if not up or not down:
+        for _ in range(self.rng.randint(1, MAX_SWITCHES)):  # level switches: one narrower, one wider
+            narrow, widen = self._movable(child, +1), self._movable(child, -1)
+            if not narrow or not widen:
                 return None
-            i = self.rng.choice(up)
-            j = self.rng.choice([d for d in down if d != i] or down)
-            child[i] = self._step(i, child[i], +1) or child[i]
-            step = self._step(j, child[j], -1)
-            child[j] = child[j] if step is None else step
-        for _ in range(len(child)):  # over the latency: prune one more layer a step
-            if self.cost.predict(child) <= self.budget_ms:
-                break
-            up = [i for i in layers if self._step(i, child[i], +1) is not None]
-            if not up:
+            i = self._pick(narrow, +1)
+            self._move(child, i, +1)
+            self._move(child, self._pick([j for j in widen if j != i] or widen, -1), -1)
+        while self.cost.predict(child) > self.budget_ms:  # over the latency: narrow one more layer a step
+            narrow = self._movable(child, +1)
+            if not narrow:
                 return None
-            i = self.rng.choice(up)
-            child[i] = self._step(i, child[i], +1) or child[i]
-        if self.cost.predict(child) > self.budget_ms:
-            return None
+            self._move(child, self._pick(narrow, +1), +1)
         for _ in range(FILL_TRIES):  # under it: give a layer a step back while it still fits
-            down = [i for i in layers if self._step(i, child[i], -1) is not None]
-            if not down:
+            widen = self._movable(child, -1)
+            if not widen:
                 break
-            i = self.rng.choice(down)
             trial = list(child)
-            step = self._step(i, child[i], -1)
-            trial[i] = child[i] if step is None else step
+            self._move(trial, self._pick(widen, -1), -1)
             if self.cost.predict(trial) <= self.budget_ms:
                 child = trial
         return child
@@ -244,8 +249,20 @@ class LayerEvolution:
         return out
 
     def select(self, offspring: Sequence[tuple[list[int], float | None]]) -> None:
-        """Keep the most accurate offspring as the parent when it beats the parent."""
+        """Keep the most accurate offspring as the parent when it beats the parent.
+
+        Each offspring also credits the moves that made it: a layer narrowed (widened) in an offspring that
+        scored above the parent is drawn more often for that move, below it less (a cross-entropy-like
+        bias, so a few generations already favour the layers that tolerate pruning).
+        """
         scored = [(score, child) for child, score in offspring if score is not None and math.isfinite(score)]
+        for score, child in scored:
+            factor = CREDIT_UP if score > self.parent_score else CREDIT_DOWN if score < self.parent_score else 1.0
+            for i, (old, new) in enumerate(zip(self._widths_of(self.parent), self._widths_of(child), strict=True)):
+                if new < old:
+                    self.narrow_credit[i] *= factor
+                elif new > old:
+                    self.widen_credit[i] *= factor
         if scored:
             score, child = max(scored, key=lambda item: item[0])
             if score > self.parent_score:

@@ -65,6 +65,9 @@ class LatencySource(Protocol):
 
     label: str  # how latency was obtained, for reports
     measured: bool  # timed on this host, so noisy: a choice under a latency target is timed again
+    # New models are priced by a latency model, not timed: asking costs nothing, so the per-layer
+    # phase asks it for its offspring instead of using its own cost model.
+    prices: bool
 
     @property
     def baseline_ms(self) -> float:
@@ -80,6 +83,7 @@ class HostLatency:
     """Measured latency on this host, normalised by the original model timed in the same round."""
 
     measured = True
+    prices = False
 
     def __init__(self, original: bytes, feeds: Feeds, target: TargetProfile) -> None:
         self.original, self.feeds = original, feeds

@@ -45,6 +45,7 @@ from edgec.compiler.search.layers import LayerEvolution, LayerPhase, fit_cost, o
 from edgec.compiler.search.measure import HostLatency, LatencySource
 from edgec.compiler.search.objective import HEADROOM, Evaluation, Objective
 from edgec.compiler.search.pareto import describe
+from edgec.compiler.search.shared import SharedBuilds
 from edgec.compiler.search.space import SearchSpace
 from edgec.compiler.search.strategy import STRATEGIES
 from edgec.core.errors import EdgecError
@@ -300,8 +301,9 @@ def _layer_phase(run: SearchRun, evaluations: list[Evaluation], objective: Objec
                  target: TargetProfile) -> list[Evaluation]:
     """Per-layer levels around the best uniform candidate (``compiler.search.layers``); their evaluations.
 
-    Offspring are built and scored like any candidate, and priced by the per-layer cost model; the
-    choice among them is timed before it is accepted (``_confirmed``).
+    Offspring are built and scored like any candidate, and priced by the per-layer cost model (by the
+    latency source itself where it prices models: a device file); a choice among them is timed before it is
+    accepted (``_confirmed``).
     """
     budget = run.settings.layer_evaluations
     if budget <= 0:
@@ -324,6 +326,10 @@ def _layer_phase(run: SearchRun, evaluations: list[Evaluation], objective: Objec
             break
         outcomes = run.executor.map(build_and_score, run.tasks([phase.candidate(c) for c in choices]))
         results = offspring_evaluations(phase, cost, choices, outcomes, run.baseline_accuracy)
+        if run.latency.prices:  # a device file prices the built graph itself, as it priced every candidate
+            _time(outcomes, run.latency, run.timed)
+            results = [dataclasses.replace(r, latency_ms=run.timed[r.model_digest] * run.latency.baseline_ms)
+                       if r.ok else r for r in results]
         for result, outcome in zip(results, outcomes, strict=True):
             if result.ok and result.model_digest not in run.timed:
                 run.timed[result.model_digest] = result.ms / run.latency.baseline_ms
@@ -351,8 +357,12 @@ def _objective(settings: SearchSettings, baseline_ms: float) -> Objective:
 
 def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSettings, *, target: TargetProfile,
                calibration: Sequence[Feeds], scorer: Scorer,
-               on_progress: Callable[[str], None] = lambda _: None) -> SearchResult:
-    """Search ``space`` for the best candidate under ``settings.objective``; raises SearchError if none fits."""
+               on_progress: Callable[[str], None] = lambda _: None, shared: SharedBuilds | None = None) -> SearchResult:
+    """Search ``space`` for the best candidate under ``settings.objective``; raises SearchError if none fits.
+
+    ``shared``: builds kept from other targets' searches of the same model and data (``search.shared``);
+    candidates this target builds identically are taken from it, and this search's builds are added.
+    """
     original_bytes = original.SerializeToString()
     warnings: list[str] = []
     progress = _Progress(settings.budget, on_progress)
@@ -364,6 +374,8 @@ def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSe
     context = EvaluationContext(original_bytes, target.name, tuple(calibration), settings.seed, scorer)
     evaluations: list[Evaluation] = []
     executor = make_executor(settings.scheduler, settings.workers)
+    if shared is not None:
+        executor = shared.executor(executor, target)
     run = SearchRun(space, settings, context, executor, latency, baseline_accuracy, progress,
                     timed={hashlib.sha256(original_bytes).hexdigest(): 1.0}, warnings=warnings)
     try:

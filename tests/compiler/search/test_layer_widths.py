@@ -156,3 +156,37 @@ def test_the_search_refines_per_layer_and_never_loses_accuracy(mnist, monkeypatc
     assert all(e.ok for e in per_layer), [e.error for e in per_layer]
     best_uniform = result.objective.best(uniform)
     assert best_uniform is not None and result.chosen.score >= best_uniform.score - 1e-12
+
+
+@pytest.fixture(scope="module")
+def device_file(tmp_path_factory) -> str:
+    from edgec.compiler.sweep_models import load_sweep_models
+    from edgec.runtime.devices import export_device_file
+
+    path = str(tmp_path_factory.mktemp("device") / "host.json")
+    export_device_file("local", path, target="cpu-x86", models=load_sweep_models(["mnist-resnet"]), max_per_op=2,
+                       runs=5, warmup=1)
+    return path
+
+
+def test_with_a_device_file_offspring_are_priced_by_it(mnist, device_file):
+    """A device file prices each per-layer offspring's built graph, as it priced every uniform candidate."""
+    from edgec.compiler.search.latency_model import LatencyModel
+    from edgec.runtime.devices.sweep import load_device_file
+
+    _, proto, feeds = mnist
+    space = build_space(("prune-channels",), proto, get_target("android-arm64"))
+    scorer = make_scorer(proto.SerializeToString(), feeds[6:], None, "mnist-resnet")
+    settings = SearchSettings(Objective(), budget=6, workers=1, latency_ratio=0.6, layer_budget=4,
+                              device_file=device_file)
+    result = run_search(proto, space, settings, target=get_target("android-arm64"), calibration=feeds[:6],
+                        scorer=scorer)
+    per_layer = [e for e in result.evaluations if e.candidate.get("prune-channels.groups") and e.ok]
+    assert per_layer, [e.error for e in result.evaluations]
+    model = LatencyModel(load_device_file(device_file))
+    original_ms = model.predict(proto).total_ms
+    for e in per_layer[:2]:
+        passes, options = space.pipeline(e.candidate)
+        built = build_model(proto.SerializeToString(), passes, options, "android-arm64", feeds[:6], 0)
+        predicted = model.predict(onnx.load_from_string(built)).total_ms
+        assert e.ms / result.baseline_ms == pytest.approx(predicted / original_ms, rel=1e-6)
