@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from edgec.core.agreement import agreement_score
 from edgec.core.ir import Feeds
 from edgec.passes.context import BuildContext
 from edgec.runtime.session import compare_outputs, make_session, run
@@ -17,6 +18,40 @@ logger = logging.getLogger(__name__)
 
 # The op types whose weights carry most of a model: the nodes worth ranking one at a time.
 WEIGHTED_OPS = frozenset({"Conv", "Gemm", "MatMul", "ConvTranspose", "Attention"})
+# Every 4th calibration sample ranks nodes and never sets a quantization range (as the search's own split).
+HELD_OUT_EVERY = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutSplit:
+    """Calibration samples split into those that set ranges (``fit``) and those that rank (``held_out``).
+
+    ``in_sample``: one sample only, so it does both and the ranking scores its own ranges.
+    """
+
+    fit: list[Feeds]
+    held_out: list[Feeds]
+    held_out_indices: tuple[int, ...]
+    in_sample: bool = False
+
+
+def held_out_split(feeds: Sequence[Feeds], fit_at_most: int | None = None) -> HeldOutSplit:
+    """Hold out the samples past the first ``fit_at_most`` when there are any, else every 4th (the last of 2-3).
+
+    The first rule leaves the ranges what they would be without a ranking (a quantizer reads its first
+    ``samples`` only). One sample is both parts, flagged ``in_sample``.
+    """
+    feeds = list(feeds)
+    if fit_at_most is not None and 0 < fit_at_most < len(feeds):
+        return HeldOutSplit(feeds[:fit_at_most], feeds[fit_at_most:], tuple(range(fit_at_most, len(feeds))))
+    if len(feeds) < 2:
+        return HeldOutSplit(feeds, feeds, tuple(range(len(feeds))), in_sample=True)
+    held = [i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 for i in range(len(feeds))]
+    if len(feeds) < HELD_OUT_EVERY:
+        held = [i == len(feeds) - 1 for i in range(len(feeds))]
+    return HeldOutSplit([f for f, h in zip(feeds, held, strict=True) if not h],
+                        [f for f, h in zip(feeds, held, strict=True) if h],
+                        tuple(i for i, h in enumerate(held) if h))
 
 
 def outputs_on(proto: onnx.ModelProto, feeds: Sequence[Feeds]) -> list[dict]:
@@ -29,6 +64,15 @@ def output_error(reference: list[dict], proto: onnx.ModelProto, feeds: Sequence[
     """1 - the lowest per-output cosine to ``reference``: 0 when identical."""
     errors = compare_outputs(reference, outputs_on(proto, feeds))
     return 1.0 - min(e.cosine for e in errors)
+
+
+def agreement_error(reference: list[dict], proto: onnx.ModelProto, feeds: Sequence[Feeds]) -> float:
+    """1 - the lowest per-output agreement with ``reference`` (``edgec.core.agreement``): 0 when identical.
+
+    Centered, and per slice where an output's slices differ in range, so a node that wrecks a detector's
+    class scores ranks above one that moves its boxes a little (a cosine over the whole output would not).
+    """
+    return 1.0 - agreement_score(reference, outputs_on(proto, feeds))
 
 
 def metric_drop(ctx: BuildContext, fp32: onnx.ModelProto, feeds: Sequence[Feeds]
@@ -97,7 +141,7 @@ def plot_ranking(ranked: Sequence[tuple[str, float]], path: Path, title: str, to
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(shown) + 1.2))
     ax.barh([name[-40:] for name, _ in shown], [max(score, 1e-9) for _, score in shown], color="#c0504d")
     ax.set_xscale("log")
-    ax.set_xlabel("output error when only this node is int8 (1 - cosine to fp32)")
+    ax.set_xlabel("output error when only this node is quantized (vs fp32)")
     ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
