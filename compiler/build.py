@@ -411,15 +411,18 @@ def build_for_target(cfg: BuildConfig, prepared: PreparedBuild, target: TargetPr
         raise BundleError(f"{cfg.output}: {why} ({detail}); nothing was written") from exc
     if search is not None:  # after the bundle: they describe it, and must not exist without it
         search_report.write_sidecars(cfg, search, sidecars)
-    notes = [*loaded.notes, *(f"sensitivity plot: {path}" for path in _sensitivity_plots(cfg.output, result.records))]
+    notes = [*loaded.notes, *(f"plot: {path}" for path in _record_plots(cfg.output, result.records))]
     return BuildResult(bundle, target.name, result.records, metrics, notes, warnings)
 
-def _sensitivity_plots(output: str | Path, records: list[PassRecord]) -> list[Path]:
-    """A bar chart next to the bundle per pass that ranked its nodes by sensitivity: ``OUT.<pass>-sensitivity.png``.
 
-    The ranking itself is in the pass's record in the manifest; the plot is for people.
+def _record_plots(output: str | Path, records: list[PassRecord]) -> list[Path]:
+    """Bar charts next to the bundle: a pass's node ranking and per-node precisions.
+
+    ``OUT.<pass>-sensitivity.png`` per pass that ranked its nodes by sensitivity, ``OUT.<pass>-precision.png``
+    per pass that gave nodes a precision each. The figures themselves are in the pass's record in the
+    manifest; the plots are for people.
     """
-    from edgec.passes.quant import plot_ranking
+    from edgec.passes.quant import plot_precisions, plot_ranking
 
     out = Path(output)
     paths = []
@@ -428,4 +431,7 @@ def _sensitivity_plots(output: str | Path, records: list[PassRecord]) -> list[Pa
         if ranked:
             path = out.with_name(f"{out.name}.{record.name}-sensitivity.png")
             paths.append(plot_ranking(ranked, path, f"{record.name}: output error with one node quantized"))
+        if record.stats.get("precision_of"):  # a per-node map: the precision each node got
+            path = out.with_name(f"{out.name}.{record.name}-precision.png")
+            paths.append(plot_precisions(record.stats["precision_of"], path, f"{record.name}: precision per node"))
     return paths

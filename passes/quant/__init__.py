@@ -1,9 +1,9 @@
 """Quantization: int8 (static, dynamic), int4 weight-only, fp16, fp8, fp4 and per-node mixed precision.
 
-Public API: the passes and their configs, and ``plot_ranking`` (the per-node sensitivity chart a build
-writes). ORT's quantization tooling does the quantizing; the other modules are edgec's orchestration
-around it: ``static`` and ``calib`` (quantize_static and its data reader), ``placement`` and
-``int8ops`` (which nodes get int8 on the target), ``sensitivity`` (per-node error ranking),
+Public API: the passes and their configs, ``plot_ranking`` and ``plot_precisions`` (the per-node
+sensitivity and precision charts a build writes). ORT's quantization tooling does the quantizing; the
+other modules are edgec's orchestration around it: ``static`` and ``calib`` (quantize_static and its data
+reader), ``placement`` and ``int8ops`` (which nodes get int8 on the target), ``sensitivity`` (per-node error ranking),
 ``precision`` (what a target's formats allow), ``lowbit`` (fp8/fp4 rounding), ``pad``, ``attention``
 and ``subgraphs`` (graph shapes ORT's quantizer cannot take as they are), ``concat_ranges`` (Concats whose
 inputs' ranges one int8 scale cannot hold), ``analysis`` and ``common``.
@@ -18,10 +18,10 @@ from edgec.passes.quant.mixed_precision import MixedPrecisionConfig, MixedPrecis
 from edgec.passes.quant.quantize_dynamic import QuantizeDynamicConfig, QuantizeDynamicPass
 from edgec.passes.quant.quantize_int4 import QuantizeInt4Config, QuantizeInt4Pass
 from edgec.passes.quant.quantize_int8 import QuantizeInt8Config, QuantizeInt8Pass
-from edgec.passes.quant.sensitivity import plot_ranking
+from edgec.passes.quant.sensitivity import plot_precisions, plot_ranking
 
 __all__ = [
     "Fp4Config", "Fp4Pass", "Fp8Config", "Fp8Pass", "Fp16Config", "Fp16Pass", "MixedPrecisionConfig",
     "MixedPrecisionPass", "QuantizeDynamicConfig", "QuantizeDynamicPass", "QuantizeInt4Config",
-    "QuantizeInt4Pass", "QuantizeInt8Config", "QuantizeInt8Pass", "plot_ranking",
+    "QuantizeInt4Pass", "QuantizeInt8Config", "QuantizeInt8Pass", "plot_precisions", "plot_ranking",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -149,3 +149,31 @@ def plot_ranking(ranked: Sequence[tuple[str, float]], path: Path, title: str, to
     plt.close(fig)
     return path
 
+
+
+BITS = {"fp32": 32, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4}
+COLOURS = {"fp32": "0.6", "fp16": "tab:green", "fp8": "tab:purple", "int8": "tab:blue", "int4": "tab:orange"}
+
+
+def plot_precisions(precision_of: Mapping[str, str], path: Path, title: str) -> Path:
+    """The precision each node was given, in graph order: a bar per node, its height the format's bits (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(precision_of)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.2 * len(names) + 2), 4.2))
+    ax.bar(range(len(names)), [BITS.get(precision_of[n], 32) for n in names],
+           color=[COLOURS.get(precision_of[n], "0.3") for n in names])
+    ax.set_xticks(range(len(names)), [n[-30:] for n in names], rotation=90, fontsize=6)
+    ax.set_ylabel("bits")
+    for fmt in dict.fromkeys(precision_of.values()):
+        ax.bar([], [], color=COLOURS.get(fmt, "0.3"), label=fmt)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -75,3 +75,14 @@ def test_max_drop_flag_reaches_int8_recovery(tmp_path):
     assert stats["sensitivity"] and all(item["error"] >= 0 for item in stats["sensitivity"])
     plot = out.with_name(f"{out.name}.quantize-int8-sensitivity.png")  # the ranking, drawn next to the bundle
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_per_node_map_is_drawn_next_to_the_bundle(tmp_path):
+    toml = ('model = "zoo:digits-cnn"\ntarget = "cpu-x86"\npasses = ["mixed-precision"]\n'
+            '[pass-options.mixed-precision]\ndefault = "int8"\nkeep_precise = 1\n')
+    result, out = build_with_config(tmp_path, toml)
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads((out / "manifest.json").read_text())["passes"][0]["stats"]
+    assert sorted(stats["precision_of"].values()).count("fp32") == 1  # the one most sensitive node kept precise
+    for kind in ("precision", "sensitivity"):
+        assert out.with_name(f"{out.name}.mixed-precision-{kind}.png").read_bytes().startswith(b"\x89PNG")
