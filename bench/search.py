@@ -97,10 +97,12 @@ def fp32_ms(case: Case) -> float:
     return measure_latencies([original, original], case.feeds[0], min_rounds=20)[0].median_ms
 
 
-def search(case: Case, factor: float, budget: int, strategy: str = "guided", seed: int = 0) -> SearchResult:
+def search(case: Case, factor: float, budget: int, strategy: str = "guided", seed: int = 0,
+           layer_budget: int | None = None) -> SearchResult:
     """A search for the most accurate model within ``factor`` x the fp32 latency (timed in the same rounds)."""
     space = build_space(SEARCH_PASSES, case.proto, TARGET)
-    settings = SearchSettings(Objective(), budget, strategy, seed=seed, latency_ratio=factor)
+    settings = SearchSettings(Objective(), budget, strategy, seed=seed, latency_ratio=factor,
+                              layer_budget=layer_budget)
     return run_search(case.proto, space, settings, target=TARGET, calibration=case.feeds, scorer=case.scorer,
                       on_progress=lambda text: log.debug("%s", text))
 
@@ -143,8 +145,8 @@ def bench_targets(budget: int) -> list[str]:
 
 
 def _best(case: Case, factor: float, budget: int, strategy: str, seed: int) -> float | None:
-    try:
-        return search(case, factor, budget, strategy, seed).chosen.score
+    try:  # the same budget for both: no per-layer phase after the guided search either
+        return search(case, factor, budget, strategy, seed, layer_budget=0).chosen.score
     except SearchError:
         return None
 

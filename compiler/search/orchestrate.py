@@ -84,8 +84,10 @@ class SearchSettings:
 
     @property
     def layer_evaluations(self) -> int:
-        """The per-layer phase's budget."""
-        return int(self.budget * LAYER_SHARE) if self.layer_budget is None else self.layer_budget
+        """The per-layer phase's budget; by default none for random search, the baseline at ``budget``."""
+        if self.layer_budget is not None:
+            return self.layer_budget
+        return int(self.budget * LAYER_SHARE) if self.strategy == "guided" else 0
 
 
 @dataclasses.dataclass
