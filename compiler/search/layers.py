@@ -112,10 +112,13 @@ class LayerPhase:
     levels: LayerLevels
     base: Evaluation
 
+    def level_of(self, candidate: Candidate) -> int:
+        """The index of a candidate's uniform value among the levels."""
+        return self.levels.levels.index(round(float(candidate[self.uniform.key]), 3))
+
     def choice_of(self, candidate: Candidate) -> list[int]:
         """Level index per layer of a uniform candidate (or one of this phase's)."""
-        uniform = self.levels.levels.index(round(float(candidate[self.uniform.key]), 3))
-        choice = [uniform] * len(self.levels.layers)
+        choice = [self.level_of(candidate)] * len(self.levels.layers)
         overrides = dict(candidate.get(self.knob.key) or ())
         for i, name in enumerate(self.levels.layers):
             if name in overrides:
@@ -124,7 +127,7 @@ class LayerPhase:
 
     def candidate(self, choice: Sequence[int]) -> Candidate:
         """The base candidate with every layer away from the uniform level overridden."""
-        uniform = self.levels.levels.index(round(float(self.base.candidate[self.uniform.key]), 3))
+        uniform = self.level_of(self.base.candidate)
         pairs = tuple((name, self.levels.levels[k]) for name, k in zip(self.levels.layers, choice, strict=True)
                       if k != uniform)
         return {**self.base.candidate, self.knob.key: pairs}
@@ -175,7 +178,7 @@ class LayerEvolution:
     def __init__(self, phase: LayerPhase, cost: LayerCost, rng: random.Random) -> None:
         self.phase, self.cost, self.rng = phase, cost, rng
         levels = phase.levels
-        uniform = levels.levels.index(round(float(phase.base.candidate[phase.uniform.key]), 3))
+        uniform = phase.level_of(phase.base.candidate)
         self.widths: list[list[int]] = []  # per layer: one level per distinct width, widest first
         for row in levels.kept:
             by_width: dict[float, int] = {}
