@@ -134,8 +134,8 @@ _TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extrac
 @click.option("--budget", type=click.IntRange(1), help="Search: candidate builds at most (default 24); with "
               "--max-drop alone, searches for the fastest model within the drop.")
 @click.option("--layer-budget", type=click.IntRange(0), help="Search: further builds that refine per-layer widths "
-              "around the best uniform choice under a latency target (default half of --budget with the guided strategy, "
-              "none with random; 0: none).")
+              "around the best uniform choice under a latency target (default half of --budget with the guided "
+              "strategy, none with random; 0: none).")
 @click.option("--strategy", type=click.Choice(["guided", "random"]), help="Search strategy (default guided).")
 @click.option("--scheduler", help="Search: build candidates on a dask cluster at tcp://HOST:PORT (the dist extra).")
 @click.option("--metric", help="Search: accuracy as package.module:function(model_bytes, feeds) -> float.")
