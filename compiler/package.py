@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import hashlib
 import json
 import os
@@ -36,7 +35,7 @@ from edgec.compiler.config import BuildConfig, device_files
 from edgec.compiler.search.latency_model import PredictedLatency
 from edgec.compiler.search.shared import SharedBuilds, SharedFinals
 from edgec.core.errors import BundleError
-from edgec.runtime.bundle import MANIFEST, edgec_version
+from edgec.runtime.bundle import MANIFEST, edgec_version, publish
 from edgec.targets.profile import TargetProfile
 from edgec.targets.registry import get_target
 
@@ -102,26 +101,11 @@ def _staged(out: Path, force: bool) -> Iterator[Path]:
         root = staging / "package"
         root.mkdir()
         yield root
-        _publish(root, out, force, staging / "old")
+        if (out.exists() or out.is_symlink()) and not force:
+            raise BundleError(f"{out}: already exists; pass --force to replace it")
+        publish(root, out, force, staging / "old")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _publish(staged: Path, out: Path, force: bool, trash: Path) -> None:
-    old = None
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise BundleError(f"{out}: already exists; pass --force to replace it")
-        out.rename(trash)
-        old = trash
-    try:
-        staged.rename(out)  # fails (ENOTEMPTY/EEXIST) on a folder another build published meanwhile
-    except BaseException as exc:
-        if old is not None and not (out.exists() or out.is_symlink()):
-            old.rename(out)
-        if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-            raise BundleError(f"{out}: another build wrote it while this one ran; this one wrote nothing") from exc
-        raise
 
 
 def _builds(name: str, shared: SharedBuilds, finals: SharedFinals) -> dict[str, int]:

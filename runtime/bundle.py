@@ -215,7 +215,7 @@ def _fill(root: pathlib.Path, *, model: onnx.ModelProto, target: TargetProfile,
     (root / MANIFEST).write_text(text + "\n", encoding="utf-8")
 
 
-def _publish(staged: pathlib.Path, out: pathlib.Path, force: bool, trash: pathlib.Path) -> None:
+def publish(staged: pathlib.Path, out: pathlib.Path, force: bool, trash: pathlib.Path) -> None:
     """Move the finished ``staged`` file or dir to ``out``.
 
     With force, the old ``out`` is moved into ``trash`` (inside the staging dir, removed with it) only
@@ -276,9 +276,9 @@ def write_bundle(out: str | os.PathLike[str], *, model: onnx.ModelProto, target:
               pass_records=pass_records, metrics=metrics)
         if fmt == "zip":
             _zip_dir(root, staging / "bundle.zip")
-            _publish(staging / "bundle.zip", out, force, trash=staging / "old")
+            publish(staging / "bundle.zip", out, force, trash=staging / "old")
         else:
-            _publish(root, out, force, trash=staging / "old")
+            publish(root, out, force, trash=staging / "old")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote bundle %s for %s", out, target.name)
