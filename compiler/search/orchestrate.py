@@ -293,7 +293,9 @@ def _confirmed(run: SearchRun, evaluations: list[Evaluation]) -> tuple[list[Eval
             return evaluations, objective, chosen
         (again,) = latency.ratios([model], min_rounds=CONFIRM_ROUNDS)
         run.confirmations.append({"candidate": describe(chosen.candidate), "digest": chosen.model_digest,
-                                  "search_ratio": timed[chosen.model_digest], "again_ratio": again})
+                                  "search_ratio": timed[chosen.model_digest], "again_ratio": again,
+                                  # a per-layer price, replaced by the timing rather than averaged with it
+                                  "priced": chosen.model_digest in run.priced})
         previous = timed[chosen.model_digest]
         timed[chosen.model_digest] = again if chosen.model_digest in run.priced else (previous + again) / 2
         run.priced.discard(chosen.model_digest)
