@@ -7,7 +7,9 @@ yolo-det, random-init too, is a YOLOv8-style detector exported with symbolic bat
 (``images`` float32 [N, 3, H, W], calibrated at 320 x 320 -> ``output0`` [N, 24, A]: 4 box coordinates in
 pixels, then 20 class probabilities).
 Trained models (accuracy): digits-cnn, mnist-resnet (``input`` -> ``logits`` [1, 10]) and minilm
-(``input_ids``/``attention_mask`` int64 [1, 64] -> ``sentence_embedding`` [1, 384]).
+(``input_ids``/``attention_mask`` int64 [1, 64] -> ``sentence_embedding`` [1, 384]). mnist-det (detection F1) is
+yolo-det's architecture at narrower widths, trained on 96 x 96 canvases of 1-3 MNIST digits
+(``images`` [N, 3, H, W] -> ``output0`` [N, 14, A]: 4 box coordinates in pixels, then 10 class probabilities).
 Everything expensive (exports, weights, reference embeddings) is cached under ``$EDGEC_CACHE/zoo``.
 """
 
@@ -41,7 +43,7 @@ _TOKEN_LOW = 1000  # BERT's vocab ids below 1000 are [PAD], [unused*], [CLS], [S
 
 @dataclasses.dataclass(frozen=True)
 class ZooModel:
-    """One zoo entry. ``family`` picks its data: imagenet | bert | digits | mnist | minilm.
+    """One zoo entry. ``family`` picks its data: imagenet | detection | bert | digits | mnist | mnist-det | minilm.
 
     ``factory`` is the ``package.module:function`` that builds the torch module (usable by the
     PyTorch frontend). ``evaluate`` returns ``primary_metric`` first (higher is better).
@@ -101,6 +103,12 @@ class ZooModel:
             ids, mask = tokens(split)
             _check_count(self.name, split, n, len(ids))
             return [{"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]} for i in range(n)]
+        if self.family == "mnist-det":
+            from edgec.models.detection import canvases
+
+            split_canvases = canvases(split)
+            _check_count(self.name, split, n, len(split_canvases.images))
+            return [{"images": split_canvases.feed(i)} for i in range(n)]
         data = _digits(self.family)
         images = data.x_train if split == "calib" else data.x_test
         _check_count(self.name, split, n, len(images))
@@ -121,6 +129,10 @@ class ZooModel:
             from edgec.models.minilm import embedding_metrics
 
             return embedding_metrics(np.concatenate(outputs))
+        if self.family == "mnist-det":
+            from edgec.models.detection import canvases, detection_metrics
+
+            return detection_metrics(outputs, canvases("eval"))
         labels = _digits(self.family).y_test
         return {"accuracy": float(np.mean([np.argmax(o) == y for o, y in zip(outputs, labels, strict=True)]))}
 
@@ -140,6 +152,10 @@ class ZooModel:
             from edgec.models.minilm import sentences
 
             return len(sentences("eval").texts)
+        if self.family == "mnist-det":
+            from edgec.models.detection import canvases
+
+            return len(canvases("eval").images)
         return len(_digits(self.family).y_test)
 
 
@@ -181,6 +197,11 @@ _ZOO: dict[str, ZooModel] = {m.name: m for m in (
     ZooModel("mnist-resnet", "residual CNN with a channel Concat, trained on 4000 MNIST digits "
              "(1000 held out)", {"input": (1, 1, 28, 28)}, True, "edgec.models.trained:mnist_resnet",
              "mnist", "logits", "accuracy"),
+    ZooModel("mnist-det", "yolo-det's architecture at widths 8..64, 10 classes, trained on 96 x 96 canvases of 1-3 "
+             "MNIST digits (train canvases from the 4000 train digits, 500 held-out canvases from the other 1000), "
+             "dynamic batch/height/width", {"images": (1, 3, 96, 96)}, True, "edgec.models.detection:mnist_det",
+             "mnist-det", "output0", "f1",
+             dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 2: "anchors"}}),
     ZooModel("minilm", "all-MiniLM-L6-v2 sentence encoder (mean pooling + L2 norm), seq 64",
              dict(_TOKENS_64), True, "edgec.models.minilm:minilm", "minilm", "sentence_embedding",
              "mean_cosine"),
