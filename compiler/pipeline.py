@@ -6,10 +6,14 @@ calibration feeds within the tolerance the pass declares. Each pass leaves a Pas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
+import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +49,9 @@ class PassRecord:
     errors: list[OutputError]
     stats: dict[str, Any]
     skips: list[dict[str, str]]
+    # What the libraries the pass drove said meanwhile (their warnings, log records, prints): kept here
+    # instead of on stderr; `edgec -v` shows them on stderr as well.
+    library_messages: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for the manifest."""
@@ -148,6 +155,93 @@ def _judge(pass_: EdgecPass[Any], errors: list[OutputError], dtypes: dict[str, A
                 f"over its tolerance {rtol:.0e}")
 
 
+# Libraries whose loggers may have handlers of their own (torch's do, and do not propagate).
+LIBRARY_LOGGERS = ("onnxscript", "onnx_ir", "onnxruntime", "torch")
+MAX_LIBRARY_MESSAGES = 100
+
+
+class _LibraryMessages(logging.Filter):
+    """One pass's library messages; as a handler filter, it passes them on only in verbose mode."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+        self.messages: list[str] = []
+        self.left_out = 0
+        self._seen: set[str] = set()
+
+    def add(self, message: str) -> None:
+        # A record reaches every handler and a library repeats itself: each message is kept once.
+        if message in self._seen:
+            return
+        self._seen.add(message)
+        if len(self.messages) < MAX_LIBRARY_MESSAGES:
+            self.messages.append(message)
+        else:
+            self.left_out += 1
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep a library's record of WARNING and above; edgec's own records pass untouched."""
+        if record.name == "edgec" or record.name.startswith("edgec."):
+            return True
+        if record.levelno >= logging.WARNING:
+            self.add(f"{record.levelname} {record.name}: {record.getMessage()}")
+        return self.verbose
+
+
+@contextlib.contextmanager
+def library_messages() -> Iterator[list[str]]:
+    """Collect what libraries say while the block runs: Python warnings, log records, prints to stdout.
+
+    Log records of WARNING and above from any logger but edgec's, warnings and printed lines go to the list
+    yielded, and stay off stderr and stdout unless edgec logs at INFO (``edgec -v``), which shows them as
+    before. edgec itself never prints, so every printed line is a library's.
+    """
+    root = logging.getLogger()
+    keeper = _LibraryMessages(verbose=root.isEnabledFor(logging.INFO))
+    # With no handler on the root logger, a module-level logging.warning() (ORT's quantizer) would add an
+    # unfiltered stderr one: logging's last-resort handler stands in for the block, filtered.
+    stand_in = logging.lastResort if not root.handlers and logging.lastResort is not None else None
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    handlers = {*root.handlers, *(h for name in LIBRARY_LOGGERS for h in logging.getLogger(name).handlers)}
+    for handler in handlers:
+        handler.addFilter(keeper)
+    show = warnings.showwarning
+    outer, printed = sys.stdout, io.StringIO()
+
+    def keep_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+        keeper.add(f"{category.__name__}: {message} ({filename.rsplit('/', 1)[-1]}:{lineno})")
+        if keeper.verbose:
+            show(message, category, filename, lineno, file, line)
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
+            warnings.showwarning = keep_warning
+            yield keeper.messages
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keeper)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                keeper.add(f"stdout: {line.strip()}")
+        if keeper.verbose and printed.getvalue():
+            outer.write(printed.getvalue())
+        if keeper.left_out:
+            keeper.messages.append(f"({keeper.left_out} more library messages left out)")
+
+
+def _apply(pass_: EdgecPass[Any], model: ir.Model) -> ir.passes.PassResult:
+    """onnx_ir's pass call (requires, call, ensures) without EdgecPass.__call__'s quiet_library_logs.
+
+    That wrapper drops the libraries' messages; the pipeline keeps them in the pass's record instead.
+    """
+    return ir.passes.InPlacePass.__call__(pass_, model)
+
+
 def run_pass(pass_: EdgecPass[Any], proto: onnx.ModelProto, reference: list[dict[str, Any]],
              ctx: BuildContext) -> tuple[onnx.ModelProto, list[dict[str, Any]], PassRecord]:
     """Apply one pass to a copy of ``proto`` and verify it; return the new model, outputs, record."""
@@ -158,7 +252,8 @@ def run_pass(pass_: EdgecPass[Any], proto: onnx.ModelProto, reference: list[dict
             ctx.report.skip(pass_.name, owner, "pass rewrites the main graph only; subgraph left as is")
     start = time.perf_counter()
     try:
-        result = pass_(to_ir(proto))
+        with library_messages() as messages:
+            result = _apply(pass_, to_ir(proto))
     except ir.passes.PreconditionError as exc:
         raise UnsupportedOpError(f"pass {pass_.name!r} cannot handle this model: {exc}") from exc
     new_proto = to_proto(result.model)
@@ -185,6 +280,7 @@ def run_pass(pass_: EdgecPass[Any], proto: onnx.ModelProto, reference: list[dict
         errors=errors,
         stats=ctx.report.stats.get(pass_.name, {}),
         skips=[dataclasses.asdict(s) for s in ctx.report.skips[skips_before:]],
+        library_messages=messages,
     )
     return new_proto, outputs, record
 

@@ -4,24 +4,118 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.progress import Task as ProgressTask
 from rich.table import Table
+from rich.text import Text
 
+from edgec.core import progress as core_progress
 from edgec.targets.profile import TargetProfile
 
 
 @contextlib.contextmanager
 def progress(console: Console, enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A spinner that shows the current build phase; a no-op callback when disabled."""
-    if not enabled:
+    """Bars for counted work (``edgec.core.progress`` tasks: count, elapsed, ETA) under a spinner line for the phase.
+
+    Yields the callback that sets the phase line. Nothing is drawn, and the callback does nothing, when
+    disabled (``--quiet``, ``--json``) or when the console's file is not a terminal (a pipe, a CI log).
+    """
+    isatty = getattr(console.file, "isatty", None)
+    if not enabled or isatty is None or not isatty():
         yield lambda _phase: None
         return
-    with console.status("starting") as status:
-        yield lambda phase: status.update(f"[bold]{phase}[/]...")
+    bars = _Bars(console)
+    # Log handlers made before the bars (``edgec -v``, ORT's root warnings) hold the terminal itself: while the
+    # bars run they write through rich's stderr instead, so their lines print above the bars, not through them.
+    terminal = console.file
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and h.stream is terminal]
+    with bars.progress, core_progress.installed(bars):
+        for handler in handlers:
+            handler.setStream(sys.stderr)  # rich's proxy while the bars are live
+        try:
+            yield bars.phase
+        finally:
+            for handler in handlers:
+                handler.setStream(terminal)
+
+
+class _Bars:
+    """``edgec.core.progress``'s reporter on a rich Progress: one row per open task (nested ones indented)."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), _BarColumn(), _CountColumn(),
+                                 TimeElapsedColumn(), _EtaColumn(), console=console, transient=True,
+                                 refresh_per_second=4)  # few redraws: they share the cores with the timing
+        self._phase = self.progress.add_task("[bold]starting[/]...", total=None, phase=True)
+        self._indent: dict[TaskID, str] = {}  # open tasks, each indented by the number open when it began
+
+    def phase(self, text: str) -> None:
+        self.progress.update(self._phase, description=f"[bold]{escape(text)}[/]...")
+
+    def start(self, label: str, total: float | None) -> object:
+        indent = "  " * len(self._indent)
+        task_id = self.progress.add_task(indent + escape(label), total=total)
+        self._indent[task_id] = indent
+        return task_id
+
+    def update(self, handle: object, *, advance: float = 0, completed: float | None = None,
+               total: float | None = None, label: str | None = None) -> None:
+        task_id = cast(TaskID, handle)
+        description = None if label is None else self._indent[task_id] + escape(label)
+        self.progress.update(task_id, advance=advance, completed=completed, total=total, description=description)
+
+    def stop(self, handle: object) -> None:
+        self._indent.pop(cast(TaskID, handle), None)
+        self.progress.remove_task(cast(TaskID, handle))
+
+
+class _BarColumn(BarColumn):
+    """The bar, except on the phase line."""
+
+    def render(self, task: ProgressTask) -> Any:
+        return Text("") if task.fields.get("phase") else super().render(task)
+
+
+class _CountColumn(ProgressColumn):
+    """``M/N`` done, where the total is known."""
+
+    def render(self, task: ProgressTask) -> Text:
+        if task.total is None:
+            return Text("")
+        return Text(f"{task.completed:.0f}/{task.total:.0f}", style="progress.download")
+
+
+class _EtaColumn(ProgressColumn):
+    """``ETA h:mm:ss`` where the total is known: the time so far per item, times the items left.
+
+    The mean over the whole task, not rich's recent rate: a search's count moves once a round, minutes apart.
+    """
+
+    def render(self, task: ProgressTask) -> Text:
+        if task.total is None:
+            return Text("")
+        elapsed = task.elapsed
+        if not task.completed or elapsed is None:
+            return Text("ETA -:--:--", style="progress.remaining")
+        left = max(0.0, elapsed * (task.total - task.completed) / task.completed)
+        return Text(f"ETA {datetime.timedelta(seconds=round(left))}", style="progress.remaining")
 
 
 def to_plain(value: Any) -> Any:

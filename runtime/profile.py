@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edgec.core import progress
 from edgec.core.errors import ConfigError, ModelLoadError
 from edgec.runtime.session import session_options
 
@@ -70,13 +71,15 @@ def _session(model: bytes | str | os.PathLike[str], level: str, threads: int,
 def _latencies(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], runs: int,
                warmup: int) -> np.ndarray:
     """Milliseconds per ``session.run`` call, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
+    for _ in progress.track(range(warmup), "warm-up runs"):
         session.run(None, dict(feeds))
     times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        session.run(None, dict(feeds))
-        times[i] = (time.perf_counter() - start) * 1e3
+    with progress.task("timed runs", total=runs) as step:
+        for i in range(runs):
+            start = time.perf_counter()
+            session.run(None, dict(feeds))
+            times[i] = (time.perf_counter() - start) * 1e3
+            step()  # outside the timed interval
     return times
 
 
@@ -103,8 +106,8 @@ def _top_nodes(model: bytes | str | os.PathLike[str], feeds: Mapping[str, np.nda
     trace_dir = pathlib.Path(tempfile.mkdtemp(prefix="edgec-profile-"))
     try:
         session = _session(model, level, threads, providers, prefix=os.fspath(trace_dir / "ort"))
-        session.run(None, dict(feeds))  # warm-up, excluded below by counting model_run events
-        for _ in range(PROFILED_RUNS):
+        # The first run warms up; it is excluded below by counting model_run events.
+        for _ in progress.track(range(1 + PROFILED_RUNS), "profiled runs"):
             session.run(None, dict(feeds))
         trace = pathlib.Path(session.end_profiling())
         events = json.loads(trace.read_text(encoding="utf-8"))

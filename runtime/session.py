@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -27,14 +28,12 @@ _LEVELS = {
 
 def session_options(level: str = "all", threads: int = 1, profile_prefix: str | None = None,
                     optimized_path: str | None = None) -> ort.SessionOptions:
-    """Options edgec uses everywhere: one inter-op thread, fixed intra-op count, quiet logs."""
+    """Options edgec uses everywhere: one inter-op thread, fixed intra-op count, quiet logs (see log_severity)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = _LEVELS[level]
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    # Fatal only: every ORT error also reaches edgec as an exception, which names the file or node on one
-    # line; ORT's own log line of it would be a second, colored copy on stderr.
-    opts.log_severity_level = 4
+    opts.log_severity_level = log_severity()
     # Runtime-style .ort files carry fusions for the nodes left to the CPU EP; replay them, as the
     # generated app loaders do. It has no effect on .onnx models.
     opts.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
@@ -44,6 +43,19 @@ def session_options(level: str = "all", threads: int = 1, profile_prefix: str | 
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     return opts
+
+
+def log_severity() -> int:
+    """ORT's log severity for edgec's sessions, and the default one for sessions ORT's own tools open.
+
+    ``edgec -v`` (logging at INFO) shows ORT's warnings (2). Otherwise edgec's sessions log fatal errors
+    only (4): every ORT error also reaches edgec as an exception, which names the file or node on one line,
+    and ORT's own log line of it would be a second, colored copy on stderr. The default logger (the
+    quantizers' calibration sessions) logs errors (3).
+    """
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)
+    ort.set_default_logger_severity(2 if verbose else 3)
+    return 2 if verbose else 4
 
 
 def providers_for(names: Sequence[str]) -> list[str]:

@@ -48,6 +48,7 @@ from edgec.compiler.search.pareto import describe
 from edgec.compiler.search.shared import SharedBuilds
 from edgec.compiler.search.space import SearchSpace
 from edgec.compiler.search.strategy import STRATEGIES
+from edgec.core import progress as core_progress
 from edgec.core.errors import EdgecError
 from edgec.core.ir import Feeds
 from edgec.targets.profile import TargetProfile
@@ -161,16 +162,18 @@ class _ModelCache:
 
 @dataclasses.dataclass
 class _Progress:
+    """The candidates bar (count, ETA, best so far) and the phase line (what the search is doing now)."""
+
     budget: int
     report: Callable[[str], None]
+    bar: core_progress.Task = dataclasses.field(default_factory=core_progress.Task)
     start: float = dataclasses.field(default_factory=time.perf_counter)
     done: int = 0
     best: str = "none yet"
 
     def update(self, stage: str = "") -> None:
-        elapsed = time.perf_counter() - self.start
-        eta = f", ETA {elapsed / self.done * (self.budget - self.done):.0f} s" if self.done else ""
-        self.report(f"search: {self.done}/{self.budget} candidates, best {self.best}{eta}{stage}")
+        self.bar.update(completed=self.done, total=self.budget, label=f"search candidates, best {self.best}")
+        self.report(f"search{stage}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +202,7 @@ class SearchRun:
 
 def _evaluate_round(run: SearchRun, candidates: list[dict], target_ms: float | None) -> list[Evaluation]:
     tasks = run.tasks(candidates)
+    run.progress.update(f" (building {len(tasks)} candidates)")
     built = itertools.count(1)
     outcomes: list[CandidateOutcome] = run.executor.map(
         build_and_score, tasks,
@@ -366,10 +370,18 @@ def run_search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSe
 
     ``shared``: builds kept from other targets' searches of the same model and data (``search.shared``);
     candidates this target builds identically are taken from it, and this search's builds are added.
+    ``on_progress`` hears what the search does now; the candidates' count is an ``edgec.core.progress`` task.
     """
+    with core_progress.task("search candidates", total=settings.budget) as bar:
+        return _search(original, space, settings, target, calibration, scorer,
+                       _Progress(settings.budget, on_progress, bar), shared)
+
+
+def _search(original: onnx.ModelProto, space: SearchSpace, settings: SearchSettings, target: TargetProfile,
+            calibration: Sequence[Feeds], scorer: Scorer, progress: _Progress,
+            shared: SharedBuilds | None) -> SearchResult:
     original_bytes = original.SerializeToString()
     warnings: list[str] = []
-    progress = _Progress(settings.budget, on_progress)
     progress.update(" (timing the original)")
     latency = latency_source(original_bytes, calibration[0], target, settings.device_file, warnings)
     baseline_accuracy = scorer.score(original_bytes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -14,14 +14,22 @@ from edgec.runtime.session import make_session, run
 
 
 class FeedReader(CalibrationDataReader):
-    """ORT's CalibrationDataReader over a list of feeds; ``rewind`` makes it reusable."""
+    """ORT's CalibrationDataReader over a list of feeds; ``rewind`` makes it reusable.
 
-    def __init__(self, feeds: Sequence[Feeds]) -> None:
+    ``on_done`` is called once per feed the calibrator has finished with (when it asks for the next one).
+    """
+
+    def __init__(self, feeds: Sequence[Feeds], on_done: Callable[[], None] | None = None) -> None:
         self._feeds = list(feeds)
         self._pos = 0
+        self._on_done = on_done
+        self._done = 0  # feeds reported to ``on_done``: each once, however often the reader is rewound
 
     def get_next(self) -> Feeds | None:
         """The next feed, or None after the last."""
+        if self._on_done is not None and self._done < self._pos:
+            self._done += 1
+            self._on_done()
         if self._pos >= len(self._feeds):
             return None
         self._pos += 1

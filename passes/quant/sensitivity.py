@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from edgec.core import progress
 from edgec.core.agreement import agreement_score
 from edgec.core.ir import Feeds
 from edgec.passes.context import BuildContext
@@ -90,7 +91,7 @@ def metric_drop(ctx: BuildContext, fp32: onnx.ModelProto, feeds: Sequence[Feeds]
 def rank(quantize_only: Callable[[str], onnx.ModelProto], candidates: Sequence[str],
          error: Callable[[onnx.ModelProto], float]) -> list[tuple[str, float]]:
     """Quantize one node at a time and measure the error; most sensitive first."""
-    scores = [(name, error(quantize_only(name))) for name in candidates]
+    scores = [(name, error(quantize_only(name))) for name in progress.track(candidates, "sensitivity ranking")]
     return sorted(scores, key=lambda item: item[1], reverse=True)
 
 

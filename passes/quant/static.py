@@ -12,6 +12,7 @@ import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edgec.core import progress
 from edgec.core.errors import UnsupportedOpError
 from edgec.core.ir import Feeds
 from edgec.passes.quant.calib import FeedReader
@@ -64,19 +65,22 @@ def quantize(pre: Path, out: Path, feeds: Sequence[Feeds], opts: StaticOptions, 
              exclude: Sequence[str] = (), only: Sequence[str] | None = None) -> onnx.ModelProto:
     """quantize_static in QDQ form with int8 weights; calibration ranges are cached in ``cache``."""
     extra = {"ActivationSymmetric": opts.activation_dtype == "int8", "WeightSymmetric": True}
-    try:
-        quantize_static(str(pre), str(out), FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                        per_channel=opts.per_channel, activation_type=ACTIVATION_TYPES[opts.activation_dtype],
-                        weight_type=QuantType.QInt8, calibrate_method=CALIBRATORS[opts.calibration],
-                        nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only is not None else None,
-                        extra_options=extra, calibration_cache_path=str(cache))
-    except Exception as exc:  # noqa: BLE001 - ORT's quantizer fails on some real exports with assorted types
-        # (tf2onnx biases that are not 1-d: "The truth value of an array ... is ambiguous" in per-channel
-        # bias scaling). The user gets ORT's reason and the option that avoids the common case.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "; per_channel = false in [pass-options.quantize-int8] may avoid it" if opts.per_channel else ""
-        raise UnsupportedOpError(f"quantize-int8: ONNX Runtime's quantize_static failed on this model "
-                                 f"({type(exc).__name__}: {reason}){hint}") from exc
+    # With the ranges cached ORT runs no feed: no task then (a total of 0 shows none).
+    with progress.task("calibration", total=0 if cache.is_file() else len(feeds)) as step:
+        try:
+            quantize_static(str(pre), str(out), FeedReader(feeds, on_done=step), quant_format=QuantFormat.QDQ,
+                            per_channel=opts.per_channel, activation_type=ACTIVATION_TYPES[opts.activation_dtype],
+                            weight_type=QuantType.QInt8, calibrate_method=CALIBRATORS[opts.calibration],
+                            nodes_to_exclude=list(exclude),
+                            nodes_to_quantize=list(only) if only is not None else None,
+                            extra_options=extra, calibration_cache_path=str(cache))
+        except Exception as exc:  # noqa: BLE001 - ORT's quantizer fails on some real exports with assorted types
+            # (tf2onnx biases that are not 1-d: "The truth value of an array ... is ambiguous" in per-channel
+            # bias scaling). The user gets ORT's reason and the option that avoids the common case.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = "; per_channel = false in [pass-options.quantize-int8] may avoid it" if opts.per_channel else ""
+            raise UnsupportedOpError(f"quantize-int8: ONNX Runtime's quantize_static failed on this model "
+                                     f"({type(exc).__name__}: {reason}){hint}") from exc
     return onnx.load(str(out))
 
 

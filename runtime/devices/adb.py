@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgec.core import progress
 from edgec.runtime.devices.device import Device, DeviceError
 from edgec.runtime.devices.device_runner import node_times
 from edgec.runtime.loader import LoadedBundle
@@ -373,7 +374,7 @@ def sweep_on_adb(adb: AdbTransport, runner_path: pathlib.Path, tasks: Sequence[d
             warm, _ = sweep_commands(remote, runner_path.name, {**first, "runs": warmup}, staged[first["id"]],
                                      ep=ep, mask=mask)
             _status_shell(adb, warm, _left(adb, deadline, timeout_s))
-        for task, timed, profiled in planned:
+        for task, timed, profiled in progress.track(planned, f"device sweep: timing micro-models on {adb.device}"):
             status, output = _status_shell(adb, timed, _left(adb, deadline, timeout_s))
             nodes: list[dict[str, Any]] = []
             if status == 0 and _status_shell(adb, profiled, _left(adb, deadline, timeout_s))[0] == 0:

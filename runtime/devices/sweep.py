@@ -31,6 +31,7 @@ from typing import Any
 
 import onnx
 
+from edgec.core import progress
 from edgec.core.errors import ConfigError
 from edgec.core.stats import model_stats
 from edgec.runtime.devices._jobs import INPUTS_FILE, run_job, staging_dir, write_job
@@ -72,7 +73,7 @@ def sweep_tasks(specs: list[OpSpec], precisions: list[str], target: TargetProfil
                 threads: int) -> tuple[list[dict], dict, dict, dict[str, dict], list[dict]]:
     """The sweep's jobs: (tasks, inputs by ``<task id>/<input>``, model files, each task's facts, failed builds)."""
     tasks, inputs, files, meta, failed = [], {}, {}, {}, []
-    for i, spec in enumerate(specs):
+    for i, spec in enumerate(progress.track(specs, "device sweep: building micro-models")):
         for precision in precisions:
             if precision == "int8" and spec.op_type not in QDQ_OPS:
                 continue
@@ -130,7 +131,8 @@ def export_device_file(device: str | Device, path: str | os.PathLike[str], *,
                            timeout_s=timeout_s)
     else:
         transport = transport_for(dev, python=python, ssh_config=ssh_config, remote_base=remote_base)
-        with staging_dir() as staging:
+        # One job on the device, which reports nothing until it ends: a task with no total (elapsed time only).
+        with staging_dir() as staging, progress.task(f"device sweep: timing {len(tasks)} micro-models on {dev}"):
             write_job(staging, tasks, inputs, files, timeout_s)
             raw = run_job(transport, staging, timeout_s)
     doc = device_document(str(dev), profile, threads, raw, meta, failed, [name for name, _ in models])

@@ -194,7 +194,9 @@ def run_mutant(mutant: Mutant, root: pathlib.Path, timeout_s: float = TIMEOUT_S)
             run = None
         seconds = time.perf_counter() - start
         allowed = ("out", ".edgec-case-logs", "cache")
-        new = [p for p in snapshot(workdir) - before if not any(p == a or p.startswith(a + os.sep) for a in allowed)]
+        # OUT.report.html (and a search's OUT.pareto.png) are the bundle's documented sidecars.
+        new = [p for p in snapshot(workdir) - before
+               if not p.startswith("out.") and not any(p == a or p.startswith(a + os.sep) for a in allowed)]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     cls = classify(run, bool(new))

@@ -146,7 +146,9 @@ def check_contract(case: Case, run: Run, workdir: pathlib.Path, before: set[str]
     if case.code != 0:
         assert len(lines) == 1, f"{case.name}: {len(lines)} stderr lines\n{run.stderr[-2000:]}"
         assert culprit in lines[0], f"{case.name}: {culprit!r} not in {lines[0]!r}"
-    new = {p for p in snapshot(workdir) - before if not any(p == a or p.startswith(a + os.sep) for a in allowed)}
+    # OUT.report.html (and a search's OUT.pareto.png) are the bundle's documented sidecars, written next to it.
+    new = {p for p in snapshot(workdir) - before
+           if not p.startswith("out.") and not any(p == a or p.startswith(a + os.sep) for a in allowed)}
     assert not new, f"{case.name}: wrote outside the output path: {sorted(new)[:5]}"
     opened = [p for p in run.opened if os.path.exists(p) and os.path.samefile(p, canary)]
     assert not opened, f"{case.name}: opened the canary {canary}"

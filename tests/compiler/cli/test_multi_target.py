@@ -57,8 +57,8 @@ def test_a_search_per_target_writes_a_loadable_bundle_each_and_package_json(runn
     assert json.loads(result.stdout)["manifest"] == package
     assert package["targets"] == ["cpu-x86", "android-arm64"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "android-arm64", "android-arm64.pareto.png", "android-arm64.search-choice.toml",
-        "cpu-x86", "cpu-x86.pareto.png", "cpu-x86.search-choice.toml", "package.json"]
+        "android-arm64", "android-arm64.pareto.png", "android-arm64.report.html", "android-arm64.search-choice.toml",
+        "cpu-x86", "cpu-x86.pareto.png", "cpu-x86.report.html", "cpu-x86.search-choice.toml", "package.json"]
     for variant in package["variants"]:
         bundle = load(out / variant["bundle"])
         manifest = bundle.manifest
@@ -99,7 +99,8 @@ def test_targets_that_build_alike_share_the_build_and_force_replaces_the_package
     package = json.loads((out / "package.json").read_text())
     assert package["shared_builds"] == 1
     assert [v["builds"] for v in package["variants"]] == [{"built": 1, "shared": 0}, {"built": 0, "shared": 1}]
-    assert sorted(p.name for p in out.iterdir()) == ["cpu-x86", "cuda", "package.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cpu-x86", "cpu-x86.report.html", "cuda", "cuda.report.html",
+                                                      "package.json"]
     host, gpu = load(out / "cpu-x86"), load(out / "cuda")
     assert (out / "cpu-x86" / "model.onnx").read_bytes() == (out / "cuda" / "model.onnx").read_bytes()
     assert host.manifest["passes"] == gpu.manifest["passes"]
