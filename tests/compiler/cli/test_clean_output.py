@@ -78,7 +78,15 @@ def root_stream():
     handler, level = logging.StreamHandler(stream), root.level
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    # Other tests in the same worker may have turned these loggers down; here they follow the root's level.
+    speakers = [logging.getLogger(name) for name in ("onnx_ir", "onnx_ir.passes", "onnxscript",
+                                                      "onnxscript.optimizer", "edgec", "edgec.compiler")]
+    levels = [logger.level for logger in speakers]
+    for logger in speakers:
+        logger.setLevel(logging.NOTSET)
     yield root, stream
+    for logger, old in zip(speakers, levels, strict=True):
+        logger.setLevel(old)
     root.removeHandler(handler)
     root.setLevel(level)
 
