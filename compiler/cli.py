@@ -372,12 +372,13 @@ def _device_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--export-device", type=click.Path(path_type=Path),
               help="Also run the op sweep on the device and write its latency file (for the search).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @handle_errors
 def profile(source: str, runs: int, warmup: int, threads: int, task: str | None, input_shapes: tuple[str, ...],
             device: str | None, device_python: str | None, ssh_config: Path | None, timeout_s: float,
-            runner: Path | None, big_cores: bool, export_device: Path | None, as_json: bool) -> None:
+            runner: Path | None, big_cores: bool, export_device: Path | None, as_json: bool, quiet: bool) -> None:
     """Latency p50/p90/p99 and the top nodes by time (ORT profiler) of a model or bundle."""
-    with report.progress(err_console, enabled=not as_json) as on_phase:
+    with report.progress(err_console, enabled=not (quiet or as_json)) as on_phase:
         if device or export_device:
             from edgec.compiler.sweep_models import load_sweep_models
             from edgec.runtime.devices import export_device_file, profile_on_device

@@ -74,10 +74,13 @@ def _ort_quantize_static(source: pathlib.Path, feeds: Sequence[Feeds], out: path
     return out.read_bytes()
 
 
-def _agreement(model: bytes, reference: list[dict[str, Any]], feeds: list[Feeds]) -> tuple[float, float]:
-    """(top-1 agreement with the reference's first output, centred proxy) over ``feeds``."""
+def _outputs(model: bytes, feeds: list[Feeds]) -> list[dict[str, Any]]:
     session = make_session(model)
-    outputs = [run(session, feed) for feed in feeds]
+    return [run(session, feed) for feed in feeds]
+
+
+def _agreement(outputs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> tuple[float, float]:
+    """(top-1 agreement with the reference's first output, centred proxy)."""
     first = next(iter(reference[0]))
     top1 = np.mean([np.argmax(o[first]) == np.argmax(r[first]) for o, r in zip(outputs, reference, strict=True)])
     return float(top1), agreement_score(reference, outputs)
@@ -93,11 +96,12 @@ def compare_int8(bundle: pathlib.Path, scratch: pathlib.Path) -> list[Variant]:
               "ORT quantize_static": _ort_quantize_static(source, fit, scratch / "ort-static.onnx"),
               "edgec int8": _bundle_model(bundle)}
     held_out = zoo.calibration(HELD_OUT, "eval")
-    reference = [run(make_session(models["fp32 (original)"]), feed) for feed in held_out]
+    outputs = {label: _outputs(model, held_out) for label, model in models.items()}
+    reference = outputs["fp32 (original)"]
     timings = measure_latencies(list(models.values()), held_out[0], min_rounds=8, max_rounds=30)
     variants = []
     for (label, model), timing in zip(models.items(), timings, strict=True):
-        top1, proxy = _agreement(model, reference, held_out)
+        top1, proxy = _agreement(outputs[label], reference)
         variants.append(Variant(label, len(model) / 1e6, timing.median_ms, top1, proxy))
     return variants
 

@@ -25,6 +25,7 @@ from rich.progress import Task as ProgressTask
 from rich.table import Table
 from rich.text import Text
 
+from edgec.compiler.report_page import page_path
 from edgec.core import progress as core_progress
 from edgec.targets.profile import TargetProfile
 
@@ -141,6 +142,7 @@ def build_json(result: Any) -> dict[str, Any]:
     """The build result as plain data."""
     return {
         "bundle": str(result.bundle),
+        "report": str(page_path(result.bundle)),
         "target": result.target,
         "passes": [r.to_json() for r in result.records],
         "metrics": to_plain(result.metrics),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import onnxruntime as ort
@@ -25,6 +26,7 @@ def test_build_verify_profile_inspect(runner, tiny_onnx, tmp_path):
     # The lossless passes must keep outputs within 1e-5 relative of the input model.
     assert all(p["max_rel_error"] <= 1e-5 for p in report["passes"])
     assert any("random" in w for w in report["warnings"])
+    assert report["report"] == str(out) + ".report.html" and pathlib.Path(report["report"]).is_file()
 
     bundle = load(out)
     source = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])

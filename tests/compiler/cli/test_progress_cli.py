@@ -99,10 +99,11 @@ def test_build_on_a_terminal_draws_nothing_with_quiet_or_json(tmp_path, flag):
         assert stdout.lstrip().startswith("{")
 
 
-def test_profile_on_a_terminal_draws_nothing_with_json(tmp_path):
-    code, stdout, terminal = _on_terminal(["profile", "zoo:digits-cnn", "--runs", "2000", "--json"], tmp_path)
+@pytest.mark.parametrize("flag", ["--quiet", "--json"])
+def test_profile_on_a_terminal_draws_nothing_with_quiet_or_json(tmp_path, flag):
+    code, stdout, terminal = _on_terminal(["profile", "zoo:digits-cnn", "--runs", "2000", flag], tmp_path)
     assert code == 0, terminal[-2000:]
-    assert '"runs": 2000' in stdout
+    assert ('"runs": 2000' if flag == "--json" else "2000 runs") in stdout
     _assert_nothing_drawn(terminal)
 
 
