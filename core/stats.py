@@ -54,8 +54,19 @@ def value_types(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - shapes are a best effort for statistics only
         inferred = model
+    types = _collect_types(inferred)
+    if _contrib_shapes_missing(model, types):
+        symbolic = _ort_symbolic_shapes(model)
+        for name, (dims, elem) in (_collect_types(symbolic) if symbolic is not None else {}).items():
+            known = types.get(name, ([], 0))[0]
+            if dims and (not known or None in known):
+                types[name] = (dims, elem or types.get(name, ([], 0))[1])
+    return types
+
+
+def _collect_types(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], int]]:
     types: dict[str, tuple[list[int | None], int]] = {}
-    for graph in _all_graphs(inferred.graph):
+    for graph in _all_graphs(model.graph):
         for vi in [*graph.input, *graph.value_info, *graph.output]:
             tensor = vi.type.tensor_type
             types[vi.name] = ([d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim],
@@ -63,6 +74,40 @@ def value_types(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
         for init in graph.initializer:
             types[init.name] = (list(init.dims), init.data_type)
     return types
+
+
+def _contrib_shapes_missing(model: onnx.ModelProto, types: dict[str, tuple[list[int | None], int]]) -> bool:
+    """A main-graph node of ORT's own domain whose outputs ONNX's inference left without a shape.
+
+    ONNX's inference stops at ops it does not know (QuickGelu, SkipLayerNormalization, ... that ORT's fusions
+    write), and every value after them loses its shape: FLOPs and the latency model's prices would read 0.
+    """
+    return any(node.domain == "com.microsoft" and any(o and not types.get(o, ([], 0))[0] for o in node.output)
+               for node in model.graph.node)
+
+
+def _ort_symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The model with shapes from ORT's symbolic shape inference, which knows ORT's contrib ops; None if it fails.
+
+    Used only where ONNX's own inference cannot pass a contrib op: ONNX Runtime maintains it for its own ops.
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+        if (get_opset(model) or 0) < 7:
+            return None
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        # SymbolicShapeInference.infer_shapes, less its last step: where some shape stays unknown it saves
+        # sym_shape_infer_temp.onnx into the current folder, a user's, before raising. Partial shapes do here.
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(copy)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
+    except Exception:  # noqa: BLE001 - a best effort, as above; its failures are asserts and KeyErrors
+        return None
 
 
 def _with_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:

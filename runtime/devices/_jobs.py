@@ -12,13 +12,14 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from edgec.runtime.devices.device import Device, DeviceError
-from edgec.runtime.devices.device_runner import ERROR_MARK, RESULT_MARK
+from edgec.runtime.devices.device_runner import ERROR_MARK, PROGRESS_MARK, RESULT_MARK
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ REMOTE_PREFIX = "edgec-"
 # Connection set-up and copying on top of the runner's own deadline.
 TRANSPORT_MARGIN_S = 20.0
 PYTHON_HINT = "install Python 3 with numpy and onnxruntime there, or name its python with --device-python"
+
+
+OnProgress = Callable[[int, int], None]
 
 
 class Transport(Protocol):
@@ -44,8 +48,9 @@ class Transport(Protocol):
     def push(self, files: Sequence[pathlib.Path], remote_dir: str) -> None:
         """Copy ``files`` into ``remote_dir``."""
 
-    def execute(self, command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-        """Run a POSIX shell command on the device."""
+    def execute(self, command: str, timeout_s: float,
+                on_progress: OnProgress | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a POSIX shell command on the device; ``on_progress(done, total)`` for each progress line."""
 
     def remove(self, remote_dir: str) -> None:
         """Stop the runner if it still runs and delete ``remote_dir``; never raises."""
@@ -93,15 +98,59 @@ def staging_dir() -> Iterator[pathlib.Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run_job(transport: Transport, staging: pathlib.Path, deadline_s: float) -> dict[str, Any]:
-    """Copy ``staging`` to a fresh device dir, run the runner, always remove the dir, parse the result."""
+def run_job(transport: Transport, staging: pathlib.Path, deadline_s: float,
+            on_progress: OnProgress | None = None) -> dict[str, Any]:
+    """Copy ``staging`` to a fresh device dir, run the runner, always remove the dir, parse the result.
+
+    ``on_progress(done, total)`` hears of each task the runner finishes, as it finishes it.
+    """
     remote = transport.make_dir()
     try:
         transport.push(sorted(staging.iterdir()), remote)
-        proc = transport.execute(runner_command(remote, transport.python), deadline_s + TRANSPORT_MARGIN_S)
+        proc = transport.execute(runner_command(remote, transport.python), deadline_s + TRANSPORT_MARGIN_S,
+                                 on_progress)
     finally:
         transport.remove(remote)
     return parse_runner_output(transport.device, transport.python, proc)
+
+
+def run_streaming(argv: list[str], timeout_s: float, on_progress: OnProgress) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, capture_output=True, text=True)``, reading stderr as it comes.
+
+    The runner's progress lines go to ``on_progress`` (and are left out of the stderr returned); the rest is
+    kept. Raises ``subprocess.TimeoutExpired`` after ``timeout_s``, the process killed, as ``run`` does.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+    stdout: list[str] = []
+    stderr: list[str] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == PROGRESS_MARK and parts[1].isdigit() and parts[2].isdigit():
+                on_progress(int(parts[1]), int(parts[2]))
+            else:
+                stderr.append(line)
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        stdout.append(proc.stdout.read())
+
+    readers = [threading.Thread(target=read_stderr, daemon=True), threading.Thread(target=read_stdout, daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        returncode = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for reader in readers:
+            reader.join(timeout=5)
+    return subprocess.CompletedProcess(argv, returncode, "".join(stdout), "".join(stderr))
 
 
 def parse_runner_output(device: Device, python: str, proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -120,8 +169,8 @@ def parse_runner_output(device: Device, python: str, proc: subprocess.CompletedP
             raise DeviceError(f"{device}: the device runner failed: {error.get('detail')}")
     if proc.returncode in (126, 127):
         raise DeviceError(f"{device}: cannot run python {python!r} on the device; {PYTHON_HINT}")
-    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    raise DeviceError(f"{device}: the device runner exited with {proc.returncode}: {last}")
+    said = [line for line in proc.stderr.strip().splitlines() if not line.startswith(PROGRESS_MARK)]
+    raise DeviceError(f"{device}: the device runner exited with {proc.returncode}: {(said or ['no output'])[-1]}")
 
 
 def decode_array(text: str) -> np.ndarray:

@@ -8,7 +8,8 @@ Usage: ``python3 device_runner.py job.json``. The job is
 "providers", "profile_runs", "return_outputs"}]}``, where ``inputs`` names an ``.npz`` in the same
 directory whose keys are ``<task id>/<input name>``. The last line printed is ``@@edgec-result@@`` and
 one JSON document: ``{"environment": {...}, "results": [...]}``. A missing module or a failed job
-prints ``@@edgec-error@@`` and a JSON ``{"kind", "detail"}`` instead and exits 3.
+prints ``@@edgec-error@@`` and a JSON ``{"kind", "detail"}`` instead and exits 3. After each task it
+writes ``@@edgec-progress@@ DONE TOTAL`` to stderr, for a progress bar on the host.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 
 RESULT_MARK = "@@edgec-result@@"
 ERROR_MARK = "@@edgec-error@@"
+PROGRESS_MARK = "@@edgec-progress@@"  # on stderr after each task: "<mark> done total"
 LEVEL_NAMES = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
@@ -238,6 +240,8 @@ def main(argv):
             results.append(run_task(np, ort, task, arrays, work))
         except Exception as exc:  # one bad micro-model must not lose the others' numbers
             results.append({"id": task["id"], "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        sys.stderr.write(f"{PROGRESS_MARK} {len(results)} {len(job['tasks'])}\n")
+        sys.stderr.flush()
     env["temperatures_c_after"] = temperatures()
     sys.stdout.write(RESULT_MARK + " " + json.dumps({"environment": env, "results": results}) + "\n")
     sys.stdout.flush()

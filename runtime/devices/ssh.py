@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from edgec.runtime.devices._jobs import REMOTE_PREFIX, cleanup_command, timed_out
+from edgec.runtime.devices._jobs import REMOTE_PREFIX, OnProgress, cleanup_command, run_streaming, timed_out
 from edgec.runtime.devices.device import Device, DeviceError
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,11 @@ class SshTransport:
             opts += [port_flag, str(self.device.port)]
         return opts
 
-    def _call(self, argv: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess[str]:
+    def _call(self, argv: list[str], timeout_s: float, what: str,
+              on_progress: OnProgress | None = None) -> subprocess.CompletedProcess[str]:
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+            proc = run_streaming(argv, timeout_s, on_progress) if on_progress is not None else \
+                subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             raise timed_out(self.device, timeout_s, what) from exc
         if proc.returncode == 255 or (argv[0] == "scp" and proc.returncode != 0):
@@ -76,10 +78,11 @@ class SshTransport:
         last = (stderr.strip().splitlines() or ["no message"])[-1]
         raise DeviceError(f"{self.device}: ssh failed while {what}: {last}")
 
-    def execute(self, command: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    def execute(self, command: str, timeout_s: float,
+                on_progress: OnProgress | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``command`` in the device's login shell."""
         argv = ["ssh", *self._options("-p"), self.device.ssh_destination, "--", command]
-        return self._call(argv, timeout_s, "running a command")
+        return self._call(argv, timeout_s, "running a command", on_progress)
 
     def make_dir(self) -> str:
         """``mktemp -d`` under ``remote_base`` (default ``$TMPDIR`` or /tmp) on the device."""

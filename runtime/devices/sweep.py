@@ -131,10 +131,11 @@ def export_device_file(device: str | Device, path: str | os.PathLike[str], *,
                            timeout_s=timeout_s)
     else:
         transport = transport_for(dev, python=python, ssh_config=ssh_config, remote_base=remote_base)
-        # One job on the device, which reports nothing until it ends: a task with no total (elapsed time only).
-        with staging_dir() as staging, progress.task(f"device sweep: timing {len(tasks)} micro-models on {dev}"):
+        # One job on the device; its runner reports each micro-model it has timed on stderr as it goes.
+        with staging_dir() as staging, progress.task(f"device sweep: timing micro-models on {dev}",
+                                                     total=len(tasks)) as step:
             write_job(staging, tasks, inputs, files, timeout_s)
-            raw = run_job(transport, staging, timeout_s)
+            raw = run_job(transport, staging, timeout_s, lambda done, _total: step.update(completed=done))
     doc = device_document(str(dev), profile, threads, raw, meta, failed, [name for name, _ in models])
     _write_atomic(pathlib.Path(path), json.dumps(doc, indent=1))
     return doc

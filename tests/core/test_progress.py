@@ -115,15 +115,29 @@ def test_profile_reports_warm_up_timed_and_profiled_runs():
         ("warm-up runs", 3, 3), ("timed runs", 37, 37), ("profiled runs", PROFILED_RUNS + 1, PROFILED_RUNS + 1)]
 
 
-def test_the_device_sweep_counts_the_micro_models_it_builds(tmp_path):
-    rec = progress.Recorder()
+class _History(progress.Recorder):
+    """A Recorder that also keeps every ``completed`` it is told, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.completed_seen: list[float] = []
+
+    def update(self, handle, *, advance=0, completed=None, total=None, label=None) -> None:
+        super().update(handle, advance=advance, completed=completed, total=total, label=label)
+        if completed is not None:
+            self.completed_seen.append(completed)
+
+
+def test_the_device_sweep_counts_the_micro_models_it_builds_and_times(tmp_path):
+    rec = _History()
     with progress.installed(rec):
         doc = export_device_file("local", tmp_path / "dev.json", models=load_sweep_models(["digits-cnn"]),
                                  max_per_op=2, runs=2, warmup=0)
     built, timed = rec.tasks
     assert built.labels[0] == "device sweep: building micro-models"
     assert built.total == built.completed == len({e["key"].rsplit("|", 1)[0] for e in doc["entries"]}) > 0
-    # The device runs every micro-model in one job that reports nothing until it ends: no total.
+    # The device runs every micro-model in one job; its runner reports each one as it is timed.
     ran = [e for e in doc["entries"] if not e.get("error", "").startswith("build:")]
-    assert timed.labels[0] == f"device sweep: timing {len(ran)} micro-models on local"
-    assert timed.total is None and timed.stopped
+    assert timed.labels[0] == "device sweep: timing micro-models on local"
+    assert timed.total == timed.completed == len(ran) > 1 and timed.stopped
+    assert rec.completed_seen == list(range(1, len(ran) + 1))

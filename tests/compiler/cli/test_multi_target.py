@@ -51,7 +51,8 @@ def phone_file(tmp_path_factory) -> str:
 def test_a_search_per_target_writes_a_loadable_bundle_each_and_package_json(runner, tmp_path, phone_file):
     out = tmp_path / "pkg"
     result = _build(runner, out, "--target", "cpu-x86,android-arm64", "--device-file", f"android-arm64={phone_file}",
-                    "--latency-ratio", 0.7, "--budget", 4, "--layer-budget", 0)
+                    # A loose target (int8 alone runs at about 0.65x): reaching it is never a question of timing.
+                    "--latency-ratio", 0.9, "--budget", 4, "--layer-budget", 0)
     assert result.exit_code == 0, result.stderr
     package = json.loads((out / "package.json").read_text())
     assert json.loads(result.stdout)["manifest"] == package
