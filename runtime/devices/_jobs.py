@@ -114,12 +114,19 @@ def run_job(transport: Transport, staging: pathlib.Path, deadline_s: float,
     return parse_runner_output(transport.device, transport.python, proc)
 
 
-def run_streaming(argv: list[str], timeout_s: float, on_progress: OnProgress) -> subprocess.CompletedProcess[str]:
-    """``subprocess.run(argv, capture_output=True, text=True)``, reading stderr as it comes.
+def run_command(argv: list[str], timeout_s: float,
+                on_progress: OnProgress | None = None) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, capture_output=True, text=True)``; with ``on_progress``, stderr is read as it comes.
 
     The runner's progress lines go to ``on_progress`` (and are left out of the stderr returned); the rest is
     kept. Raises ``subprocess.TimeoutExpired`` after ``timeout_s``, the process killed, as ``run`` does.
     """
+    if on_progress is None:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    return _run_streaming(argv, timeout_s, on_progress)
+
+
+def _run_streaming(argv: list[str], timeout_s: float, on_progress: OnProgress) -> subprocess.CompletedProcess[str]:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)
     stdout: list[str] = []

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from edgec.runtime.devices._jobs import REMOTE_PREFIX, OnProgress, cleanup_command, run_streaming, timed_out
+from edgec.runtime.devices._jobs import REMOTE_PREFIX, OnProgress, cleanup_command, run_command, timed_out
 from edgec.runtime.devices.device import Device
 
 
@@ -34,10 +34,7 @@ class LocalTransport:
                 on_progress: OnProgress | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``command`` with /bin/sh, as ssh would on a board."""
         try:
-            if on_progress is not None:
-                return run_streaming(["sh", "-c", command], timeout_s, on_progress)
-            return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout_s,
-                                  check=False)
+            return run_command(["sh", "-c", command], timeout_s, on_progress)
         except subprocess.TimeoutExpired as exc:
             raise timed_out(self.device, timeout_s, "running the device runner") from exc
 

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from edgec.runtime.devices._jobs import REMOTE_PREFIX, OnProgress, cleanup_command, run_streaming, timed_out
+from edgec.runtime.devices._jobs import REMOTE_PREFIX, OnProgress, cleanup_command, run_command, timed_out
 from edgec.runtime.devices.device import Device, DeviceError
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ class SshTransport:
     def _call(self, argv: list[str], timeout_s: float, what: str,
               on_progress: OnProgress | None = None) -> subprocess.CompletedProcess[str]:
         try:
-            proc = run_streaming(argv, timeout_s, on_progress) if on_progress is not None else \
-                subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+            proc = run_command(argv, timeout_s, on_progress)
         except subprocess.TimeoutExpired as exc:
             raise timed_out(self.device, timeout_s, what) from exc
         if proc.returncode == 255 or (argv[0] == "scp" and proc.returncode != 0):

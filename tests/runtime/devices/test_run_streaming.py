@@ -1,4 +1,4 @@
-"""run_streaming: the runner's progress lines reach the host as they are written; the rest is kept as run keeps it."""
+"""run_command with on_progress: progress lines reach the host as written; the rest is kept as run keeps it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from edgec.runtime.devices._jobs import run_streaming
+from edgec.runtime.devices._jobs import run_command
 from edgec.runtime.devices.device_runner import PROGRESS_MARK
 
 SCRIPT = f"""
@@ -25,7 +25,7 @@ sys.exit(4)
 def test_progress_lines_arrive_while_the_process_runs_and_are_left_out_of_stderr():
     seen: list[tuple[int, int, float]] = []
     start = time.monotonic()
-    proc = run_streaming([sys.executable, "-c", SCRIPT], 60, lambda done, total: seen.append(
+    proc = run_command([sys.executable, "-c", SCRIPT], 60, lambda done, total: seen.append(
         (done, total, time.monotonic() - start)))
     ended = time.monotonic() - start
     assert [(d, t) for d, t, _ in seen] == [(1, 3), (2, 3), (3, 3)]
@@ -35,4 +35,4 @@ def test_progress_lines_arrive_while_the_process_runs_and_are_left_out_of_stderr
 
 def test_a_process_past_its_time_is_killed_and_raises_as_run_does():
     with pytest.raises(subprocess.TimeoutExpired):
-        run_streaming([sys.executable, "-c", "import time; time.sleep(30)"], 0.5, lambda done, total: None)
+        run_command([sys.executable, "-c", "import time; time.sleep(30)"], 0.5, lambda done, total: None)
