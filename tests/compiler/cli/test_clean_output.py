@@ -21,7 +21,10 @@ import pytest
 from edgec.compiler.pipeline import library_messages
 from edgec.runtime.session import session_options
 
-EDGEC = [sys.executable, "-c", "from edgec.compiler.cli import main; main()"]
+# A build here takes ~10 s; should one ever hang (CI saw one pass 300 s once), faulthandler dumps every thread's
+# stack to stderr and exits, so the failure below shows where it stood instead of a bare TimeoutExpired.
+EDGEC = [sys.executable, "-c", "import faulthandler; faulthandler.dump_traceback_later(240, exit=True); "
+         "from edgec.compiler.cli import main; main()"]
 PASSES = "cleanup,fuse,prune-channels,quantize-int8"
 # A library line on stderr: a log record of a logger other than edgec's, ORT's C++ log, or a calibrator's print.
 LIBRARY_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) (?!edgec)|onnxruntime:|CleanUnused|^Removed |"
