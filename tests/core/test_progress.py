@@ -99,9 +99,10 @@ def test_a_latency_ratio_search_counts_its_candidates(tmp_path):
     assert search.total == 4 and search.stopped
     assert search.completed == tried and 1 <= tried <= 4
     # The label carries the best candidate so far: accuracy at latency, or none while none fits the target.
+    # Which it ends on is timing (digits-cnn runs in ~25 us): the original, whose share the target is, is
+    # re-timed every round, and at the end a candidate that was over the target can fit; so both forms pass.
     best = search.labels[-1].removeprefix("search candidates, best ")
-    pattern = r"[\d.]+ at [\d.e+-]+ ms" if result.exit_code == 0 else r"none yet|[\d.]+ at [\d.e+-]+ ms"
-    assert re.fullmatch(pattern, best), search.labels
+    assert re.fullmatch(r"none yet|[\d.]+ at [\d.e+-]+ ms", best), search.labels
 
 
 def test_profile_reports_warm_up_timed_and_profiled_runs():
