@@ -282,7 +282,7 @@ def run_edgec(case: Case, passes: Sequence[str], workdir: pathlib.Path) -> Outco
     # (the race between placements times the host, which is beside the point here).
     options = {"quantize-int8": {"samples": 1, "placement": "all"}} if "quantize-int8" in passes else {}
     cfg = BuildConfig(model=str(model_path), target="cpu-x86", output=out, passes=tuple(passes), calib=calib,
-                      pass_options=options, calib_allow_nonfinite=True)
+                      pass_options=options, calib_allow_nonfinite=True, timing=False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -107,8 +107,9 @@ def check_output(cfg: BuildConfig) -> None:
                               "choose another output path")
 
 
-def _measure(original: onnx.ModelProto, result: PipelineResult, ctx: BuildContext, samples: int) -> dict[str, Any]:
-    """Whole-build figures: output error end to end, host latency before/after, task metric.
+def _measure(original: onnx.ModelProto, result: PipelineResult, ctx: BuildContext, samples: int,
+             timing: bool) -> dict[str, Any]:
+    """Whole-build figures: output error end to end, host latency before/after (when ``timing``), task metric.
 
     ``samples``: how many calibration samples were loaded (the passes may have seen only the fit part).
     """
@@ -117,6 +118,7 @@ def _measure(original: onnx.ModelProto, result: PipelineResult, ctx: BuildContex
     if ctx.calibration:
         errors = compare_outputs(result.input_outputs, result.outputs)
         metrics["output_error"] = [dataclasses.asdict(e) for e in errors]
+    if ctx.calibration and timing:
         before_ms, after_ms = interleaved_medians([original_bytes, final_bytes], ctx.calibration[0], rounds=5,
                                                   runs=4, threads=ctx.target.intra_op_num_threads)
         metrics["host_latency_ms"] = {"before": before_ms, "after": after_ms, "ratio": after_ms / before_ms}
@@ -385,8 +387,9 @@ def build_for_target(cfg: BuildConfig, prepared: PreparedBuild, target: TargetPr
     if warnings and cfg.strict:
         raise ConfigError(f"--strict: {warnings[0]}")
     on_phase("measuring")
-    metrics = _measure(loaded.proto, result, ctx, len(calib.feeds))
-    metrics["node_times"] = node_times(loaded.proto, result.model, target, next(iter(ctx.calibration), None))
+    metrics = _measure(loaded.proto, result, ctx, len(calib.feeds), cfg.timing)
+    metrics["node_times"] = (node_times(loaded.proto, result.model, target, next(iter(ctx.calibration), None))
+                             if cfg.timing else {"error": "not measured: the build was run with --no-timing"})
     if split is not None:
         on_phase("scoring on held-out calibration samples")
     metrics["calibration"] = _calibration_scores(

@@ -152,6 +152,8 @@ _TASK_HELP = ("Hugging Face folder: the optimum-onnx export task (feature-extrac
 @click.option("--strict", is_flag=True, default=None, help="Stop with exit 2 on any warning (NaN/Inf weights, "
               "ops that fall back to the CPU, calibration data left out) instead of building.")
 @click.option("--seed", type=int, help="Seed for random calibration data and search.")
+@click.option("--timing/--no-timing", default=None, help="Time the input and built models on this host and "
+              "profile their nodes for the report (default); --no-timing skips it, most of a big model's build.")
 @click.option("--max-drop", type=click.FloatRange(0, 1), help="Accuracy budget for lossy passes: largest drop of "
               "the task metric (or of the output-agreement proxy) they may cause; they keep sensitive nodes precise "
               "to meet it. "

@@ -42,7 +42,7 @@ DEFAULT_PASSES = ("cleanup", "fuse")
 # prune-depth and its heads and hidden projections from prune-channels.
 SEARCH_PASSES = ("cleanup", "prune-depth", "prune-channels", "fuse", "quantize-int8")
 _TOP_KEYS = {"model", "target", "task", "passes", "pass-options", "calibration", "input-shapes", "format", "seed",
-             "max-drop", "search"}
+             "max-drop", "timing", "search"}
 _CALIB_KEYS = {"source", "samples", "image", "tokenizer", "allow-nonfinite"}
 _IMAGE_KEYS = {"size", "mean", "std", "layout", "channels"}
 _SEARCH_KEYS = {"latency-ms": "latency_ms", "latency-ratio": "latency_ratio", "budget": "budget",
@@ -69,6 +69,8 @@ class BuildConfig:
     fmt: str = "dir"
     force: bool = False
     strict: bool = False  # warnings (NaN/Inf weights, ops falling back) stop the build with exit 2
+    # Host latency before/after and the per-node profile: ~25 runs of each model, most of a big model's build.
+    timing: bool = True
     seed: int = 0
     max_drop: float | None = None
     latency_ms: float | None = None
@@ -177,6 +179,8 @@ def config_file_fields(path: Path) -> dict[str, Any]:
     _check_keys(calib.get("image", {}), _IMAGE_KEYS, f"{path} [calibration.image]")
     if not isinstance(calib.get("allow-nonfinite", False), bool):
         raise ConfigError(f"{path} [calibration]: allow-nonfinite must be true or false")
+    if not isinstance(data.get("timing", True), bool):
+        raise ConfigError(f"{path}: 'timing' must be true or false")
     search = data.get("search", {})
     _check_keys(search, set(_SEARCH_KEYS), f"{path} [search]")
     passes = data.get("passes")
@@ -199,6 +203,7 @@ def config_file_fields(path: Path) -> dict[str, Any]:
         "fmt": data.get("format"),
         "seed": data.get("seed"),
         "max_drop": data.get("max-drop"),
+        "timing": data.get("timing"),
         **{field: search.get(key) for key, field in _SEARCH_KEYS.items()},
     }
     fields["device_file"] = _joined(fields["device_file"], f"{path} [search]: 'device-file'")

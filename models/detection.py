@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from edgec.models import _cache
-from edgec.models._blocks import build_random, seeded
+from edgec.models._blocks import build_random, one_intra_op_thread, seeded
 from edgec.models.yolo import STRIDES, YoloDet
 
 log = logging.getLogger(__name__)
@@ -303,17 +303,9 @@ def _class_convs(model: nn.Module) -> list[nn.Conv2d]:
 
 
 def _train() -> nn.Module:
-    """AdamW with a one-cycle schedule on fresh training canvases each epoch, seeded; eval mode on return.
-
-    One intra-op thread: tiny convs gain little from a second one, and OpenMP threads that wait on each other
-    slow training many times over when other processes (a parallel test worker) share the cores.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """AdamW with a one-cycle schedule on fresh training canvases each epoch, seeded; eval mode on return."""
+    with one_intra_op_thread():
         return _train_steps()
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_steps() -> nn.Module:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgec.models import _cache
-from edgec.models._blocks import ConvBNAct, GlobalAvgPool, build_random, seeded
+from edgec.models._blocks import ConvBNAct, GlobalAvgPool, build_random, one_intra_op_thread, seeded
 from edgec.models.cnn import BasicBlock, DenseLayer
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def _train(recipe: Recipe) -> nn.Module:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
-    with seeded(SEED):
+    with seeded(SEED), one_intra_op_thread():
         for _ in range(recipe.epochs):
             for idx in torch.randperm(len(x)).split(recipe.batch):
                 opt.zero_grad()

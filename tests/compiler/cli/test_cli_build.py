@@ -90,3 +90,26 @@ def test_inspect_lists_residual_blocks_with_reasons(runner):
     blocks = {b["name"]: b for b in json.loads(result.stdout)["blocks"]}
     assert sorted(name for name, b in blocks.items() if b["removable"]) == ["features.2", "features.5"]
     assert "Concat" in blocks["features.3"]["reason"]
+
+
+def test_no_timing_builds_the_same_model_and_says_what_it_skipped(runner, tiny_onnx, tmp_path):
+    timed, untimed = tmp_path / "timed", tmp_path / "untimed"
+    assert _build(runner, tiny_onnx, "--target", "cpu-x86", "--calib", "random", "-o", timed).exit_code == 0
+    result = _build(runner, tiny_onnx, "--target", "cpu-x86", "--calib", "random", "-o", untimed, "--no-timing")
+    assert result.exit_code == 0, result.stderr
+    with_times, without = load(timed).manifest["metrics"], load(untimed).manifest["metrics"]
+    assert "host_latency_ms" in with_times and "before" in with_times["node_times"]
+    assert "host_latency_ms" not in without and "--no-timing" in without["node_times"]["error"]
+    # Everything but the timing is still measured, and the models are the same graph.
+    assert without["output_error"] == with_times["output_error"]
+    assert (untimed / "model.onnx").read_bytes() == (timed / "model.onnx").read_bytes()
+    assert "--no-timing" in (tmp_path / "untimed.report.html").read_text(encoding="utf-8")
+
+
+def test_config_file_timing_must_be_a_boolean(runner, tiny_onnx, tmp_path):
+    config = tmp_path / "edgec.toml"
+    config.write_text(f'model = "{tiny_onnx}"\ntarget = "cpu-x86"\ntiming = "no"\n', encoding="utf-8")
+    result = runner.invoke(cli, ["build", "--config", str(config), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2
+    assert f"{config}: 'timing' must be true or false" in result.stderr
+    assert not (tmp_path / "b").exists()
