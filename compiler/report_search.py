@@ -102,8 +102,10 @@ def _calibration(cal: dict[str, Any]) -> Html:
              num(r.get("uncalibrated_ms"), ".4g"), num(r.get("before_ms"), ".4g"), num(r.get("after_ms"), ".4g"))
             for r in models]
     scales = ", ".join(f"{k} {plain(v, '.3g')}" for k, v in as_dict(cal.get("scales")).items())
+    exponents = ", ".join(f"{k} {plain(v, '+.3g')}" for k, v in as_dict(cal.get("exponents")).items())
     return join([facts([("timed models", cal.get("pairs")), ("scale", plain(cal.get("scale"), ".4g")),
-                        ("scales per precision", scales or "–"), ("overhead", plain(cal.get("overhead_ms"), ".4g"))]),
+                        ("scales per precision", scales or "–"), ("size exponents", exponents or "–"),
+                        ("overhead", plain(cal.get("overhead_ms"), ".4g"))]),
                  table(("model", "timings", "measured ms", "tables alone ms", "predicted before ms",
                         "predicted after ms"), rows, numeric=(1, 2, 3, 4, 5),
                        caption="device-file predictions calibrated on this host's timings")])

@@ -14,9 +14,12 @@ or residual Add after a Conv, a bias Add after a MatMul, BatchNormalization) cos
 own. A node of a class the file never measured is costed by its bytes at the device's measured
 elementwise bandwidth. The prediction is the sum over nodes plus the device's per-run overhead.
 
-``calibrate`` folds in whole-model measurements: it scales the node sum by the median ratio of
+``calibrate`` folds in whole-model measurements: per precision it scales the node sum by the ratio of
 measured to predicted latency, so measured results correct the kernel tables' systematic error
-(fusions the model does not know, cache effects of a whole network, machine load).
+(fusions the model does not know, cache effects of a whole network, machine load). That ratio moves
+with the model's size (ORT's profiler on efficientnet-b0: Conv runs at 1.62x its standalone price in
+the fp32 network, 1.50x once it is pruned by 0.6; resnet18's int8 kernels move the other way), so
+once the measured models span a range of sizes the ratio is fitted as a power of the size.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ _PRICED_AS = {"MatMulInteger": ("MatMul", "int8"), "DynamicQuantizeMatMul": ("Ma
               "FusedMatMul": ("MatMul", "fp32"), "SkipLayerNormalization": ("LayerNormalization", "fp32"),
               "BiasGelu": ("Erf", "fp32"), "Gelu": ("Erf", "fp32"), "QuickGelu": ("Sigmoid", "fp32")}
 NCHWC_BLOCK = 16  # MLAS's NCHWc block on AVX-512 hosts; Convs off the block run ORT's plain kernel
+# Calibration fits a size exponent only from measured models whose sizes span at least this factor (closer
+# ones leave it to timing noise), and clips it: two noisy pairs must not extrapolate far.
+MIN_SIZE_SPAN = 1.25
+MAX_SIZE_EXPONENT = 0.33
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,33 @@ class NodeFeatures:
     flops: float
     bytes: float
     fused: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionScale:
+    """Measured over tabled kernel time for one precision, in a model of kernel size ``size_ms``.
+
+    ``factor * (size_ms / reference_ms) ** exponent``: the exponent is 0 (one factor for every size)
+    until calibration pairs of different sizes fit it.
+    """
+
+    factor: float = 1.0
+    exponent: float = 0.0
+
+    def at(self, size_ms: float, reference_ms: float) -> float:
+        """The scale for a model whose uncalibrated kernel time is ``size_ms``."""
+        return self.factor * (max(size_ms, 1e-9) / reference_ms) ** self.exponent
+
+    @classmethod
+    def fit(cls, rows: Sequence[tuple[float, float]], reference_ms: float) -> PrecisionScale:
+        """From (size ms, measured/tabled ratio) rows: a log-log line when they span MIN_SIZE_SPAN, else the median."""
+        sizes = np.array([size for size, _ in rows])
+        ratios = np.array([ratio for _, ratio in rows])
+        exponent = 0.0
+        if len(rows) >= 2 and sizes.max() / sizes.min() >= MIN_SIZE_SPAN:
+            slope = float(np.polyfit(np.log(sizes / reference_ms), np.log(ratios), 1)[0])
+            exponent = float(np.clip(slope, -MAX_SIZE_EXPONENT, MAX_SIZE_EXPONENT))
+        return cls(float(np.median(ratios / (sizes / reference_ms) ** exponent)), exponent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +193,8 @@ class LatencyModel:
                      if op in _ELEMENTWISE_FALLBACK and prec == "fp32"]
         self.ms_per_byte = statistics.median(ms / max(b, 1.0) for pts in bandwidth for _, b, ms in pts) \
             if bandwidth else 0.0
-        self.scale = 1.0
-        self.scales: dict[str, float] = {}  # per precision, from calibrate
+        self.precision_scales: dict[str, PrecisionScale] = {}  # from calibrate; fp32's stands in for the rest
+        self.reference_ms = 1.0  # the size the scales' exponents are relative to
 
     def node_ms(self, node: NodeFeatures) -> tuple[float, bool]:
         """Predicted kernel ms of one node, and whether its class was measured."""
@@ -173,16 +207,29 @@ class LatencyModel:
             return node.bytes * self.ms_per_byte, False
         return float(coef @ np.array([node.flops, node.bytes, 1.0])), True
 
+    @property
+    def scale(self) -> float:
+        """fp32 kernels' calibration factor (1.0 before calibration)."""
+        return self.precision_scales.get("fp32", PrecisionScale()).factor
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """The other precisions' calibration factors, where a measured model carried them."""
+        return {p: s.factor for p, s in self.precision_scales.items() if p != "fp32"}
+
+    def scale_for(self, precision: str, size_ms: float) -> float:
+        """Calibrated over tabled kernel time of ``precision`` in a model of uncalibrated kernel time ``size_ms``."""
+        default = self.precision_scales.get("fp32", PrecisionScale())
+        return self.precision_scales.get(precision, default).at(size_ms, self.reference_ms)
+
     def predict(self, model: onnx.ModelProto) -> Prediction:
         """Latency of ``model`` on this device (static shapes needed)."""
-        per_node, covered = {}, 0
         features = model_features(model)
-        for node in features:
-            ms, known = self.node_ms(node)
-            per_node[node.name] = ms * self.scales.get(node.op_class[1], self.scale)
-            covered += known
+        priced = [(node, *self.node_ms(node)) for node in features]
+        size = sum(ms for _, ms, _ in priced)
+        per_node = {node.name: ms * self.scale_for(node.op_class[1], size) for node, ms, _ in priced}
         total = sum(per_node.values()) + self.overhead_ms
-        return Prediction(total, per_node, covered / max(len(features), 1))
+        return Prediction(total, per_node, sum(known for *_, known in priced) / max(len(features), 1))
 
     def _by_precision(self, model: onnx.ModelProto) -> dict[str, float]:
         """Unscaled predicted kernel ms of ``model``, summed per precision."""
@@ -192,25 +239,34 @@ class LatencyModel:
         return sums
 
     def calibrate(self, pairs: Iterable[tuple[onnx.ModelProto, float]]) -> float:
-        """Fit scales from (model, measured ms) pairs; returns the scale of fp32 kernels.
+        """Fit the precisions' scales from (model, measured ms) pairs; returns fp32's factor.
 
-        fp32 kernels take the median measured/predicted ratio over the pairs that are mostly fp32
-        (all pairs when none is); each other precision gets its own scale from the pairs where it
-        carries at least a quarter of the predicted time (what is left of the measurement once the
-        fp32 part is scaled), so an int8 model measured once corrects the int8 kernel tables,
-        whose error differs from fp32's. A precision no pair carries keeps the fp32 scale.
+        fp32 comes from the pairs that are (almost) all fp32 (else mostly, else all pairs): measured over
+        tabled kernel time, against the model's size. Each other precision comes from the pairs where it
+        carries at least a quarter of the tabled time: what is left of the measurement once the rest is
+        scaled as fp32, over its own tabled time. So an int8 model measured once corrects the int8 kernel
+        tables, whose error differs from fp32's. A precision no pair carries takes fp32's scale. Sizes are
+        relative to the fp32 pairs' median size.
         """
-        self.scale, self.scales = 1.0, {}
+        self.precision_scales, self.reference_ms = {}, 1.0
         split = [(self._by_precision(m), max(ms - self.overhead_ms, 1e-9)) for m, ms in pairs]
         if not split:
             return self.scale
-        fp32 = [(sums, ms) for sums, ms in split if sums.get("fp32", 0.0) >= 0.7 * sum(sums.values())] or split
-        self.scale = statistics.median(ms / max(sum(sums.values()), 1e-9) for sums, ms in fp32)
+        fp32 = next(chosen for share in (0.95, 0.7, 0.0)
+                    if (chosen := [(sums, ms) for sums, ms in split
+                                   if sums.get("fp32", 0.0) >= share * sum(sums.values())]))
+        self.reference_ms = max(statistics.median(sum(sums.values()) for sums, _ in fp32), 1e-9)
+        self.precision_scales["fp32"] = PrecisionScale.fit(
+            [(sum(sums.values()), ms / max(sum(sums.values()), 1e-9)) for sums, ms in fp32], self.reference_ms)
         for precision in {p for sums, _ in split for p in sums} - {"fp32"}:
-            ratios = [(ms - self.scale * (sum(sums.values()) - sums[precision])) / sums[precision]
-                      for sums, ms in split if sums.get(precision, 0.0) >= sum(sums.values()) / 4]
-            if ratios and statistics.median(ratios) > 0:
-                self.scales[precision] = statistics.median(ratios)
+            rows = []
+            for sums, ms in split:
+                size, own = sum(sums.values()), sums.get(precision, 0.0)
+                if own >= size / 4:
+                    rows.append((size, (ms - self.scale_for("fp32", size) * (size - own)) / own))
+            rows = [(size, ratio) for size, ratio in rows if ratio > 0]
+            if rows:
+                self.precision_scales[precision] = PrecisionScale.fit(rows, self.reference_ms)
         return self.scale
 
 
@@ -296,7 +352,8 @@ class CalibratedLatency:
 
         ``timings``: how often the model was timed (``measured_ms``: the median); ``uncalibrated_ms``: the
         kernel tables alone; ``before_ms``: what the search predicted before the model was timed;
-        ``after_ms``: the prediction calibrated on every timing.
+        ``after_ms``: the prediction calibrated on every timing. ``exponents``: each precision's size
+        exponent, relative to ``reference_ms`` of uncalibrated kernel time (0: one scale for every size).
         """
         rows = []
         for (digest, (proto, ratios, before)), (_, measured_ms) in zip(self.timed.items(), self.pairs(),
@@ -306,7 +363,8 @@ class CalibratedLatency:
                          "uncalibrated_ms": sum(self.model._by_precision(proto).values()) + self.model.overhead_ms,
                          "before_ms": before, "after_ms": self.model.predict(proto).total_ms})
         return {"pairs": len(rows), "scale": self.model.scale, "scales": dict(self.model.scales),
-                "overhead_ms": self.model.overhead_ms, "models": rows}
+                "exponents": {p: s.exponent for p, s in self.model.precision_scales.items()},
+                "reference_ms": self.model.reference_ms, "overhead_ms": self.model.overhead_ms, "models": rows}
 
 
 def _digest(model: bytes) -> str:

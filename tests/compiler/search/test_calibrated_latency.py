@@ -57,13 +57,15 @@ def _pruned(proto: onnx.ModelProto, feeds, ratio: float) -> bytes:
 def _check_rows(source: CalibratedLatency) -> None:
     """Each timed model's calibrated prediction is its measurement times the fitted scale over its own ratio.
 
-    Its own ratio: measured over uncalibrated kernel time. Per precision, as ``LatencyModel.calibrate`` fits.
+    Its own ratio: measured over uncalibrated kernel time. Per precision and at the model's size, as
+    ``LatencyModel.calibrate`` fits.
     """
     model = source.model
     for row, (proto, _, _) in zip(source.calibration["models"], source.timed.values(), strict=True):
         kernels = model._by_precision(proto)
         own = (row["measured_ms"] - model.overhead_ms) / (row["uncalibrated_ms"] - model.overhead_ms)
-        fitted = sum(model.scales.get(p, model.scale) * ms for p, ms in kernels.items()) / sum(kernels.values())
+        size = sum(kernels.values())
+        fitted = sum(model.scale_for(p, size) * ms for p, ms in kernels.items()) / size
         expected = (row["measured_ms"] - model.overhead_ms) * fitted / own + model.overhead_ms
         assert row["after_ms"] == pytest.approx(expected, rel=REL)
 

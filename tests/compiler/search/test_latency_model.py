@@ -85,6 +85,33 @@ def test_int8_measurement_gets_its_own_scale(latency_model, qdq_digits):
     latency_model.calibrate([])
 
 
+def _kernel_size(latency_model: LatencyModel, model: onnx.ModelProto) -> float:
+    return latency_model.predict(model).total_ms - latency_model.overhead_ms
+
+
+def test_calibration_fits_a_size_exponent_once_the_measured_models_span_sizes(latency_model):
+    big = onnx.load(str(get_zoo_model("mnist-resnet").onnx_path()))
+    ctx = BuildContext(get_target("cpu-x86"), get_zoo_model("mnist-resnet").calibration(2))
+    small = run_pipeline(big, [create_pass("prune-channels", ctx, {"ratio": 0.6})], ctx).model
+    latency_model.calibrate([])
+    sizes = {"big": _kernel_size(latency_model, big), "small": _kernel_size(latency_model, small)}
+    assert sizes["big"] / sizes["small"] >= 1.25
+    # Measured = 2 * size^0.9: smaller models run at a higher multiple of their tables, as pruned ones do.
+    measured = {k: 2.0 * size**0.9 + latency_model.overhead_ms for k, size in sizes.items()}
+    latency_model.calibrate([(big, measured["big"]), (small, measured["small"])])
+    assert latency_model.precision_scales["fp32"].exponent == pytest.approx(-0.1, abs=1e-6)
+    assert latency_model.predict(big).total_ms == pytest.approx(measured["big"])
+    assert latency_model.predict(small).total_ms == pytest.approx(measured["small"])
+    # One measured model, or sizes closer than MIN_SIZE_SPAN: one factor for every size, as before.
+    latency_model.calibrate([(big, measured["big"]), (big, measured["big"] * 1.02)])
+    assert latency_model.precision_scales["fp32"].exponent == 0.0
+    # A steep trend from two noisy pairs is clipped, not extrapolated.
+    latency_model.calibrate([(big, measured["big"]), (small, measured["small"] * 3.0)])
+    assert abs(latency_model.precision_scales["fp32"].exponent) <= 0.33
+    latency_model.calibrate([])
+    assert latency_model.precision_scales == {}
+
+
 def test_qdq_conv_is_priced_as_int8(qdq_digits):
     features = model_features(qdq_digits)
     precisions = {f.op_class[1] for f in features if f.op_class[0] == "Conv"}
