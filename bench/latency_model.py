@@ -212,8 +212,10 @@ def _section(modes: dict[str, list[dict]], search_like: list[float], command: st
                  "micro-kernels run faster alone than inside a network (resnet18, efficientnet-b0 under-predicted) "
                  "and bert-like's int8 graph is dynamic int8 with contrib ops priced by their fp32 equivalents "
                  "(over-predicted). One measured int8 model per family fixes both. Repeated runs on the shared "
-                 "machine move the shares by a few configurations (earlier runs: 52/60 and 55/56 with the host "
-                 "1.5x faster, resnet18 fp32 at 16.8 ms; 34/60 and 39/56 with three other jobs on the 2 cores).")
+                 "machine move the shares by a few configurations (on 2026-12-03, the previous run's variants "
+                 "timed again against its device file, swept hours earlier: 53/60, 54/56 and 47/48, every "
+                 "search-like choice 98.3% on average, 95.8% at worst; before the size exponent, runs gave "
+                 "50/60 and 49-50/56).")
     lines.append("- Why the calibrated scale is a power of the model's size: inside a network a kernel runs at a "
                  "multiple of its standalone price, and that multiple moves with the network's size. ORT's profiler "
                  "on efficientnet-b0 (1 thread): Conv at 1.62x its price in the fp32 network, 1.50-1.56x pruned "
@@ -222,10 +224,11 @@ def _section(modes: dict[str, list[dict]], search_like: list[float], command: st
                  "over-predicts efficientnet-b0 pruned by 0.4-0.6 (+11% to +19%) and under-predicts resnet18 "
                  "pruned by 0.5 + int8 (-23% to -28%) in every run. Once the measured models span 1.25x in "
                  "size, calibrate fits measured/tabled = a * size^c per precision (c clipped to ±0.33); with one "
-                 "measured model per precision, as in the first three modes, c is 0 and nothing changes.")
-    lines.append("- 'no calibration' compares a device file swept at one time with timings made at another: on "
-                 "this shared host both the load and the clock move between the two (the sweep and the measured "
-                 "runs here are hours apart), which is why the search never prices a host target uncalibrated.")
+                 "measured model per precision, as in the first three modes, c is 0.")
+    lines.append("- 'no calibration' is the device file alone: its standalone micro-benchmarks price kernels "
+                 "below their time inside a network (the multiples above), and a sweep made at another time also "
+                 "carries the shared host's load and clock of that time (earlier runs: 25/64 and 1/64). That is "
+                 "why the search never prices a host target uncalibrated: it times the original first.")
     names = list(modes)
     lines += ["", "| model | configuration | measured ms | " + " | ".join(f"{m}: predicted (error)" for m in names)
               + " |", "|---|---|---:|" + "---:|" * len(names)]
