@@ -115,19 +115,20 @@ def family(name: str, work: pathlib.Path, remeasure: bool) -> dict:
 
 
 @functools.cache
-def _load(path: str) -> onnx.ModelProto:
-    return onnx.load(path)
+def _kernel_sums(model: LatencyModel, path: str) -> dict[str, float]:
+    """A variant's tabled kernel ms per precision: priced once, then calibrated under every mode and choice."""
+    return model._by_precision(onnx.load(path))
 
 
 def predict_family(model: LatencyModel, doc: dict, calibration: tuple[str, ...] = ("fp32",)) -> list[dict]:
     """Calibrate on the family's ``calibration`` variants (unpruned; none: uncalibrated), then predict the rest."""
     variants = doc["variants"]
-    protos = [_load(v["path"]) for v in variants]
-    model.calibrate([(p, v["median_ms"]) for v, p in zip(variants, protos, strict=True)
-                     if v["label"] in calibration])
+    sums = [_kernel_sums(model, v["path"]) for v in variants]
+    model.calibrate_sums([(s, v["median_ms"]) for v, s in zip(variants, sums, strict=True)
+                          if v["label"] in calibration])
     rows = []
-    for v, proto in zip(variants, protos, strict=True):
-        predicted = model.predict(proto).total_ms
+    for v, kernels in zip(variants, sums, strict=True):
+        predicted = model.total_ms(kernels)
         rows.append({"model": doc["model"], "label": v["label"], "measured": v["median_ms"],
                      "predicted": predicted, "error": predicted / v["median_ms"] - 1.0,
                      "held_out": v["label"] not in calibration, "stable": v["stable"]})

@@ -28,7 +28,7 @@ import dataclasses
 import hashlib
 import itertools
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -238,8 +238,20 @@ class LatencyModel:
             sums[node.op_class[1]] = sums.get(node.op_class[1], 0.0) + self.node_ms(node)[0]
         return sums
 
+    def total_ms(self, sums: Mapping[str, float]) -> float:
+        """Calibrated latency of a model from its tabled kernel ms per precision (``_by_precision``).
+
+        Equals ``predict(model).total_ms`` without pricing the model's nodes again.
+        """
+        size = sum(sums.values())
+        return sum(ms * self.scale_for(p, size) for p, ms in sums.items()) + self.overhead_ms
+
     def calibrate(self, pairs: Iterable[tuple[onnx.ModelProto, float]]) -> float:
-        """Fit the precisions' scales from (model, measured ms) pairs; returns fp32's factor.
+        """``calibrate_sums`` on (model, measured ms) pairs."""
+        return self.calibrate_sums([(self._by_precision(model), ms) for model, ms in pairs])
+
+    def calibrate_sums(self, pairs: Iterable[tuple[Mapping[str, float], float]]) -> float:
+        """Fit the precisions' scales from (tabled kernel ms per precision, measured ms) pairs; returns fp32's factor.
 
         fp32 comes from the pairs that are (almost) all fp32 (else mostly, else all pairs): measured over
         tabled kernel time, against the model's size. Each other precision comes from the pairs where it
@@ -249,7 +261,7 @@ class LatencyModel:
         relative to the fp32 pairs' median size.
         """
         self.precision_scales, self.reference_ms = {}, 1.0
-        split = [(self._by_precision(m), max(ms - self.overhead_ms, 1e-9)) for m, ms in pairs]
+        split = [(sums, max(ms - self.overhead_ms, 1e-9)) for sums, ms in pairs]
         if not split:
             return self.scale
         fp32 = next(chosen for share in (0.95, 0.7, 0.0)
@@ -311,6 +323,9 @@ class CalibratedLatency:
         self.original_digest = _digest(original)
         # digest -> (model, its measured ratios to the original, its prediction before it was measured)
         self.timed: dict[str, tuple[onnx.ModelProto, list[float], float]] = {}
+        # digest -> its tabled kernel ms per precision: recalibrating after each timing reuses them, as pricing
+        # a model's nodes runs shape inference (0.7 s for ResNet-50).
+        self._kernel_sums: dict[str, dict[str, float]] = {}
         self._priced: set[str] = set()  # digests of the models predicted so far
         self._record(self.original_digest, self.original, 1.0)
         self.label = (f"predicted for device {self.model.device} from {device_file}, calibrated on this host's "
@@ -337,14 +352,19 @@ class CalibratedLatency:
 
     def pairs(self) -> list[tuple[onnx.ModelProto, float]]:
         """(model, measured ms) of every timed model: its median ratio times the original's latency."""
-        return [(proto, statistics.median(ratios) * self.baseline_ms) for proto, ratios, _ in self.timed.values()]
+        return [(proto, self._measured_ms(ratios)) for proto, ratios, _ in self.timed.values()]
+
+    def _measured_ms(self, ratios: list[float]) -> float:
+        return statistics.median(ratios) * self.baseline_ms
 
     def _record(self, digest: str, proto: onnx.ModelProto, ratio: float) -> None:
         if digest not in self.timed:
-            self.timed[digest] = (proto, [], self.model.predict(proto).total_ms)
+            self._kernel_sums[digest] = self.model._by_precision(proto)
+            self.timed[digest] = (proto, [], self.model.total_ms(self._kernel_sums[digest]))
         self.timed[digest][1].append(ratio)
-        self.model.calibrate(self.pairs())
-        self._original_ms = self.model.predict(self.original).total_ms  # under the new calibration
+        self.model.calibrate_sums([(self._kernel_sums[d], self._measured_ms(ratios))
+                                   for d, (_, ratios, _) in self.timed.items()])
+        self._original_ms = self.model.total_ms(self._kernel_sums[self.original_digest])  # the new calibration
 
     @property
     def calibration(self) -> dict[str, Any]:
@@ -356,12 +376,12 @@ class CalibratedLatency:
         exponent, relative to ``reference_ms`` of uncalibrated kernel time (0: one scale for every size).
         """
         rows = []
-        for (digest, (proto, ratios, before)), (_, measured_ms) in zip(self.timed.items(), self.pairs(),
-                                                                        strict=True):
+        for digest, (_, ratios, before) in self.timed.items():
+            sums = self._kernel_sums[digest]
             rows.append({"model": "original" if digest == self.original_digest else digest,
-                         "timings": len(ratios), "measured_ms": measured_ms,
-                         "uncalibrated_ms": sum(self.model._by_precision(proto).values()) + self.model.overhead_ms,
-                         "before_ms": before, "after_ms": self.model.predict(proto).total_ms})
+                         "timings": len(ratios), "measured_ms": self._measured_ms(ratios),
+                         "uncalibrated_ms": sum(sums.values()) + self.model.overhead_ms,
+                         "before_ms": before, "after_ms": self.model.total_ms(sums)})
         return {"pairs": len(rows), "scale": self.model.scale, "scales": dict(self.model.scales),
                 "exponents": {p: s.exponent for p, s in self.model.precision_scales.items()},
                 "reference_ms": self.model.reference_ms, "overhead_ms": self.model.overhead_ms, "models": rows}
