@@ -214,7 +214,8 @@ def _section(modes: dict[str, list[dict]], search_like: list[float], command: st
                  "and bert-like's int8 graph is dynamic int8 with contrib ops priced by their fp32 equivalents "
                  "(over-predicted). One measured int8 model per family fixes both. Repeated runs on the shared "
                  "machine move the shares by a few configurations (on 2026-12-03, the previous run's variants "
-                 "timed again against its device file, swept hours earlier: 53/60, 54/56 and 47/48, every "
+                 "timed again against its device file, swept hours earlier, `--work /tmp/lat-now --remeasure`: "
+                 "53/60, 54/56 and 47/48, every "
                  "search-like choice 98.3% on average, 95.8% at worst; before the size exponent, runs gave "
                  "50/60 and 49-50/56).")
     lines.append("- Why the calibrated scale is a power of the model's size: inside a network a kernel runs at a "
